@@ -42,3 +42,25 @@ def ratio(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"ratio must be in (0, 1), got {text}")
     return value
+
+
+def _help_formatter():
+    import argparse
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Show a default only where it says something (not None, not an on/off switch)."""
+
+        def _get_help_string(self, action):
+            if action.default is None or isinstance(action.default, bool):
+                return action.help
+            return super()._get_help_string(action)
+
+    return Formatter
+
+
+def parser(prog: str, doc: str | None):
+    """An argparse parser whose description is the module docstring's first paragraph."""
+    import argparse
+
+    return argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0],
+                                   formatter_class=_help_formatter())

@@ -15,12 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from rsc.cli import run_cli
+from rsc.cli import parser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rsc.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser("python -m rsc.evaluate", __doc__)
     p.add_argument("checkpoint", help="checkpoint.pt written by rsc.train")
     p.add_argument("--data", help="dataset folder (default: the built-in synthetic set)")
     p.add_argument("--dataset", help="dataset name (default: detected)")

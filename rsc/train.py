@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rsc.cli import positive_int, ratio, run_cli
+from rsc.cli import parser, positive_int, ratio, run_cli
 
 
 @dataclass
@@ -53,9 +53,7 @@ class TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m rsc.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser("python -m rsc.train", __doc__)
     p.add_argument("--data", help="dataset folder (class folders, any wrapper level); default: synthetic scenes")
     p.add_argument("--dataset", help="dataset name (see --list-datasets); default: detected from the folder")
     p.add_argument("--download", action="store_true", help="download the official archive into --data first")
@@ -215,8 +213,8 @@ def report(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arg_parser = build_parser()
+    args = arg_parser.parse_args(argv)
 
     def body() -> int:
         listing = _listing(args)
