@@ -210,14 +210,21 @@ def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, devic
         nonlocal total
         total += out.numel() * m.in_features
 
+    def kind(m: nn.Module) -> str | None:
+        if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
+            return "conv"
+        if hasattr(m, "in_features") and hasattr(m, "out_features"):
+            return "linear"
+        return None
+
     handles = []
     for m in model.modules():
-        if any(True for _ in m.children()):
+        k = kind(m)
+        # innermost only (a wrapper that copies its conv's attributes must not count twice);
+        # quantised Linear is not a leaf: it holds a parameter-less packed-params child
+        if k is None or any(kind(c) for c in m.modules() if c is not m):
             continue
-        if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif hasattr(m, "in_features") and hasattr(m, "out_features"):
-            handles.append(m.register_forward_hook(linear_hook))
+        handles.append(m.register_forward_hook(conv_hook if k == "conv" else linear_hook))
     dev = _model_device(model, device)
     x = torch.zeros(1, in_channels, image_size, image_size, device=dev)
     try:

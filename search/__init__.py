@@ -1,0 +1,1 @@
+"""Budgeted multi-objective search over compression plans (``python -m search.run``)."""

@@ -1,0 +1,66 @@
+"""The uncompressed base model of a search: loaded from a checkpoint, or trained once and cached.
+
+Cached under ``<rsc cache>/base-models/`` keyed by architecture, dataset, size, split digest, epochs
+and seed, so repeated searches (and the tests) train it once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["obtain_base_checkpoint"]
+
+
+def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, split: Any, epochs: int, lr: float,
+                           batch_size: int, seed: int, device: str, progress: bool,
+                           say: Callable[[str], None]) -> tuple[Path, bool]:
+    """Return ``(checkpoint path, trained_now)`` of the base model for ``data``/``split``.
+
+    ``weights`` may be an rsc checkpoint trained on these classes (used as is) or any other weights
+    file (a backbone: loaded where shapes fit, then trained on ``data`` like no weights at all).
+    """
+    from rsc.checkpoint import check_classes, load_checkpoint, save_checkpoint
+    from rsc.data import cache_dir
+    from rsc.errors import CheckpointError
+
+    if weights is not None:
+        try:
+            blob = load_checkpoint(weights)
+        except CheckpointError:
+            blob = None
+        if blob is not None:
+            arch = blob["arch"]
+            if arch.get("model") != model_name:
+                raise CheckpointError(f"checkpoint {weights} holds a {arch.get('model')}, not --model {model_name}")
+            check_classes(blob, data.classes, where=f" {data.name}")
+            return Path(weights), False
+    key = f"{model_name}-{data.name}-{data.image_size}px-{split.digest}-e{epochs}-s{seed}"
+    if weights is not None:
+        key += "-from-" + Path(weights).stem
+    path = cache_dir() / "base-models" / f"{key}.pt"
+    if path.is_file():
+        try:
+            load_checkpoint(path)
+            say(f"base model: cached {path}")
+            return path, False
+        except CheckpointError:
+            say(f"base model: ignoring unreadable cache {path}")
+    from rsc.data import make_loaders
+    from rsc.evaluation import evaluate
+    from rsc.models import create_model
+    from rsc.training import fit
+
+    what = f"from {weights}" if weights else "from scratch"
+    say(f"base model: no --weights given, training {model_name} {what} for {epochs} epochs on {data.name} "
+        f"(cached at {path})" if weights is None else f"base model: training {model_name} {what} for {epochs} epochs")
+    model = create_model(model_name, data.num_classes, weights=weights, image_size=data.image_size)
+    train, val, _ = make_loaders(data, split, batch_size=batch_size, seed=seed, device=device)
+    fit(model, train, epochs=epochs, lr=lr, device=device, seed=seed, progress=progress, desc="base")
+    val_oa = evaluate(model, val, num_classes=data.num_classes, device=device).oa
+    say(f"base model: val OA {val_oa:.4f}")
+    save_checkpoint(path, model.cpu(), arch={"model": model_name, "num_classes": data.num_classes,
+                                             "image_size": data.image_size}, classes=data.classes,
+                    split={"train_ratio": split.train_ratio, "val_ratio": split.val_ratio, "seed": split.seed,
+                           "digest": split.digest}, metrics={"val_oa": val_oa}, config={"epochs": epochs, "lr": lr})
+    return path, True

@@ -1,0 +1,301 @@
+"""Cost budgets: ``<metric><op><value>[unit]``, parsed once, resolved against the base model.
+
+A budget names a cost metric (``params``, ``nonzero_params``, ``macs``, ``size``, ``latency``),
+a comparison and a limit, either absolute (``params<5M``, ``size<=2MB``, ``latency<20ms``) or
+relative to the uncompressed base model (``macs<50%``). Several budgets are ANDed.
+
+Metrics are looked up in a small registry (:func:`register_metric`) so that a new cost - energy,
+latency on another target - is one call: the search only needs to know the key the cost
+functions report it under, its units, and whether it is *analytic* (computable from the model's
+structure, hence projectable before training) or *measured* (known only after building and
+timing the model, hence an Optuna constraint).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from rsc.errors import UserError
+
+__all__ = [
+    "GRAMMAR",
+    "BudgetError",
+    "BudgetConflict",
+    "BudgetInfeasible",
+    "MetricSpec",
+    "Budget",
+    "Budgets",
+    "register_metric",
+    "get_metric",
+    "list_metrics",
+    "parse_budget",
+    "parse_budgets",
+]
+
+
+class BudgetError(UserError):
+    """A budget that cannot be parsed or names an unknown metric or unit."""
+
+
+class BudgetConflict(BudgetError):
+    """Budgets that no model can satisfy together (e.g. ``params<1M`` and ``params>2M``)."""
+
+
+class BudgetInfeasible(BudgetError):
+    """A budget below what the search space can reach: failing early beats wasting trials."""
+
+
+_COUNT_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_BYTE_UNITS = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30}
+_TIME_UNITS = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a budget metric maps onto the cost functions.
+
+    Attributes:
+        name: the name used in budgets (``latency``).
+        cost_key: the key the cost functions report it under (``latency_ms``); values in base units.
+        kind: ``"analytic"`` (from the structure alone: projected before training) or
+            ``"measured"`` (timed on a device: an Optuna constraint).
+        units: lower-case unit -> factor to the base unit; ``""`` is the bare number.
+        base_unit: printed after absolute limits (``"bytes"``, ``"ms"``).
+    """
+
+    name: str
+    cost_key: str
+    kind: str
+    units: Mapping[str, float]
+    base_unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("analytic", "measured"):
+            raise ValueError(f"kind must be 'analytic' or 'measured', got {self.kind!r}")
+
+
+_METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add a budget metric; a duplicate name raises (two meanings for one word is a bug)."""
+    if spec.name in _METRICS:
+        raise ValueError(f"budget metric {spec.name!r} is already registered")
+    _METRICS[spec.name] = spec
+    return spec
+
+
+def get_metric(name: str) -> MetricSpec:
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise BudgetError(f"unknown budget metric {name!r}; known: {', '.join(list_metrics())}. {GRAMMAR}") from None
+
+
+def list_metrics() -> list[str]:
+    return sorted(_METRICS)
+
+
+for _spec in (
+    MetricSpec("params", "params", "analytic", _COUNT_UNITS),
+    MetricSpec("nonzero_params", "nonzero_params", "analytic", _COUNT_UNITS),
+    MetricSpec("macs", "macs", "analytic", _COUNT_UNITS),
+    MetricSpec("size", "size", "analytic", _BYTE_UNITS, "bytes"),
+    MetricSpec("latency", "latency_ms", "measured", _TIME_UNITS, "ms"),
+):
+    register_metric(_spec)
+del _spec
+
+GRAMMAR = (
+    "budget grammar: <metric><op><value>[unit] with metric one of params, nonzero_params, macs, size, "
+    "latency; op one of <, <=, >, >=; unit K/M/G for counts, B/KB/MB/GB (or KiB/MiB/GiB) for size, "
+    "us/ms/s for latency, or % of the base model; several budgets are ANDed; "
+    "e.g. 'params<5M', 'macs<=50%', 'size<2MB', 'latency<20ms'"
+)
+
+_PATTERN = re.compile(
+    r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
+    r"(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>%|[A-Za-z]*)\s*$"
+)
+_UPPER = ("<", "<=")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One parsed budget. ``value`` is in the metric's base unit, or a percentage if ``relative``."""
+
+    metric: str
+    op: str
+    value: float
+    relative: bool = False
+    text: str = ""
+
+    @property
+    def spec(self) -> MetricSpec:
+        return get_metric(self.metric)
+
+    @property
+    def is_upper(self) -> bool:
+        """True for ``<``/``<=``: a ceiling the projection can push a plan under."""
+        return self.op in _UPPER
+
+    @property
+    def strict(self) -> bool:
+        return self.op in ("<", ">")
+
+    def limit(self, base: Mapping[str, float] | None = None) -> float:
+        """The absolute limit, in the metric's base unit.
+
+        Args:
+            base: the base model's costs (keyed by cost key); needed only for relative budgets.
+        """
+        if not self.relative:
+            return self.value
+        key = self.spec.cost_key
+        if base is None or key not in base:
+            raise BudgetError(f"budget {self.text or self!r} is relative but the base model's {key} is unknown")
+        return self.value / 100.0 * float(base[key])
+
+    def check(self, costs: Mapping[str, float], base: Mapping[str, float] | None = None) -> bool:
+        """Whether ``costs`` satisfies this budget (a missing or NaN cost does not)."""
+        return self.violation(costs, base) <= 0.0
+
+    def violation(self, costs: Mapping[str, float], base: Mapping[str, float] | None = None) -> float:
+        """Optuna-style constraint value: ``<= 0`` when satisfied, else the relative excess.
+
+        Relative so that budgets on different scales (bytes vs ms) weigh alike in constrained
+        dominance; a strict budget met with equality counts as a tiny violation.
+        """
+        cost = costs.get(self.spec.cost_key)
+        if cost is None or not math.isfinite(float(cost)):
+            return math.inf
+        limit = self.limit(base)
+        scale = abs(limit) if limit else 1.0
+        excess = (float(cost) - limit) if self.is_upper else (limit - float(cost))
+        value = excess / scale
+        if value == 0.0 and self.strict:
+            return 1e-12
+        return value
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        return f"{self.metric}{self.op}{self.value:g}{'%' if self.relative else ''}"
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse one budget string; anything unparseable raises :class:`BudgetError` quoting the grammar."""
+    if not isinstance(text, str):
+        raise BudgetError(f"budget must be a string, got {text!r}. {GRAMMAR}")
+    match = _PATTERN.match(text)
+    if match is None:
+        raise BudgetError(f"cannot parse budget {text!r}. {GRAMMAR}")
+    spec = get_metric(match["metric"].lower())
+    value = float(match["value"])
+    unit = match["unit"]
+    relative = unit == "%"
+    if not relative:
+        factor = spec.units.get(unit.lower())
+        if factor is None:
+            known = ", ".join(u for u in spec.units if u) or "none"
+            raise BudgetError(f"unknown unit {unit!r} in budget {text!r} for {spec.name} (units: {known}, or %). {GRAMMAR}")
+        value *= factor
+    if value <= 0.0 and match["op"] in _UPPER:
+        raise BudgetInfeasible(f"budget {text!r} asks for a {spec.name} at or below zero, which no model has")
+    return Budget(spec.name, match["op"], value, relative, text.strip())
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Budgets ANDed together, optionally resolved against a base model's costs."""
+
+    items: tuple[Budget, ...] = ()
+    base: Mapping[str, float] | None = field(default=None, compare=False)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    @property
+    def analytic(self) -> tuple[Budget, ...]:
+        """Ceilings on analytic metrics: these are projected, so every trial meets them."""
+        return tuple(b for b in self.items if b.spec.kind == "analytic" and b.is_upper)
+
+    @property
+    def constraints(self) -> tuple[Budget, ...]:
+        """Everything not projected: measured metrics and floors. These become Optuna constraints."""
+        return tuple(b for b in self.items if not (b.spec.kind == "analytic" and b.is_upper))
+
+    def resolve(self, base: Mapping[str, float]) -> "Budgets":
+        """Bind relative budgets to the base model's costs and check again for conflicts."""
+        out = Budgets(self.items, dict(base))
+        _check_conflicts(out.items, out.base)
+        return out
+
+    def limits(self) -> dict[str, float]:
+        """Tightest ceiling per cost key (absolute units); requires :meth:`resolve` for relative ones."""
+        out: dict[str, float] = {}
+        for b in self.items:
+            if b.is_upper:
+                key = b.spec.cost_key
+                out[key] = min(out.get(key, math.inf), b.limit(self.base))
+        return out
+
+    def violations(self, costs: Mapping[str, float]) -> list[float]:
+        return [b.violation(costs, self.base) for b in self.items]
+
+    def check(self, costs: Mapping[str, float], *, only: Iterable[Budget] | None = None) -> bool:
+        return all(b.check(costs, self.base) for b in (self.items if only is None else only))
+
+    def to_json(self) -> list[str]:
+        return [str(b) for b in self.items]
+
+    def __str__(self) -> str:
+        return " and ".join(str(b) for b in self.items) if self.items else "none"
+
+
+def parse_budgets(texts: Iterable[str] | str | None) -> Budgets:
+    """Parse several budgets (ANDed); absolute ones are checked for conflicts right away.
+
+    A single string may hold several budgets separated by commas or ``and``.
+    """
+    if texts is None:
+        return Budgets()
+    if isinstance(texts, str):
+        texts = [texts]
+    items: list[Budget] = []
+    for text in texts:
+        for part in re.split(r",|\s+and\s+|&", text):
+            if part.strip():
+                items.append(parse_budget(part))
+    _check_conflicts(items, None)
+    return Budgets(tuple(items))
+
+
+def _check_conflicts(items: Iterable[Budget], base: Mapping[str, float] | None) -> None:
+    """Raise if, for some metric, the floors lie above the ceilings. Relative budgets wait for ``base``."""
+    by_metric: dict[str, list[Budget]] = {}
+    for b in items:
+        if b.relative and base is None:
+            continue
+        by_metric.setdefault(b.metric, []).append(b)
+    for metric, budgets in by_metric.items():
+        uppers = [b for b in budgets if b.is_upper]
+        lowers = [b for b in budgets if not b.is_upper]
+        if not uppers or not lowers:
+            continue
+        hi = min(uppers, key=lambda b: (b.limit(base), not b.strict))
+        lo = max(lowers, key=lambda b: (b.limit(base), b.strict))
+        h, l = hi.limit(base), lo.limit(base)
+        if l > h or (l == h and (hi.strict or lo.strict)):
+            raise BudgetConflict(
+                f"budgets {str(lo)!r} and {str(hi)!r} conflict: no {metric} is both {lo.op} {l:g} and {hi.op} {h:g}"
+            )

@@ -1,0 +1,167 @@
+"""Optuna as the search engine: samplers, RDB storage, ask-and-tell.
+
+Ask-and-tell rather than ``study.optimize`` keeps the trial function a plain JSON-in/JSON-out
+call (the objective never sees an Optuna object), which is what running it in another process
+or on a Ray worker needs, and lets the driver do MLflow bookkeeping between ask and tell.
+
+State lives in an RDB storage (a sqlite file by default), so a killed search resumes: finished
+trials stay, trials left RUNNING by the dead process are marked FAIL with ``interrupted=True``
+and do not count towards ``--trials``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from rsc.errors import UserError
+
+__all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "FINISHED"]
+
+INTERRUPTED = "interrupted"
+
+
+class StorageError(UserError):
+    """The Optuna storage cannot be opened: locked by another process, corrupt, or unwritable."""
+
+
+class StudyExists(UserError):
+    """A study of that name already holds trials and ``--resume`` was not given."""
+
+
+def make_sampler(name: str, *, seed: int, population_size: int = 8, startup_trials: int = 8) -> Any:
+    """The Optuna sampler for ``name`` (nsga2, tpe, gp, random), seeded."""
+    import optuna
+
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True,
+                                          warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose one of nsga2, tpe, gp, random")
+
+
+def _storage_error(url: str, exc: BaseException) -> StorageError:
+    text = str(exc).lower()
+    if "locked" in text:
+        why = "it is locked by another process (is another search using it?)"
+    elif "not a database" in text or "malformed" in text or "corrupt" in text:
+        why = "the file is corrupt (not an SQLite database); move it away or pass a new --study"
+    elif "unable to open" in text or "readonly" in text or "read-only" in text:
+        why = "it cannot be opened for writing"
+    else:
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return StorageError(f"cannot use Optuna storage {url}: {why}")
+
+
+class OptunaEngine:
+    """One multi-objective Optuna study, driven by ask-and-tell.
+
+    Args:
+        storage: RDB URL (``sqlite:///path/optuna.db``).
+        study_name: the study's name in that storage.
+        directions: one per objective (``"maximize"``/``"minimize"``).
+        sampler: ``nsga2``, ``tpe``, ``gp`` or ``random``.
+        seed: sampler seed (shifted by the number of existing trials on resume, so a resumed random
+            sampler does not replay its first proposals).
+        resume: continue an existing study; without it an existing non-empty study is an error.
+        timeout: seconds to wait for a locked sqlite file.
+    """
+
+    def __init__(self, *, storage: str, study_name: str, directions: Sequence[str], sampler: str, seed: int,
+                 resume: bool = False, population_size: int = 8, startup_trials: int = 8, timeout: float = 10.0) -> None:
+        import optuna
+        import sqlalchemy.exc
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage_url = storage
+        self.study_name = study_name
+        try:
+            engine_kwargs = {"connect_args": {"timeout": timeout}} if storage.startswith("sqlite") else {}
+            self.storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+            existing = [s.study_name for s in self.storage.get_all_studies()]
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            raise _storage_error(storage, exc) from None
+        except Exception as exc:  # noqa: BLE001 - alembic/sqlite errors of a damaged file come in many types
+            raise _storage_error(storage, exc) from None
+        try:
+            if study_name in existing:
+                study = optuna.load_study(study_name=study_name, storage=self.storage)
+                if study.trials and not resume:
+                    raise StudyExists(f"study {study_name!r} already has {len(study.trials)} trial(s) in {storage}; "
+                                      "pass --resume to continue it or --study NAME for a new one")
+                if list(d.name.lower() for d in study.directions) != [d.lower() for d in directions]:
+                    raise StudyExists(f"study {study_name!r} in {storage} optimises "
+                                      f"{[d.name.lower() for d in study.directions]}, not {list(directions)}")
+            n_existing = len(optuna.load_study(study_name=study_name, storage=self.storage).trials) if study_name in existing else 0
+            self.study = optuna.create_study(
+                storage=self.storage, study_name=study_name, directions=list(directions), load_if_exists=True,
+                sampler=make_sampler(sampler, seed=seed + n_existing, population_size=population_size,
+                                     startup_trials=startup_trials))
+        except UserError:
+            raise
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            raise _storage_error(storage, exc) from None
+        self.directions = list(directions)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Mark trials left RUNNING by a dead process as FAIL (``interrupted``); returns their numbers."""
+        from optuna.trial import TrialState
+
+        stale = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            stale.append(t.number)
+        return stale
+
+    def finished(self) -> list[Any]:
+        """Trials that count towards the budget: complete, pruned, or failed by the trial itself."""
+        from optuna.trial import TrialState
+
+        out = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                out.append(t)
+            elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED):
+                out.append(t)
+        return out
+
+    def complete(self) -> list[Any]:
+        from optuna.trial import TrialState
+
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, value)
+
+    def get_attr(self, key: str, default: Any = None) -> Any:
+        return self.study.user_attrs.get(key, default)
+
+    # -- ask and tell --------------------------------------------------------------------------
+
+    def ask(self) -> Any:
+        return self.study.ask()
+
+    def tell_complete(self, trial: Any, values: Sequence[float], constraints: Sequence[float] = ()) -> None:
+        for i, c in enumerate(constraints):
+            trial.set_constraint(f"c{i}", float(c) if math.isfinite(c) else 1e9)
+        self.study.tell(trial, list(values))
+
+    def tell_pruned(self, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        self.study.tell(trial, state=TrialState.PRUNED)
+
+    def tell_failed(self, trial: Any, *, interrupted: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        if interrupted:
+            trial.set_user_attr(INTERRUPTED, True)
+        self.study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,726 @@
+"""``python -m search.run``: a budgeted multi-objective compression search, tracked in MLflow.
+
+``main(argv)`` parses flags, renders progress and maps bad input to ``error: ...`` / exit 2;
+``run(config)`` does the work and prints nothing (it reports through a :class:`Reporter`).
+Heavy libraries are imported inside functions so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from rsc.errors import ConfigError, UserError
+from search.budget import GRAMMAR, Budgets, BudgetInfeasible, get_metric, parse_budgets
+from search.config import QUALITY_OBJECTIVES, SAMPLERS, SearchConfig
+
+__all__ = ["main", "run", "SearchResult", "Reporter", "build_parser"]
+
+TrialFn = Callable[[Mapping[str, Any]], dict]
+
+
+# --------------------------------------------------------------------------------- reporting
+
+class Reporter:
+    """What ``run`` tells the outside world; the default says nothing."""
+
+    def message(self, text: str) -> None:
+        """A line of progress worth showing (banner, base model, resume)."""
+
+    def start(self, total: int, done: int) -> None:
+        """The trial loop starts with ``done`` of ``total`` trials already finished."""
+
+    def trial(self, row: Mapping[str, Any]) -> None:
+        """A trial finished (any state)."""
+
+    def close(self) -> None:
+        """The trial loop ended."""
+
+
+class TerminalReporter(Reporter):
+    """A tqdm bar over trials (with ETA) and plain lines above it."""
+
+    def __init__(self, *, progress: bool = True, stream: Any = None) -> None:
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, total: int, done: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=self.stream,
+                        disable=not self.progress, dynamic_ncols=True)
+
+    def trial(self, row: Mapping[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        post = {"last": f"#{row['number']} {row['state']}"}
+        if row.get("hypervolume") is not None:
+            post["hv"] = f"{row['hypervolume']:.4f}"
+        if row.get("front") is not None:
+            post["front"] = row["front"]
+        self.bar.set_postfix(post, refresh=True)
+        if not self.progress:
+            return
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------- result
+
+@dataclass
+class SearchResult:
+    """What a search leaves behind, and where."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    out_dir: str
+    artifact_uri: str
+    objectives: list[tuple[str, str]]
+    counts: dict[str, int] = field(default_factory=dict)
+    front: list[dict[str, Any]] = field(default_factory=list)
+    final: list[dict[str, Any]] = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)
+    base_costs: dict[str, float] = field(default_factory=dict)
+    hypervolume: float = 0.0
+    interrupted: bool = False
+    timing: dict[str, float] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------- helpers
+
+def objective_specs(names: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(objective name, result key, direction)`` for each objective name."""
+    out = []
+    for name in names:
+        if name in QUALITY_OBJECTIVES:
+            out.append((name, QUALITY_OBJECTIVES[name], "maximize"))
+        else:
+            try:
+                spec = get_metric(name)
+            except UserError:
+                from search.budget import list_metrics
+
+                raise ConfigError(f"unknown objective {name!r}; known: accuracy, {', '.join(list_metrics())}") from None
+            out.append((name, spec.cost_key, "minimize"))
+    return out
+
+
+def _value(result: Mapping[str, Any], key: str) -> float:
+    if key == "val_oa":
+        return float(result.get("val_oa", math.nan))
+    return float((result.get("costs") or {}).get(key, math.nan))
+
+
+def _git_sha() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _check_reachable(joint: Any, budgets: Budgets, base_model: Any, context: Any, image_size: int,
+                     say: Callable[[str], None]) -> None:
+    """Drop method combinations that cannot reach the analytic budget; none left is an error.
+
+    One structural build of each combination's strongest setting - seconds, before any training.
+    """
+    from rsc.cost import CostSettings, measure
+    from search.objective import build_steps
+
+    limits = budgets.limits()
+    analytic = {b.spec.cost_key for b in budgets.analytic}
+    limits = {k: v for k, v in limits.items() if k in analytic}
+    if not limits:
+        return
+    settings = CostSettings(image_size=image_size)
+    ok, best = [], {k: math.inf for k in limits}
+    for combo in joint.combos:
+        try:
+            model, _ = build_steps(base_model, joint.strongest(combo, base_model, context), context, structure_only=True)
+        except UserError as exc:
+            say(f"note: {combo} cannot be built at full strength ({exc}); left out")
+            continue
+        costs = measure(model, list(limits), settings)
+        for k in limits:
+            best[k] = min(best[k], costs[k])
+        if all(costs[k] <= limits[k] for k in limits):
+            ok.append(combo)
+    if not ok:
+        reach = ", ".join(f"{k} {best[k]:.4g} (budget {limits[k]:.4g})" for k in limits)
+        raise BudgetInfeasible(f"budget {budgets} is below what methods {', '.join(joint.methods)} can reach: "
+                               f"the most compressed plans give {reach}")
+    dropped = [c for c in joint.combos if c not in ok]
+    if dropped:
+        say(f"note: {', '.join(dropped)} cannot reach budget {budgets}; searching {', '.join(ok)}")
+    joint.restrict(ok)
+
+
+# --------------------------------------------------------------------------------- run
+
+def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: TrialFn | None = None) -> SearchResult:
+    """Run (or resume) the search described by ``config``; see the module docstring.
+
+    Args:
+        config: every setting.
+        reporter: receives progress; silent by default.
+        trial_fn: the trial function (default :func:`search.objective.evaluate_trial`); it gets a
+            JSON request and returns a JSON result, so it may run anywhere.
+
+    Raises:
+        UserError: bad input, found before any training where possible.
+    """
+    import torch
+
+    from rsc.cost import CostSettings, measure
+    from rsc.data import load_scene_data, make_split
+    from rsc.models import create_model
+    from search.base_model import obtain_base_checkpoint
+    from search.engines.optuna_engine import OptunaEngine
+    from search.objective import evaluate_trial
+    from search.space import JointSpace
+    from spaces.base import Context
+    from tracking.mlflow_log import Tracker, check_tracking_uri, default_tracking_uri
+
+    rep = reporter or Reporter()
+    say = rep.message
+    trial_fn = trial_fn or evaluate_trial
+    t_start = time.perf_counter()
+
+    # 1. everything that can be wrong with the input, before any training
+    budgets = parse_budgets(config.budgets)
+    objectives = objective_specs(config.objectives)
+    directions = [d for _, _, d in objectives]
+    out_dir = config.study_dir
+    uri = config.tracking_uri or default_tracking_uri(config.out)
+    check_tracking_uri(uri)
+    joint = JointSpace(config.methods, max_combo=config.max_combo)
+    torch.manual_seed(config.seed)
+
+    if config.data is None:
+        say(f"*** no --data: running on the built-in SYNTHETIC scene set ({config.image_size}px) - "
+            "a demo, not a result ***")
+    data = load_scene_data(config.data, dataset=config.dataset, image_size=config.image_size, progress=config.progress)
+    split = make_split(data, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed)
+    say(f"data: {data.summary()}; split {split.digest}: train {len(split.train)}, val {len(split.val)}, "
+        f"test {len(split.test)} (test untouched until the final stage)")
+    arch = {"model": config.model, "num_classes": data.num_classes, "image_size": data.image_size}
+    context = Context(num_classes=data.num_classes, image_size=data.image_size, device="cpu", seed=config.seed)
+    skeleton = create_model(config.model, data.num_classes, image_size=data.image_size).eval()
+    settings = CostSettings(image_size=data.image_size)
+    base_costs = measure(skeleton, ["params", "nonzero_params", "macs", "size"], settings)
+    if any(b.spec.kind == "measured" for b in budgets) or any(k == "latency_ms" for _, k, _ in objectives):
+        base_costs["latency_ms"] = measure(skeleton, ["latency_ms"], settings)["latency_ms"]
+    budgets = budgets.resolve(base_costs)
+    _check_reachable(joint, budgets, skeleton, context, data.image_size, say)
+    limits = {k: v for k, v in budgets.limits().items() if k in {b.spec.cost_key for b in budgets.analytic}}
+    if budgets:
+        say(f"budget: {budgets} -> " + ", ".join(f"{k} <= {v:.4g}" for k, v in budgets.limits().items())
+            + f" (base: {', '.join(f'{k} {base_costs[k]:.4g}' for k in budgets.limits())})")
+
+    # 2. storage, tracking, base model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = OptunaEngine(storage=config.storage_url, study_name=config.study_name, directions=directions,
+                          sampler=config.sampler, seed=config.seed, resume=config.resume,
+                          population_size=config.population_size, startup_trials=config.startup_trials,
+                          timeout=config.storage_timeout)
+    tracker = Tracker(uri=uri, experiment=config.experiment,
+                      artifact_location=None if uri.startswith("http") else (Path(config.out).resolve() / "mlartifacts").as_uri())
+    ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
+                                     epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
+                                     seed=config.seed, device=config.device, progress=config.progress, say=say)
+
+    parent_id = engine.get_attr("mlflow_parent_run_id")
+    if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:
+        tracker.resume_parent(parent_id)
+        stale = engine.recover()
+        for t in engine.study.get_trials(deepcopy=False):
+            if t.number in stale and t.user_attrs.get("mlflow_run_id"):
+                tracker.finish_trial(t.user_attrs["mlflow_run_id"], tags={"state": "INTERRUPTED"}, status="KILLED")
+        say(f"resuming study {config.study_name}: {len(engine.finished())} finished trial(s) kept"
+            + (f", {len(stale)} interrupted trial(s) marked failed" if stale else ""))
+    else:
+        engine.recover()
+        params = {"budget": str(budgets), "space": ",".join(joint.combos), "methods": ",".join(config.methods),
+                  "dataset": data.name, "data_path": config.data or "synthetic", "split_hash": split.digest,
+                  "sampler": config.sampler, "objectives": ",".join(config.objectives), "model": config.model,
+                  "trials": config.trials, "seed": config.seed, "fidelity_epochs": config.fidelity_epochs,
+                  "final_epochs": config.final_epochs, "image_size": data.image_size,
+                  "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
+        parent_id = tracker.start_parent(config.study_name, params=params,
+                                         tags={"study": config.study_name, "git_sha": _git_sha(), "kind": "search"})
+        tracker.log_text(parent_id, config.to_json(), "config.json")
+        tracker.log_metrics(parent_id, {f"base_{k}": v for k, v in base_costs.items()})
+        engine.set_attr("mlflow_parent_run_id", parent_id)
+        engine.set_attr("mlflow_tracking_uri", uri)
+
+    request_base = {
+        "data": {"path": str(Path(config.data).resolve()) if config.data else None, "dataset": config.dataset,
+                 "image_size": config.image_size, "train_ratio": config.train_ratio, "val_ratio": config.val_ratio,
+                 "split_seed": config.seed, "digest": split.digest},
+        "base_checkpoint": str(Path(ckpt).resolve()), "model": arch, "limits": limits, "base_costs": base_costs,
+        "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
+        "device": config.device, "calibration_batches": config.calibration_batches, "latency": config.latency,
+    }
+    cost_objs = [(n, k) for n, k, d in objectives if d == "minimize"]
+    reference = [0.0] + [1.0] * len(cost_objs)
+
+    def normalised(values: Sequence[float]) -> list[float]:
+        return [values[0]] + [v / base_costs[k] if base_costs.get(k) else v for v, (_, k) in zip(values[1:], cost_objs)]
+
+    from tracking.pareto import hypervolume, pareto_mask
+
+    def front_state() -> tuple[list[Any], list[bool], float]:
+        done = [t for t in engine.complete() if t.user_attrs.get("feasible", True)]
+        if not done:
+            return done, [], 0.0
+        vals = [list(t.values) for t in done]
+        mask = pareto_mask(vals, directions)
+        hv = hypervolume([normalised(v) for v in vals], directions, reference)
+        return done, [bool(m) for m in mask], hv
+
+    # 3. the trial loop
+    timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0}
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+    finished = len(engine.finished())
+    rep.start(config.trials, min(finished, config.trials))
+    hv = front_state()[2]
+    trial = None
+    run_id = None
+    try:
+        while finished < config.trials:
+            t_wall = time.perf_counter()
+            trial = engine.ask()
+            combo, steps = joint.suggest(trial, skeleton, context)
+            run_id = tracker.start_trial(parent_id, trial.number, tags={"method": combo, "study": config.study_name})
+            trial.set_user_attr("mlflow_run_id", run_id)
+            trial.set_user_attr("method", combo)
+            done, mask, _ = front_state()
+            early = None
+            if config.early_stop_margin is not None and done:
+                early = {"front": [list(t.values) for t, m in zip(done, mask) if m], "directions": directions,
+                         "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}
+            request = {**request_base, "steps": steps, "seed": config.seed * 100003 + trial.number, "early_stop": early}
+            sampled_plan = {"base": arch, "steps": steps}
+            t_fn = time.perf_counter()
+            error = None
+            try:
+                result = trial_fn(json.loads(json.dumps(request)))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken trial is recorded, the search goes on
+                result, error = None, exc
+            timing["trial_fn"] += time.perf_counter() - t_fn
+            row: dict[str, Any] = {"number": trial.number, "method": combo}
+            from spaces.errors import BudgetInfeasible as SpaceInfeasible
+
+            if isinstance(error, (SpaceInfeasible, BudgetInfeasible)):
+                engine.tell_pruned(trial)
+                tracker.finish_trial(run_id, plan=sampled_plan, tags={"state": "PRUNED", "feasible": "false",
+                                                                      "reason": str(error)[:5000]}, status="FINISHED")
+                row.update(state="infeasible")
+            elif error is not None or result is None:
+                engine.tell_failed(trial)
+                tracker.finish_trial(run_id, plan=sampled_plan, tags={"state": "FAIL", "feasible": "false",
+                                     "error": f"{type(error).__name__}: {error}"[:5000]}, status="FAILED")
+                row.update(state="failed", error=f"{type(error).__name__}: {error}")
+            elif result.get("status") == "pruned":
+                engine.tell_pruned(trial)
+                tracker.finish_trial(run_id, plan=result.get("plan") or sampled_plan,
+                                     metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run")},
+                                     tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", "")})
+                row.update(state="pruned", val_oa=result.get("val_oa"))
+            else:
+                values = [_value(result, k) for _, k, _ in objectives]
+                if not all(math.isfinite(v) for v in values):
+                    engine.tell_failed(trial)
+                    tracker.finish_trial(run_id, plan=result.get("plan") or sampled_plan,
+                                         tags={"state": "FAIL", "feasible": "false", "error": f"non-finite result {values}"},
+                                         status="FAILED")
+                    row.update(state="failed", error=f"non-finite result {values}")
+                else:
+                    costs = dict(result.get("costs") or {})
+                    feasible = budgets.check(costs)
+                    trial.set_user_attr("feasible", feasible)
+                    trial.set_user_attr("plan", result["plan"])
+                    trial.set_user_attr("costs", costs)
+                    trial.set_user_attr("seconds", result.get("seconds") or {})
+                    engine.tell_complete(trial, values, budgets.violations(costs) if budgets.constraints else ())
+                    metrics = {"val_oa": result["val_oa"], **costs, "compression_rate": result.get("compression_rate"),
+                               "speedup": result.get("speedup"), "projection": result.get("projection"),
+                               "epochs_run": result.get("epochs_run"),
+                               "seconds": (result.get("seconds") or {}).get("total")}
+                    tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics,
+                                         tags={"state": "COMPLETE", "feasible": str(feasible).lower()})
+                    row.update(state="complete", feasible=feasible, val_oa=result["val_oa"], costs=costs,
+                               values=values)
+            trial, run_id = None, None
+            done, mask, hv = front_state()
+            tracker.update_pareto({t.user_attrs["mlflow_run_id"]: m for t, m in zip(done, mask)
+                                   if t.user_attrs.get("mlflow_run_id")})
+            finished = len(engine.finished())
+            tracker.log_metrics(parent_id, {"hypervolume": hv, "front_size": sum(mask)}, step=finished)
+            row.update(hypervolume=hv, front=sum(mask))
+            rows.append(row)
+            timing["wall"] += time.perf_counter() - t_wall
+            timing["trials"] += 1
+            rep.trial(row)
+    except KeyboardInterrupt:
+        interrupted = True
+        if trial is not None:
+            engine.tell_failed(trial, interrupted=True)
+        if run_id is not None:
+            tracker.finish_trial(run_id, tags={"state": "INTERRUPTED"}, status="KILLED")
+    finally:
+        rep.close()
+
+    # 4. summary, final stage, artifacts
+    done, mask, hv = front_state()
+    result = SearchResult(study=config.study_name, storage=config.storage_url, tracking_uri=uri,
+                          experiment_id=tracker.experiment_id, parent_run_id=parent_id, out_dir=str(out_dir.resolve()),
+                          artifact_uri=tracker.artifact_uri(parent_id),
+                          objectives=[(n, d) for n, _, d in objectives], hypervolume=hv, interrupted=interrupted,
+                          trials=rows, base_costs=dict(base_costs))
+    result.counts = _counts(engine)
+    front_trials = sorted([t for t, m in zip(done, mask) if m], key=lambda t: tuple(t.values[1:]))
+    result.front = [_front_row(t, objectives, base_costs) for t in front_trials]
+    if timing["wall"]:
+        timing["overhead_share"] = max(0.0, timing["wall"] - timing["trial_fn"]) / timing["wall"]
+    result.timing = timing
+    try:
+        if not interrupted:
+            _final_stage(config, result, front_trials, request_base, trial_fn, tracker, ckpt, data, split, say)
+        _write_artifacts(config, result, engine, objectives, base_costs, tracker, out_dir)
+        tracker.log_metrics(parent_id, {"overhead_share": timing.get("overhead_share", 0.0),
+                                        "trials_finished": result.counts.get("finished", 0)})
+    except KeyboardInterrupt:
+        result.interrupted = True
+    tracker.end_parent(parent_id, status="KILLED" if result.interrupted else "FINISHED")
+    result.timing["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _counts(engine: Any) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    counts = {"finished": len(engine.finished())}
+    for t in engine.study.get_trials(deepcopy=False):
+        key = t.state.name.lower()
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
+            key = "interrupted"
+        counts[key] = counts.get(key, 0) + 1
+    counts["inside_budget"] = sum(1 for t in engine.complete() if t.user_attrs.get("feasible", True))
+    return counts
+
+
+def _front_row(t: Any, objectives: Sequence[tuple[str, str, str]], base_costs: Mapping[str, float]) -> dict[str, Any]:
+    costs = dict(t.user_attrs.get("costs") or {})
+    row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": t.values[0],
+           "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+    for k in ("params", "macs", "size", "latency_ms"):
+        if k in costs:
+            row[k] = costs[k]
+    if costs.get("params"):
+        row["compression_rate"] = base_costs["params"] / costs["params"]
+    return row
+
+
+def _final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
+                 trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None]) -> None:
+    """Fine-tune the Pareto set longer and evaluate it - and the base model - on the test split."""
+    from rsc.checkpoint import load_checkpoint, model_from_checkpoint
+    from rsc.cost import CostSettings, measure
+    from rsc.data import make_loaders
+    from rsc.evaluation import evaluate
+
+    base = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
+    settings = CostSettings(image_size=data.image_size)
+    result.base = {"trial": "base", "method": config.model,
+                   "val_oa": evaluate(base, val, num_classes=data.num_classes).oa,
+                   "test_oa": evaluate(base, test, num_classes=data.num_classes).oa,
+                   **measure(base, ["params", "macs", "size", "latency_ms"], settings),
+                   "compression_rate": 1.0, "speedup": 1.0}
+    tracker.log_metrics(result.parent_run_id, {"base_val_oa": result.base["val_oa"], "base_test_oa": result.base["test_oa"]})
+    chosen = front if config.final_max is None else front[:config.final_max]
+    if not chosen:
+        return
+    say(f"final stage: fine-tuning {len(chosen)} Pareto model(s) for {config.final_epochs} epochs, then the test split")
+    for t in chosen:
+        plan = t.user_attrs["plan"]
+        request = {**request_base, "steps": plan["steps"], "limits": {}, "epochs": config.final_epochs,
+                   "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
+        try:
+            out = (trial_fn(json.loads(json.dumps(request)), return_model=config.log_models)
+                   if _accepts_return_model(trial_fn) else trial_fn(json.loads(json.dumps(request))))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            say(f"final stage: trial {t.number} failed: {type(exc).__name__}: {exc}")
+            continue
+        model = out.pop("model", None)
+        costs = out.get("costs") or {}
+        row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": out.get("val_oa"),
+               "test_oa": out.get("test_oa"), **{k: costs.get(k) for k in ("params", "macs", "size", "latency_ms")},
+               "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
+               "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+        result.final.append(row)
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
+                                         if isinstance(v, (int, float)) and k not in ("trial",)})
+        if model is not None and config.log_models:
+            try:
+                import torch
+
+                uri = tracker.log_model(result.parent_run_id, model, f"pareto-trial-{t.number}",
+                                        input_example=torch.zeros(1, 3, data.image_size, data.image_size).numpy(),
+                                        metadata={"trial": t.number, "plan": json.dumps(out.get("plan"))})
+                row["model_uri"] = uri
+            except Exception as exc:  # noqa: BLE001 - a model that MLflow cannot serialise still has its plan
+                note = (f"note: could not log trial {t.number} as an MLflow model ({type(exc).__name__}: {exc}); "
+                        "its plan.json rebuilds it")
+                result.notes.append(note)
+                say(note)
+
+
+def _accepts_return_model(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "return_model" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _write_artifacts(config: SearchConfig, result: SearchResult, engine: Any, objectives: Sequence[tuple[str, str, str]],
+                     base_costs: Mapping[str, float], tracker: Any, out_dir: Path) -> None:
+    """Pareto set as CSV/JSON, plots (PNG + HTML) and the summary: on disk and on the parent run."""
+    import csv
+
+    from tracking.plots import plot_front_html, plot_front_png
+
+    folder = out_dir / "pareto"
+    folder.mkdir(parents=True, exist_ok=True)
+    front_ids = {r["trial"] for r in result.front}
+    records = []
+    for t in engine.complete():
+        records.append({"number": t.number, "values": {n: v for (n, _, _), v in zip(objectives, t.values)},
+                        "feasible": bool(t.user_attrs.get("feasible", True)), "pareto": t.number in front_ids,
+                        "method": t.user_attrs.get("method", "")})
+    rows = result.final or result.front
+    with open(folder / "front.csv", "w", newline="") as fh:
+        keys = list(dict.fromkeys(k for r in ([result.base] if result.base else []) + rows for k in r))
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        for r in ([result.base] if result.base else []) + rows:
+            writer.writerow(r)
+    summary = {"study": result.study, "objectives": result.objectives, "hypervolume": result.hypervolume,
+               "counts": result.counts, "base": result.base, "front": result.front, "final": result.final,
+               "timing": result.timing, "interrupted": result.interrupted}
+    (folder / "front.json").write_text(json.dumps(summary, indent=1, default=str))
+    base_point = {n: (result.base.get("val_oa") if k == "val_oa" else base_costs.get(k)) for n, k, _ in objectives}
+    base_point = {k: v for k, v in base_point.items() if v is not None}
+    obj = [(n, d) for n, _, d in objectives]
+    title = f"{result.study}: {len(result.front)} Pareto model(s), HV {result.hypervolume:.4f}"
+    plot_front_png(records, obj, folder / "front.png", base=base_point if len(base_point) == len(obj) else None, title=title)
+    plot_front_html(records, obj, folder / "front.html", base=base_point if len(base_point) == len(obj) else None, title=title)
+    tracker.log_artifacts(result.parent_run_id, folder, "pareto")
+
+
+# --------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SearchConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Search compressed models under a cost budget; the Pareto front lands in MLflow.",
+        epilog=GRAMMAR + ". Example: python -m search.run --budget 'params<25%%' --data "
+               "../shared/datasets/UCMerced_LandUse --methods prune,tucker,quant --trials 40")
+    p.add_argument("--config", help="JSON file of settings (flags override it)")
+    p.add_argument("--budget", action="append", dest="budgets", metavar="BUDGET",
+                   help="e.g. 'params<5M', 'macs<50%%', 'size<2MB', 'latency<20ms'; repeat to AND")
+    p.add_argument("--data", help="dataset folder (default: built-in synthetic set)")
+    p.add_argument("--dataset", help="dataset name when the folder is ambiguous")
+    p.add_argument("--image-size", type=int, help=f"input side in px (default {d.image_size})")
+    p.add_argument("--model", help=f"torchvision architecture (default {d.model})")
+    p.add_argument("--weights", help="base model checkpoint (default: train one and cache it)")
+    p.add_argument("--base-epochs", type=int, help=f"epochs to train the base model (default {d.base_epochs})")
+    p.add_argument("--methods", help=f"comma list (default {','.join(d.methods)})")
+    p.add_argument("--max-combo", type=int, help=f"most methods chained in one plan (default {d.max_combo})")
+    p.add_argument("--trials", type=int, help=f"finished trials to reach (default {d.trials})")
+    p.add_argument("--sampler", choices=SAMPLERS, help=f"default {d.sampler}")
+    p.add_argument("--objectives", help=f"comma list, accuracy first (default {','.join(d.objectives)})")
+    p.add_argument("--fidelity-epochs", type=int, help=f"fine-tune epochs per trial (default {d.fidelity_epochs})")
+    p.add_argument("--final-epochs", type=int, help=f"fine-tune epochs of the Pareto set (default {d.final_epochs})")
+    p.add_argument("--final-max", type=int, help="retrain at most this many Pareto models (default all)")
+    p.add_argument("--early-stop-margin", type=float, help=f"OA margin for stopping dominated trials (default {d.early_stop_margin}; <0 disables)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, help=f"one seed for sampler, split, torch (default {d.seed})")
+    p.add_argument("--study", help="study name (default derived from data, model, budget, sampler, seed)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--out", help=f"folder for the default storage, database and artifacts (default {d.out})")
+    p.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/<study>/optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db; http://host:port for a server)")
+    p.add_argument("--experiment", help=f"MLflow experiment (default {d.experiment})")
+    p.add_argument("--no-latency", action="store_true", help="skip latency/speed-up measurement per trial")
+    p.add_argument("--no-log-models", action="store_true", help="do not log final models as MLflow models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    over: dict[str, Any] = {}
+    simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "trials", "sampler",
+              "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "study", "out", "storage",
+              "tracking_uri", "experiment")
+    for name in simple:
+        value = getattr(args, name)
+        if value is not None:
+            over[name] = value
+    if args.budgets:
+        over["budgets"] = tuple(args.budgets)
+    for name in ("methods", "objectives"):
+        value = getattr(args, name)
+        if value is not None:
+            over[name] = tuple(x.strip() for x in value.split(",") if x.strip())
+    if args.early_stop_margin is not None:
+        over["early_stop_margin"] = None if args.early_stop_margin < 0 else args.early_stop_margin
+    if args.resume:
+        over["resume"] = True
+    if args.no_latency:
+        over["latency"] = False
+    if args.no_log_models:
+        over["log_models"] = False
+    if args.no_progress:
+        over["progress"] = False
+    if args.data is None and args.base_epochs is None and not args.config:
+        over.setdefault("base_epochs", 5)  # the synthetic demo's quick base model
+    if args.config:
+        return SearchConfig.from_file(args.config, **{k: list(v) if isinstance(v, tuple) else v for k, v in over.items()})
+    return SearchConfig(**over)
+
+
+def _fmt(v: Any, key: str) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        if key in ("val_oa", "test_oa", "search_val_oa"):
+            return f"{v:.4f}"
+        if key in ("compression_rate", "speedup"):
+            return f"{v:.2f}x"
+        if key == "latency_ms":
+            return f"{v:.2f}"
+        return _human(v)
+    if isinstance(v, int) and key in ("params", "macs", "size"):
+        return _human(v)
+    return str(v)
+
+
+def _human(v: float) -> str:
+    for unit, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= f:
+            return f"{v / f:.2f}{unit}"
+    return f"{v:.4g}"
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    cells = [[k for k in keys]] + [[_fmt(r.get(k), k) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(result: SearchResult, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    c = result.counts
+    print(f"\nstudy {result.study}: {c.get('finished', 0)} finished trial(s) "
+          f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned/infeasible, {c.get('fail', 0)} failed"
+          + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
+          + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget; "
+          f"hypervolume {result.hypervolume:.4f}", file=stream)
+    if result.final:
+        keys = ["trial", "method", "test_oa", "val_oa", "params", "compression_rate", "macs", "size", "latency_ms", "speedup"]
+        print("\nPareto set after final fine-tuning (test split), beside the base model:", file=stream)
+        print(render_table([result.base, *result.final], keys), file=stream)
+    elif result.front:
+        keys = ["trial", "method", "val_oa", "params", "compression_rate", "macs", "size", "latency_ms"]
+        print("\nPareto set (validation split; no final stage run):", file=stream)
+        print(render_table(result.front, keys), file=stream)
+    else:
+        print("no complete trial inside the budget yet", file=stream)
+    if "overhead_share" in result.timing:
+        print(f"\nbookkeeping outside model compute: {100 * result.timing['overhead_share']:.1f}% of trial wall time",
+              file=stream)
+    if result.interrupted:
+        print("interrupted: completed trials are stored; rerun with --resume to continue", file=stream)
+    print(f"MLflow: {result.tracking_uri}  experiment {result.experiment_id}  parent run {result.parent_run_id}", file=stream)
+    print(f"artifacts: {result.artifact_uri}  (local copy: {result.out_dir}/pareto)", file=stream)
+    print(f"Optuna storage: {result.storage}  study {result.study}", file=stream)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reporter = TerminalReporter(progress=config.progress)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        result = run(config, reporter=reporter)
+    except UserError as exc:
+        reporter.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        reporter.close()
+        print("interrupted before the search started; nothing to resume", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    render(result)
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

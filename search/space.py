@@ -1,0 +1,159 @@
+"""The joint conditional search space: which methods to chain, then each method's own choices.
+
+A trial first picks a *combination* (``"prune"``, ``"tucker"``, ``"prune+quant"``...) as one
+categorical choice; each method's parameters are then suggested by its space, conditional on
+that choice. Parameter names carry the space's prefix, so a method's choices are shared between
+the combinations that contain it and the samplers learn across them.
+
+Methods chain in stage order: structural (pruning, decomposition) -> distillation (a fine-tuning
+loss) -> post-training (int8 quantisation); at most one method per stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from spaces.errors import SpaceError
+
+__all__ = ["METHOD_ALIASES", "load_spaces", "resolve_method", "Method", "JointSpace"]
+
+# Short method names of the command line -> registered space names (tried in order).
+METHOD_ALIASES: dict[str, tuple[str, ...]] = {
+    "prune": ("prune.channel",),
+    "channel": ("prune.channel",),
+    "sparse": ("prune.magnitude",),
+    "magnitude": ("prune.magnitude",),
+    "tucker": ("tucker", "lowrank.tucker", "decompose.tucker"),
+    "distill": ("distill", "distill.kd", "kd"),
+    "quant": ("quant.int8", "quant", "quant.dynamic"),
+}
+
+
+def load_spaces() -> list[str]:
+    """Import every module of the ``spaces`` package so that its spaces register; returns the names."""
+    import spaces
+    from spaces.registry import list_spaces
+
+    for info in pkgutil.iter_modules(spaces.__path__):
+        if not info.name.startswith("_") and info.name not in ("registry", "base", "errors"):
+            try:
+                importlib.import_module(f"spaces.{info.name}")
+            except ImportError:  # an optional dependency of one method: the others still work
+                continue
+    return list_spaces()
+
+
+def resolve_method(method: str, known: Sequence[str]) -> str:
+    """Map a method name (``prune``) or a space name (``prune.channel``) onto a registered space."""
+    if method in known:
+        return method
+    for candidate in METHOD_ALIASES.get(method, ()):
+        if candidate in known:
+            return candidate
+    prefixed = [k for k in known if k.startswith(method + ".")]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    short = sorted(m for m, c in METHOD_ALIASES.items() if any(x in known for x in c))
+    raise SpaceError(f"unknown method {method!r}; known: {', '.join(short + list(known))}")
+
+
+def _stage(space: Any) -> int:
+    from search.objective import is_distill, is_post_training
+
+    return 2 if is_post_training(space) else 1 if is_distill(space) else 0
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of the search: its command-line name, its space and that space's stage."""
+
+    name: str
+    space_name: str
+    stage: int
+    options: Mapping[str, Any]
+
+
+class JointSpace:
+    """Methods, their combinations, and the define-by-run suggestion of a whole plan.
+
+    Args:
+        methods: command-line method names or space names.
+        max_combo: most methods chained in one plan.
+        options: per-method space options (``{"prune": {"max_ratio": 0.9}}``).
+    """
+
+    def __init__(self, methods: Sequence[str], *, max_combo: int = 2,
+                 options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        from spaces.registry import get_space
+
+        known = load_spaces()
+        options = dict(options or {})
+        self.methods: dict[str, Method] = {}
+        self._spaces: dict[str, Any] = {}
+        for m in methods:
+            if m in self.methods:
+                raise SpaceError(f"method {m!r} given twice")
+            space_name = resolve_method(m, known)
+            opts = dict(options.get(m, {}))
+            space = get_space(space_name, **opts)
+            self.methods[m] = Method(m, space_name, _stage(space), opts)
+            self._spaces[m] = space
+        self.combos: list[str] = []
+        names = list(self.methods)
+        for k in range(1, max_combo + 1):
+            for combo in itertools.combinations(names, k):
+                stages = [self.methods[c].stage for c in combo]
+                if len(set(stages)) != len(stages):
+                    continue
+                ordered = sorted(combo, key=lambda c: (self.methods[c].stage, names.index(c)))
+                self.combos.append("+".join(ordered))
+
+    def space(self, method: str) -> Any:
+        return self._spaces[method]
+
+    def restrict(self, combos: Sequence[str]) -> None:
+        """Keep only ``combos`` (e.g. those that can reach the budget)."""
+        self.combos = [c for c in self.combos if c in set(combos)]
+
+    def steps_of(self, combo: str, params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for m, p in zip(combo.split("+"), params):
+            method = self.methods[m]
+            out.append({"space": method.space_name, "params": dict(p), "options": dict(method.options)})
+        return out
+
+    def suggest(self, trial: Any, model: Any, context: Any) -> tuple[str, list[dict[str, Any]]]:
+        """Define-by-run: the combination, then each member's choices. Returns (combo, steps)."""
+        combo = trial.suggest_categorical("method", list(self.combos)) if len(self.combos) > 1 else self.combos[0]
+        params = [self._spaces[m].suggest(trial, model, context) for m in combo.split("+")]
+        return combo, self.steps_of(combo, params)
+
+    def strongest(self, combo: str, model: Any, context: Any, *, factor: float = 1e6) -> list[dict[str, Any]]:
+        """The most compressed plan of ``combo``: mid-range choices scaled until they saturate."""
+        trial = _MidTrial()
+        params = [self._spaces[m].suggest(trial, model, context) for m in combo.split("+")]
+        params = [self._spaces[m].scale(p, factor) for m, p in zip(combo.split("+"), params)]
+        return self.steps_of(combo, params)
+
+
+class _MidTrial:
+    """A stand-in trial answering every suggestion with the middle of its range (first category).
+
+    Mid-range rather than random so that no choice starts at zero, which no scaling could move.
+    """
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        mid = (low * high) ** 0.5 if log and low > 0 else (low + high) / 2
+        if step:
+            mid = low + round((mid - low) / step) * step
+        return float(mid)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(low + ((high - low) // 2 // step) * step)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return choices[0]

@@ -1,0 +1,82 @@
+"""Small helpers shared by the spaces: module lookup by dotted name, head detection, checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from spaces.errors import SpaceError
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule at dotted path ``name`` (SpaceError naming it when absent)."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise SpaceError(f"model {type(model).__name__} has no layer {name!r}") from None
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = get_module(model, parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def find_head(model: nn.Module, num_classes: int) -> list[str]:
+    """Names of the classifier head(s): the last Linear/Conv2d with ``num_classes`` outputs.
+
+    Auxiliary heads (GoogLeNet's ``aux1``/``aux2``) are returned too, so that compression keeps
+    every layer that produces logits at its size. SqueezeNet's head is a 1x1 conv.
+    """
+    heads = [
+        n for n, m in model.named_modules()
+        if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+        or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)
+    ]
+    if not heads:
+        raise SpaceError(f"cannot find a classifier head with {num_classes} outputs in "
+                         f"{type(model).__name__}")
+    aux = [n for n in heads if n.split(".")[0].startswith("aux")]
+    main = [n for n in heads if n not in aux]
+    return ([main[-1]] if main else []) + aux
+
+
+def check_fraction(space: str, what: str, value: Any, *, low: float = 0.0, high: float = 1.0,
+                   high_open: bool = True, low_open: bool = False) -> float:
+    """``value`` as a float in [low, high) (or the configured bounds), else a SpaceError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo_b = "(" if low_open else "["
+        hi_b = ")" if high_open else "]"
+        raise SpaceError(f"{space}: {what} must be a number in {lo_b}{low:g}, {high:g}{hi_b}, got {value!r}")
+    return float(value)
+
+
+def check_keys(space: str, what: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Every key in ``given`` must be one of ``allowed``; the error names the first bad one."""
+    allowed = list(allowed)
+    allowed_set = set(allowed)
+    bad = [k for k in given if k not in allowed_set]
+    if bad:
+        shown = ", ".join(allowed[:8]) + (" ..." if len(allowed) > 8 else "")
+        raise SpaceError(f"{space}: {what} names layer {bad[0]!r}, which is not one this method can "
+                         f"handle in this model (eligible: {shown or 'none'})")
+
+
+def check_mapping(space: str, what: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpaceError(f"{space}: {what} must be an object mapping layer names to values, got {value!r:.200}")
+    return value
+
+
+def check_no_extra(space: str, params: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    extra = sorted(set(params) - set(allowed))
+    if extra:
+        raise SpaceError(f"{space}: unknown params {extra}; expected {sorted(allowed)}")

@@ -1,0 +1,50 @@
+"""Name -> space class. Adding a compression method = one module + ``@register_space(name)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from spaces.errors import SpaceError
+
+_SPACES: dict[str, type] = {}
+
+T = TypeVar("T", bound=type)
+
+
+def register_space(name: str) -> Callable[[T], T]:
+    """Class decorator registering a :class:`spaces.base.Space` subclass under ``name``.
+
+    Raises:
+        SpaceError: ``name`` is already registered (two methods must not silently shadow).
+    """
+
+    def deco(cls: T) -> T:
+        if name in _SPACES:
+            raise SpaceError(f"space {name!r} is already registered (by {_SPACES[name].__qualname__})")
+        cls.name = name  # type: ignore[attr-defined]
+        _SPACES[name] = cls
+        return cls
+
+    return deco
+
+
+def list_spaces() -> list[str]:
+    """Names of all registered spaces, sorted."""
+    return sorted(_SPACES)
+
+
+def get_space(name: str, **options: Any) -> Any:
+    """An instance of the space registered as ``name``, built with keyword ``options``.
+
+    Raises:
+        SpaceError: unknown name (the message lists the known ones) or bad options.
+    """
+    try:
+        cls = _SPACES[name]
+    except KeyError:
+        raise SpaceError(f"unknown space {name!r}; known: {', '.join(list_spaces())}") from None
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise SpaceError(f"space {name!r}: bad options {options!r}: {exc}") from exc

@@ -1,0 +1,112 @@
+"""Bad input fails fast, on one line, with exit code 2 - before any training where possible."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from tests.search.conftest import tiny_config
+
+TINY = ["--image-size", "32", "--methods", "sparse", "--objectives", "accuracy,nonzero_params", "--trials", "2", "--fidelity-epochs", "1", "--final-epochs", "0",
+        "--base-epochs", "1", "--no-progress", "--sampler", "random"]
+
+
+def _main(argv, capsys):
+    from search.run import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def test_help_is_fast():
+    import subprocess
+    import sys
+
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "search.run", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--budget" in out.stdout and "budget grammar" in out.stdout
+    assert time.perf_counter() - t < 10
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        (["--budget", "params<<5"], "budget grammar"),
+        (["--budget", "flops<5M"], "unknown budget metric 'flops'"),
+        (["--budget", "params<1M", "--budget", "params>2M"], "conflict"),
+        (["--budget", "params<5M", "--methods", "tucker,teleport"], "unknown method 'teleport'"),
+        (["--budget", "params<5M", "--objectives", "accuracy,flops"], "unknown objective 'flops'"),
+        (["--budget", "params<5M", "--trials", "0"], "trials must be >= 1"),
+    ],
+)
+def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
+    code, line = _main(TINY + ["--out", str(tmp_path)] + extra, capsys)
+    assert code == 2
+    assert line.startswith("error: ") and pattern in line
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RSC_CACHE_DIR", str(tmp_path / "cache"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    code, line = _main(TINY + ["--out", str(tmp_path), "--budget", "nonzero_params<60%", "--tracking-uri", uri], capsys)
+    assert code == 2 and uri in line
+    assert not (tmp_path / "cache" / "base-models").exists()
+
+
+def test_budget_below_reach_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RSC_CACHE_DIR", str(tmp_path / "cache"))
+    code, line = _main(TINY + ["--out", str(tmp_path), "--budget", "nonzero_params<0.01%"], capsys)
+    assert code == 2 and "below what methods sparse can reach" in line
+    assert not (tmp_path / "cache" / "base-models").exists()
+
+
+def test_corrupt_storage(tmp_path):
+    from rsc.errors import UserError
+    from search.run import run
+
+    cfg = tiny_config(tmp_path)
+    cfg.study_dir.mkdir(parents=True)
+    (cfg.study_dir / "optuna.db").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(UserError, match="corrupt"):
+        run(cfg)
+
+
+def test_locked_storage(tmp_path):
+    import optuna
+
+    from rsc.errors import UserError
+    from search.run import run
+
+    cfg = tiny_config(tmp_path, storage_timeout=0.5)
+    cfg.study_dir.mkdir(parents=True)
+    optuna.create_study(storage=cfg.storage_url, study_name="other")
+    lock = sqlite3.connect(cfg.study_dir / "optuna.db")
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(UserError, match="locked"):
+            run(cfg)
+    finally:
+        lock.rollback()
+        lock.close()
+
+
+def test_existing_study_needs_resume(tmp_path):
+    import optuna
+
+    from search.engines.optuna_engine import StudyExists
+    from search.run import run
+
+    cfg = tiny_config(tmp_path)
+    cfg.study_dir.mkdir(parents=True)
+    study = optuna.create_study(storage=cfg.storage_url, study_name=cfg.study_name, directions=["maximize", "minimize"])
+    study.enqueue_trial({})
+    study.ask()
+    with pytest.raises(StudyExists, match="--resume"):
+        run(cfg)

@@ -1,0 +1,104 @@
+"""End-to-end searches on the synthetic set (tiny) and on UC Merced (small)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.search.conftest import UCM, tiny_config
+
+
+def test_tiny_search_end_to_end(tmp_path):
+    from mlflow import MlflowClient
+
+    from search.run import render, run
+    from search.objective import evaluate_trial
+
+    calls = []
+
+    def flaky(request, **kw):
+        """Trial 1 raises, trial 2 returns NaN: both are recorded as failed and the search goes on."""
+        n = len(calls)
+        calls.append(n)
+        if n == 1:
+            raise RuntimeError("injected fault")
+        out = evaluate_trial(request, **kw)
+        if n == 2:
+            out["val_oa"] = math.nan
+        return out
+
+    config = tiny_config(tmp_path, trials=4, log_models=True)
+    result = run(config, trial_fn=flaky)
+    assert result.counts["finished"] == 4
+    assert result.counts["fail"] == 2 and result.counts["complete"] == 2
+    assert result.counts["inside_budget"] == result.counts["complete"]  # projection: nothing wasted
+    assert result.front and result.final and result.base["test_oa"] is not None
+    limit = 0.6 * result.base_costs["nonzero_params"]
+    assert all(t["costs"]["nonzero_params"] <= limit for t in result.trials if t["state"] == "complete")
+    assert result.hypervolume > 0
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    for key in ("budget", "space", "dataset", "split_hash", "sampler"):
+        assert key in parent.data.params
+    assert parent.data.params["budget"] == "nonzero_params<60%"
+    hv = client.get_metric_history(result.parent_run_id, "hypervolume")
+    assert [m.step for m in hv] == [1, 2, 3, 4]
+    kids = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert len(kids) == 4
+    states = sorted(k.data.tags["state"] for k in kids)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    pareto = [k for k in kids if k.data.tags["pareto"] == "true"]
+    assert {int(k.data.tags["trial_number"]) for k in pareto} == {r["trial"] for r in result.front}
+    for k in kids:
+        if k.data.tags["state"] == "COMPLETE":
+            assert {"val_oa", "params", "macs", "size", "latency_ms", "compression_rate", "speedup"} <= set(k.data.metrics)
+            assert k.data.tags["method"] == "sparse" and k.data.tags["feasible"] == "true"
+            assert any(p.startswith("prune.magnitude/") for p in k.data.params)
+    arts = {a.path for a in client.list_artifacts(result.parent_run_id, "pareto")}
+    assert {"pareto/front.csv", "pareto/front.json", "pareto/front.html", "pareto/front.png"} <= arts
+    summary = json.loads((tmp_path / "runs" / "tiny" / "pareto" / "front.json").read_text())
+    assert summary["final"][0]["test_oa"] == result.final[0]["test_oa"]
+    assert result.final[0].get("model_uri", "").startswith(("runs:/", "models:/"))
+
+    # the plan logged on the child (the projected one, with its replay record)
+    plan = json.loads(open(client.download_artifacts(pareto[0].info.run_id, "plan.json", str(tmp_path))).read())
+    assert plan["steps"][0]["space"] == "prune.magnitude"
+    render(result)
+
+
+def test_same_seed_same_plans(tmp_path):
+    """One seed, same plans: the sampler is seeded and the trial function sees only JSON."""
+    from search.engines.optuna_engine import OptunaEngine
+    from search.run import run
+
+    def fake_trial(request):
+        steps = request["steps"]
+        kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
+        return {"status": "ok", "val_oa": 0.5 + 0.1 * kept, "plan": {"base": request["model"], "steps": steps},
+                "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    def plans(sub):
+        cfg = tiny_config(tmp_path / sub, trials=4, final_max=0, sampler="nsga2")
+        run(cfg, trial_fn=fake_trial)
+        eng = OptunaEngine(storage=cfg.storage_url, study_name=cfg.study_name, directions=["maximize", "minimize"],
+                           sampler="random", seed=0, resume=True)
+        return [t.params for t in eng.study.trials]
+
+    first = plans("a")
+    assert len(first) == 4 and first == plans("b")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not UCM.is_dir(), reason=f"UC Merced not found at {UCM}")
+def test_ucmerced_small(tmp_path):
+    from search.run import run
+
+    cfg = tiny_config(tmp_path, data=str(UCM), trials=2, latency=False, methods=("prune",),
+                      budgets=("params<50%", "macs<80%"), objectives=("accuracy", "params"))
+    result = run(cfg)
+    assert result.counts["complete"] + result.counts.get("pruned", 0) == 2
+    assert result.counts["inside_budget"] == result.counts["complete"]
+    assert result.final and 0.0 <= result.final[0]["test_oa"] <= 1.0

@@ -1,0 +1,101 @@
+"""Plan JSON, the registry and the context: the protocol's plumbing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsc.errors import UserError
+from spaces import Context, Plan, Space, SpaceError, Step, get_space, list_spaces, register_space
+from spaces.base import Transformed
+
+BASE = {"model": "resnet18", "num_classes": 21, "image_size": 64}
+
+
+def test_plan_round_trips_through_json():
+    plan = Plan(base=BASE, steps=(Step(space="prune.channel", params={"ratios": {"a": 0.5}},
+                                       record={"history": [["a", True, [1, 2]]]}),
+                                  Step(space="quant.int8", params={"backend": "x86"})))
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    assert again.to_dict()["steps"][1] == {"space": "quant.int8", "params": {"backend": "x86"}}
+    assert again.context().num_classes == 21
+
+
+def test_plan_is_frozen_and_copies_its_input():
+    base = dict(BASE)
+    plan = Plan(base=base)
+    base["model"] = "vgg11"
+    assert plan.base["model"] == "resnet18"
+    with pytest.raises(AttributeError):
+        plan.base = {}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not valid JSON"),
+    ('{"steps": []}', "'base'"),
+    ('{"base": {"model": "resnet18"}, "steps": []}', "lacks"),
+    ('{"base": %s, "steps": [{"params": {}}]}' % str(BASE).replace("'", '"'), "'space'"),
+    ('{"base": %s, "steps": [], "extra": 1}' % str(BASE).replace("'", '"'), "unknown keys"),
+])
+def test_bad_plans_are_user_errors(text, match):
+    with pytest.raises(SpaceError, match=match) as info:
+        Plan.from_json(text)
+    assert isinstance(info.value, UserError)
+
+
+def test_plan_refuses_non_json_values():
+    with pytest.raises(SpaceError, match="plain JSON"):
+        Plan(base=BASE, steps=(Step(space="x", params={"t": torch.zeros(1)}),)).to_json()
+
+
+def test_registry_lists_gets_and_refuses_duplicates():
+    names = list_spaces()
+    assert names == sorted(names)
+    with pytest.raises(SpaceError, match="already registered"):
+        register_space("prune.channel")(type("Dup", (Space,), {}))
+    with pytest.raises(SpaceError, match="unknown space 'nope'.*prune.channel"):
+        get_space("nope")
+    with pytest.raises(SpaceError, match="bad options"):
+        get_space("prune.channel", no_such_option=1)
+
+
+def test_context_validates_and_gives_deterministic_inputs():
+    ctx = Context(num_classes=3, image_size=16)
+    assert torch.equal(ctx.example_input(2), ctx.example_input(2))
+    assert ctx.example_input(2).shape == (2, 3, 16, 16)
+    with pytest.raises(SpaceError, match="num_classes"):
+        Context(num_classes=1, image_size=16)
+    with pytest.raises(SpaceError, match="calibration"):
+        ctx.calibration_batches("taylor")
+
+
+class _Halve(Space):
+    """A toy space with one knob, to test the budget projection."""
+
+    name = "toy.halve"
+
+    def suggest(self, trial, model, context):
+        return {"r": 0.1}
+
+    def scale(self, params, factor):
+        return {"r": min(0.9, params["r"] * factor)}
+
+    def transform(self, model, params, context, *, record=None, structure_only=False):
+        return Transformed(torch.nn.Linear(100, int(round(100 * (1 - params["r"])))))
+
+
+def test_project_scales_just_enough_or_raises():
+    from spaces import BudgetInfeasible
+
+    space = _Halve()
+    ctx = Context(num_classes=2, image_size=16)
+
+    def fits_under(n):
+        return lambda m: m.out_features <= n
+
+    assert space.project({"r": 0.1}, None, ctx, fits_under(95)) == {"r": 0.1}  # already fits
+    p = space.project({"r": 0.1}, None, ctx, fits_under(60))
+    assert 0.39 <= p["r"] <= 0.42 and space.transform(None, p, ctx).model.out_features <= 60
+    with pytest.raises(BudgetInfeasible, match="toy.halve"):
+        space.project({"r": 0.1}, None, ctx, fits_under(5))

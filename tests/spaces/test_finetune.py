@@ -1,0 +1,55 @@
+"""Fine-tuning after compression: BN recalibration, sparsity kept, KD, whole plans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spaces import Plan, SpaceError, Step, finetune, finetune_plan, get_space, recalibrate_bn
+from spaces.quant import is_quantized
+from tests.spaces.conftest import NUM_CLASSES, SIZE, batches
+
+BASE = {"model": "squeezenet1_1", "num_classes": NUM_CLASSES, "image_size": SIZE}
+
+
+def test_recalibrate_bn_replaces_running_stats(ctx):
+    from tests.spaces.conftest import make
+
+    model = make("mobilenet_v3_small")
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    momentum = bn.momentum
+    assert torch.all(bn.running_mean == 0)
+    recalibrate_bn(model, batches(3), max_batches=2)
+    assert not torch.all(bn.running_mean == 0)
+    assert bn.momentum == momentum and not model.training
+
+
+def test_finetune_keeps_magnitude_zeros_and_distils(small, ctx):
+    layers = {"features.0": 0.7, "features.3.expand3x3": 0.7}
+    pruned = get_space("prune.magnitude").apply(small, {"sparsity": layers}, ctx)
+    nnz = {n: int((pruned.get_submodule(n).weight != 0).sum()) for n in layers}
+    hist = finetune(pruned, batches(2), epochs=1, lr=0.01, teacher=small, temperature=3.0, alpha=0.5)
+    assert len(hist) == 1
+    assert {n: int((pruned.get_submodule(n).weight != 0).sum()) for n in layers} == nnz  # zeros stay zero
+    assert not any("weight_orig" in k for k in pruned.state_dict())
+    w = pruned.get_submodule("features.0").weight
+    assert float((w == 0).float().mean()) >= 0.69
+
+
+def test_finetune_plan_prunes_trains_then_quantises(small):
+    plan = Plan(base=BASE, steps=(
+        Step(space="distill.kd", params={"student": {"family": "self", "width": 0.5}, "temperature": 2.0,
+                                         "alpha": 0.5}),
+        Step(space="quant.int8", params={})))
+    model, done, hist = finetune_plan(small, plan, batches(2), epochs=1, bn_batches=2)
+    assert len(hist) == 1 and is_quantized(model)
+    assert [s.space for s in done.steps] == ["distill.kd", "quant.int8"]
+    assert all(s.record is not None for s in done.steps)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, SIZE, SIZE)).shape == (1, NUM_CLASSES)
+
+
+def test_quantised_models_are_not_finetuned(small, ctx):
+    q = get_space("quant.int8").apply(small, {}, ctx)
+    with pytest.raises(SpaceError, match="fine-tune before"):
+        finetune(q, batches(1), epochs=1)

@@ -1,0 +1,117 @@
+"""Structured channel pruning on the featured architectures, criteria, rounding and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rsc.cost import count_macs, count_params
+from spaces import Plan, SpaceError, Step, build_from_plan, get_space
+from spaces.prune import kept_channels, prunable_groups
+from tests.spaces.conftest import NUM_CLASSES, SIZE, make
+
+
+def _uniform(model, ctx, ratio, criterion="l1", round_to=8):
+    return {"criterion": criterion, "round_to": round_to,
+            "ratios": {g.name: ratio for g in prunable_groups(model, ctx)}}
+
+
+# vgg11 / resnet50 / alexnet / efficientnet_b0 work too (benchmark), but cost seconds each here.
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "googlenet",
+                                  "squeezenet1_1"])
+def test_prune_architectures_halves_width_and_replays(arch, ctx, x):
+    model = make(arch)
+    space = get_space("prune.channel")
+    done = space.transform(model, _uniform(model, ctx, 0.5), ctx)
+    pruned = done.model.eval()
+    assert count_macs(pruned, image_size=SIZE) < 0.45 * count_macs(model, image_size=SIZE)
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == (2, NUM_CLASSES)
+    plan = Plan(base={"model": arch, "num_classes": NUM_CLASSES, "image_size": SIZE},
+                steps=(Step(space="prune.channel", params=_uniform(model, ctx, 0.5), record=done.record),))
+    with torch.no_grad():
+        torch.testing.assert_close(build_from_plan(plan, pruned.state_dict())(x), out)
+
+
+def test_prune_keeps_head_and_rounds_channels(resnet18, ctx):
+    pruned = get_space("prune.channel").apply(resnet18, _uniform(resnet18, ctx, 0.3), ctx)
+    assert pruned.fc.out_features == NUM_CLASSES
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)][1:]  # the stem sees 3 inputs
+    assert all(m.out_channels % 8 == 0 for m in convs)
+    assert count_params(pruned) < count_params(resnet18)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "bn_scale", "taylor"])
+def test_every_criterion_prunes(criterion, small, ctx, x):
+    space = get_space("prune.channel", criteria=(criterion,))
+    params = _uniform(small, ctx, 0.5, criterion=criterion, round_to=1)
+    pruned = space.apply(small, params, ctx)
+    with torch.no_grad():
+        assert pruned(x).shape == (2, NUM_CLASSES)
+
+
+def test_criteria_choose_different_channels(small, ctx):
+    space = get_space("prune.channel")
+    hist = {c: space.transform(small, _uniform(small, ctx, 0.5, criterion=c), ctx).record["history"]
+            for c in ("l1", "fpgm", "taylor")}
+    assert hist["l1"] != hist["fpgm"] or hist["l1"] != hist["taylor"]
+
+
+def test_per_layer_ratios_act_only_where_named(resnet18, ctx):
+    pruned = get_space("prune.channel").apply(
+        resnet18, {"criterion": "l1", "round_to": 1, "ratios": {"layer1.0.conv1": 0.5}}, ctx)
+    assert pruned.layer1[0].conv1.out_channels == 32
+    assert pruned.layer1[1].conv1.out_channels == 64
+    assert pruned.layer4[0].conv1.out_channels == 512
+
+
+def test_kept_channels_rounding():
+    assert kept_channels(64, 0.0, 8) == 64
+    assert kept_channels(64, 0.5, 8) == 32
+    assert kept_channels(64, 0.45, 8) == 32  # 36 kept -> nearest multiple of 8
+    assert kept_channels(20, 0.95, 8) == 8  # never below one multiple
+    assert kept_channels(3, 0.9, None) == 1
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, "half", float("nan")])
+def test_bad_ratio_is_rejected_with_its_value(ratio, resnet18, ctx):
+    with pytest.raises(SpaceError, match=r"ratio of group 'layer1.0.conv1'.*\[0, 1\)"):
+        get_space("prune.channel").apply(
+            resnet18, {"criterion": "l1", "ratios": {"layer1.0.conv1": ratio}}, ctx)
+
+
+def test_bad_layer_criterion_and_missing_calibration(resnet18, ctx):
+    space = get_space("prune.channel")
+    with pytest.raises(SpaceError, match="'fc'.*eligible"):
+        space.apply(resnet18, {"ratios": {"fc": 0.5}}, ctx)  # the head is not prunable
+    with pytest.raises(SpaceError, match="'nope'"):
+        space.apply(resnet18, {"criterion": "nope", "ratios": {}}, ctx)
+    with pytest.raises(SpaceError, match="calibration"):
+        space.apply(resnet18, {"criterion": "taylor", "ratios": {"layer1.0.conv1": 0.5}},
+                    type(ctx)(num_classes=NUM_CLASSES, image_size=SIZE))
+    with pytest.raises(SpaceError, match="unknown params"):
+        space.apply(resnet18, {"ratio": 0.5}, ctx)
+
+
+def test_record_that_does_not_fit_the_model(resnet18, small, ctx):
+    space = get_space("prune.channel")
+    done = space.transform(resnet18, _uniform(resnet18, ctx, 0.5), ctx)
+    with pytest.raises(SpaceError, match="does not name a layer|does not match"):
+        space.transform(small, {"ratios": {}}, ctx, record=done.record)
+
+
+def test_untraceable_model_error_names_the_problem(ctx):
+    class Weird(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, NUM_CLASSES)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)).detach())  # the graph is cut: no dependency
+
+    model = Weird()
+    with pytest.raises(SpaceError, match="prune.channel"):
+        get_space("prune.channel").apply(model, {"ratios": {"conv": 0.5}}, ctx)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tracking.errors import TrackingError
+from tracking.mlflow_log import PARENT_TAG, Tracker, check_tracking_uri, default_tracking_uri, flatten_params
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_names_uri():
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(TrackingError, match=uri.replace(".", r"\.")):
+        check_tracking_uri(uri, timeout=2)
+
+
+def test_uri_without_scheme():
+    with pytest.raises(TrackingError, match="no scheme"):
+        check_tracking_uri("localhost:5000")
+
+
+def test_flatten_params():
+    plan = {"base": {"model": "resnet18"}, "steps": [
+        {"space": "prune.channel", "params": {"criterion": "l1", "ratios": {"layer1.0.conv1": 0.5}}, "record": {"x": 1}},
+        {"space": "quant.int8", "params": {"per_channel": True}}]}
+    flat = flatten_params(plan)
+    assert flat["base/model"] == "resnet18"
+    assert flat["prune.channel/ratios/layer1.0.conv1"] == "0.5"
+    assert flat["step1"] == "quant.int8" and flat["quant.int8/per_channel"] == "True"
+    assert not any("record" in k for k in flat)
+
+
+def test_parent_children_and_pareto_tags(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    check_tracking_uri(uri)
+    tr = Tracker(uri=uri, experiment="t", artifact_location=(tmp_path / "art").as_uri())
+    parent = tr.start_parent("study", params={"budget": "params<5M", "sampler": "nsga2"}, tags={"study": "s"})
+    kids = []
+    for n in range(3):
+        rid = tr.start_trial(parent, n, tags={"method": "prune"})
+        tr.finish_trial(rid, plan={"base": {"model": "m"}, "steps": [{"space": "prune.channel", "params": {"r": n}}]},
+                        metrics={"val_oa": 0.5 + n / 10, "params": 1e6, "bad": float("nan")},
+                        tags={"feasible": "true"})
+        kids.append(rid)
+    assert tr.update_pareto({kids[0]: True, kids[1]: True, kids[2]: False}) == 2
+    assert tr.update_pareto({kids[0]: False, kids[1]: True, kids[2]: True}) == 2  # only changes are written
+    tr.log_metrics(parent, {"hypervolume": 0.3}, step=3)
+    tr.end_parent(parent)
+    found = tr.client.search_runs([tr.experiment_id], filter_string="tags.pareto = 'true'")
+    assert {r.info.run_id for r in found} == {kids[1], kids[2]}
+    children = tr.children(parent)
+    assert len(children) == 3 and all(c.data.tags[PARENT_TAG] == parent for c in children)
+    run = tr.client.get_run(kids[2])
+    assert run.data.params["prune.channel/r"] == "2" and "bad" not in run.data.metrics
+    plan = json.loads((tmp_path / "art" / kids[2] / "artifacts" / "plan.json").read_text())
+    assert plan["steps"][0]["params"] == {"r": 2}
+    # a second tracker (another process) sees the flags when it resumes the parent
+    tr2 = Tracker(uri=uri, experiment="t")
+    tr2.resume_parent(parent)
+    assert tr2.update_pareto({kids[0]: False, kids[1]: True, kids[2]: True}) == 0

@@ -1,0 +1,1 @@
+"""Experiment tracking of searches: MLflow runs, Pareto fronts, hypervolume, plots."""
