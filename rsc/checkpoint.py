@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsc.errors import CheckpointError
+from rsc.errors import CheckpointError, UserError
 
 FORMAT = "rsc-checkpoint/1"
 
@@ -33,15 +33,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: dict, cl
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+def read_torch_file(path: str | os.PathLike, *, what: str, error: type[UserError]):
+    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file raises ``error``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise error(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    blob = read_torch_file(path, what="checkpoint", error=CheckpointError)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rsc checkpoint (expected format {FORMAT!r})")
     return blob

@@ -10,7 +10,6 @@ torchvision's hub (``weights="imagenet"``); the classifier head is always replac
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,13 +108,9 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a torchvision ``.pth`` or from one of our checkpoints (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read weights {path}: {str(exc).splitlines()[0]}") from None
+    from rsc.checkpoint import read_torch_file
+
+    blob = read_torch_file(path, what="weights", error=ModelError)
     if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob["state_dict"], dict):
         blob = blob["state_dict"]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
