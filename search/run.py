@@ -638,9 +638,9 @@ def _fmt(v: Any, key: str) -> str:
             return f"{v:.2f}x"
         if key == "latency_ms":
             return f"{v:.2f}"
-        return _human(v)
+        return _human(v) + ("B" if key == "size" else "")
     if isinstance(v, int) and key in ("params", "macs", "size"):
-        return _human(v)
+        return _human(v) + ("B" if key == "size" else "")
     return str(v)
 
 

@@ -100,3 +100,19 @@ def test_depthwise_layers_of_mobilenet_are_refused_by_name(ctx):
     model = make("mobilenet_v2")
     with pytest.raises(SpaceError, match=r"'features.1.conv.0.0'.*grouped conv"):
         get_space("decompose.tucker").apply(model, {"conv": {"features.1.conv.0.0": [0.5, 0.5]}}, ctx)
+
+
+@pytest.mark.parametrize("shape", [(48, 20), (20, 48)])
+def test_truncated_svd_of_a_linear_layer_is_the_optimal_low_rank_approximation(shape):
+    from spaces.tucker import _svd_linear
+
+    torch.manual_seed(0)
+    fc = nn.Linear(shape[1], shape[0])
+    r = 5
+    low = _svd_linear(fc, r, structure_only=False)
+    approx = (low[1].weight @ low[0].weight).detach()
+    s = torch.linalg.svdvals(fc.weight.detach().double())
+    optimum = s[r:].pow(2).sum().sqrt()  # Eckart-Young: the best rank-r error
+    error = torch.linalg.matrix_norm((fc.weight.detach() - approx).double())
+    assert error == pytest.approx(float(optimum), rel=1e-3)
+    torch.testing.assert_close(low[1].bias.detach(), fc.bias.detach())
