@@ -51,9 +51,7 @@ def uniform_l1(config, *, budget_key: str, limit: float) -> dict:
     steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8,
                                                    "ratios": {g.name: 0.3 for g in groups}}, "options": {}}]
     request = {
-        "data": {"path": str(Path(config.data).resolve()) if config.data else None, "dataset": config.dataset,
-                 "image_size": config.image_size, "train_ratio": config.train_ratio, "val_ratio": config.val_ratio,
-                 "split_seed": config.seed, "digest": split.digest},
+        "data": config.data_request(split.digest),
         "base_checkpoint": str(ckpt), "model": {"model": config.model, "num_classes": data.num_classes,
                                                 "image_size": data.image_size},
         "limits": {budget_key: limit}, "base_costs": None, "epochs": config.final_epochs, "lr": config.finetune_lr,

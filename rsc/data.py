@@ -233,6 +233,11 @@ class Split:
                 "counts": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
                 "files": dict(sorted(subsets.items()))}
 
+    def info(self) -> dict:
+        """What reproduces the split (recorded in checkpoints): ratios, seed and digest."""
+        return {"train_ratio": self.train_ratio, "val_ratio": self.val_ratio, "seed": self.seed,
+                "digest": self.digest}
+
     def save(self, path: str | os.PathLike, data: SceneData) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

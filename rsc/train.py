@@ -152,8 +152,7 @@ def run(config: TrainConfig) -> dict:
         run_dir = out / f"seed{seed}" if config.repeats > 1 else out
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(run_dir / "split.json", data)
-        split_info = {"train_ratio": split.train_ratio, "val_ratio": split.val_ratio, "seed": split.seed,
-                      "digest": split.digest}
+        split_info = split.info()
         record = {"seed": seed, "oa": metrics.oa, "kappa": metrics.kappa, "train_seconds": train_seconds,
                   "counts": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
                   "split_digest": split.digest, "history": history}

@@ -61,6 +61,5 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     say(f"base model: val OA {val_oa:.4f}")
     save_checkpoint(path, model.cpu(), arch={"model": model_name, "num_classes": data.num_classes,
                                              "image_size": data.image_size}, classes=data.classes,
-                    split={"train_ratio": split.train_ratio, "val_ratio": split.val_ratio, "seed": split.seed,
-                           "digest": split.digest}, metrics={"val_oa": val_oa}, config={"epochs": epochs, "lr": lr})
+                    split=split.info(), metrics={"val_oa": val_oa}, config={"epochs": epochs, "lr": lr})
     return path, True

@@ -114,6 +114,12 @@ class SearchConfig:
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.study_dir / 'optuna.db').resolve()}"
 
+    def data_request(self, split_digest: str) -> dict[str, Any]:
+        """The ``data`` part of a trial request: where a worker finds the data and which split to rebuild."""
+        return {"path": str(Path(self.data).resolve()) if self.data else None, "dataset": self.dataset,
+                "image_size": self.image_size, "train_ratio": self.train_ratio, "val_ratio": self.val_ratio,
+                "split_seed": self.seed, "digest": split_digest}
+
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
 

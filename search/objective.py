@@ -158,71 +158,23 @@ def _load_base(path: str, device: str) -> Any:
     return model.to(device).eval()
 
 
-def _kd_loss(teacher: Any, *, temperature: float, alpha: float, label_smoothing: float = 0.1) -> Callable:
-    """Hinton et al. 2015: ``alpha * T^2 * KL(soft teacher || soft student) + (1 - alpha) * CE``."""
-    import torch
-    import torch.nn.functional as F
-
-    def loss_fn(logits: Any, y: Any, x: Any) -> Any:
-        with torch.no_grad():
-            t_logits = teacher(x)
-        kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.softmax(t_logits / temperature, dim=1),
-                      reduction="batchmean") * temperature**2
-        ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        return alpha * kd + (1.0 - alpha) * ce
-
-    return loss_fn
-
-
-def _freeze_zeros(model: Any) -> list[Any]:
-    """Keep pruned (exactly zero) weights at zero while training: their gradients are masked.
-
-    With zero gradient, SGD's momentum and weight decay (``wd * w = 0``) leave them at zero too.
-    Returns the hook handles (remove them after fine-tuning).
-    """
-    from torch import nn
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad:
-            mask = (m.weight.detach() != 0).to(m.weight.dtype)
-            if float(mask.mean()) < 1.0:
-                handles.append(m.weight.register_hook(lambda g, mask=mask: g * mask))
-    return handles
-
-
 def _finetune(model: Any, teacher: Any, train: Any, val: Any, *, epochs: int, lr: float, num_classes: int,
               device: str, seed: int, distill: Mapping[str, Any] | None, on_epoch: Callable[[dict], None],
               sparse: bool = False) -> list[dict]:
-    """Fine-tune with ``spaces.finetune`` when present, else ``rsc.training.fit``.
+    """Fine-tune through ``spaces.finetune`` with Hinton KD when the plan distils.
 
-    ``sparse``: the plan zeroed weights (magnitude pruning); the fallback keeps them at zero.
+    The KD's hard-label term keeps ``fit``'s label smoothing (0.1); ``sparse``: the plan zeroed
+    weights (magnitude pruning), so every layer's exact zeros stay zero.
     """
+    from spaces.distill import kd_loss
+    from spaces.finetune import finetune
+
     loss_fn = None
     if distill is not None:
-        loss_fn = _kd_loss(teacher, temperature=float(distill.get("temperature", 4.0)),
-                           alpha=float(distill.get("alpha", 0.7)))
-    try:
-        from spaces.finetune import finetune as space_finetune  # type: ignore[attr-defined]
-    except ImportError:
-        space_finetune = None
-    if space_finetune is not None:
-        import inspect
-
-        accepted = inspect.signature(space_finetune).parameters
-        kw = dict(epochs=epochs, lr=lr, val_loader=val, num_classes=num_classes, loss_fn=loss_fn, device=device,
-                  seed=seed, progress=False, on_epoch=on_epoch)
-        if all(k in accepted for k in ("epochs", "on_epoch", "loss_fn")):
-            return space_finetune(model, train, **{k: v for k, v in kw.items() if k in accepted})
-    from rsc.training import fit
-
-    handles = _freeze_zeros(model) if sparse else []
-    try:
-        return fit(model, train, epochs=epochs, lr=lr, val_loader=val, num_classes=num_classes, loss_fn=loss_fn,
-                   device=device, seed=seed, progress=False, on_epoch=on_epoch)
-    finally:
-        for h in handles:
-            h.remove()
+        loss_fn = kd_loss(teacher, temperature=float(distill.get("temperature", 4.0)),
+                          alpha=float(distill.get("alpha", 0.7)), label_smoothing=0.1)
+    return finetune(model, train, epochs=epochs, lr=lr, loss_fn=loss_fn, val_loader=val, num_classes=num_classes,
+                    device=device, seed=seed, keep_sparsity=sparse, min_sparsity=0.0, on_epoch=on_epoch)
 
 
 def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) -> dict[str, Any]:

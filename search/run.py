@@ -280,9 +280,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         engine.set_attr("mlflow_tracking_uri", uri)
 
     request_base = {
-        "data": {"path": str(Path(config.data).resolve()) if config.data else None, "dataset": config.dataset,
-                 "image_size": config.image_size, "train_ratio": config.train_ratio, "val_ratio": config.val_ratio,
-                 "split_seed": config.seed, "digest": split.digest},
+        "data": config.data_request(split.digest),
         "base_checkpoint": str(Path(ckpt).resolve()), "model": arch, "limits": limits, "base_costs": base_costs,
         "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
         "device": config.device, "calibration_batches": config.calibration_batches, "latency": config.latency,

@@ -34,12 +34,13 @@ _NATIVE_WIDTH = {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "ef
 _DEPTH = {"resnet18", "mobilenet_v2", "efficientnet_b0"}
 
 
-def kd_loss(teacher: nn.Module, *, temperature: float, alpha: float
+def kd_loss(teacher: nn.Module, *, temperature: float, alpha: float, label_smoothing: float = 0.0
             ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Hinton's loss ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE(student, y)``.
 
     Returns a ``loss_fn(logits, y, x)`` for ``rsc.training.fit``; the teacher runs on ``x`` in eval
     mode without gradients. ``T^2`` keeps the soft-target gradients on the CE scale.
+    ``label_smoothing`` applies to the hard-label CE term (the search uses ``fit``'s 0.1).
     """
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise _err(f"temperature must be > 0, got {temperature!r}")
@@ -51,7 +52,7 @@ def kd_loss(teacher: nn.Module, *, temperature: float, alpha: float
         with torch.no_grad():
             soft = F.softmax(teacher(x) / t, dim=1)
         kl = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean") * (t * t)
-        return alpha * kl + (1.0 - alpha) * F.cross_entropy(logits, y)
+        return alpha * kl + (1.0 - alpha) * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
     return loss_fn
 

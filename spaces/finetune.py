@@ -16,7 +16,7 @@ then quantise with calibration batches from the training loader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -59,7 +59,8 @@ def _sparse_layers(model: nn.Module, min_sparsity: float) -> list[nn.Module]:
     for m in model.modules():
         w = getattr(m, "weight", None)
         if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(w, torch.Tensor) and w.numel():
-            if float((w == 0).float().mean()) >= min_sparsity:
+            sparsity = float((w == 0).float().mean())
+            if sparsity > 0 and sparsity >= min_sparsity:
                 out.append(m)
     return out
 
@@ -68,7 +69,8 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
              teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.7,
              val_loader: Any = None, num_classes: int | None = None, device: str | torch.device = "cpu",
              seed: int = 0, keep_sparsity: bool = True, min_sparsity: float = 0.05,
-             progress: bool = False) -> list[dict]:
+             progress: bool = False, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+             | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Fine-tune a compressed model in place with ``rsc.training.fit``.
 
     Args:
@@ -77,7 +79,10 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
         epochs: Passes over the data; 0 returns at once.
         lr: Peak learning rate; lower than from-scratch training since the weights are trained.
         teacher: The uncompressed model; when given, Hinton KD with ``temperature``/``alpha``.
-        keep_sparsity: Keep exact zeros of layers at least ``min_sparsity`` sparse at zero.
+        keep_sparsity: Keep exact zeros of layers at least ``min_sparsity`` sparse at zero
+            (``min_sparsity=0``: of every layer holding a zero).
+        loss_fn: A ready ``(logits, y, x) -> loss`` instead of the one ``teacher`` implies.
+        on_epoch: Passed to ``fit`` (per-epoch records; a search raises there to stop early).
 
     Returns:
         ``fit``'s per-epoch history.
@@ -88,7 +93,8 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
 
     if is_quantized(model):
         raise SpaceError("finetune: the model is int8-quantised; fine-tune before the quant.int8 step")
-    loss_fn = None
+    if teacher is not None and loss_fn is not None:
+        raise SpaceError("finetune: give either a teacher or a loss_fn, not both")
     if teacher is not None:
         from spaces.distill import kd_loss
 
@@ -103,7 +109,8 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
             masked.append(m)
     try:
         return fit(model, train_loader, epochs=epochs, lr=lr, val_loader=val_loader, num_classes=num_classes,
-                   loss_fn=loss_fn, device=device, seed=seed, progress=progress, desc="finetune")
+                   loss_fn=loss_fn, device=device, seed=seed, progress=progress, desc="finetune",
+                   on_epoch=on_epoch)
     finally:
         if masked:
             import torch.nn.utils.prune as tprune

@@ -53,3 +53,31 @@ def test_quantised_models_are_not_finetuned(small, ctx):
     q = get_space("quant.int8").apply(small, {}, ctx)
     with pytest.raises(SpaceError, match="fine-tune before"):
         finetune(q, batches(1), epochs=1)
+
+
+def test_finetune_takes_a_ready_loss_reports_epochs_and_keeps_any_zero_when_asked(small, ctx):
+    from spaces.distill import kd_loss
+
+    layers = {"features.0": 0.02}  # below the default min_sparsity of 5%
+    pruned = get_space("prune.magnitude").apply(small, {"sparsity": layers}, ctx)
+    zeros = int((pruned.get_submodule("features.0").weight == 0).sum())
+    assert zeros > 0
+    records = []
+    loss = kd_loss(small, temperature=2.0, alpha=0.5, label_smoothing=0.1)
+    finetune(pruned, batches(3), epochs=2, lr=0.01, loss_fn=loss, min_sparsity=0.0, on_epoch=records.append)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert int((pruned.get_submodule("features.0").weight == 0).sum()) >= zeros
+    with pytest.raises(SpaceError, match="either a teacher or a loss_fn"):
+        finetune(pruned, batches(1), epochs=1, teacher=small, loss_fn=loss)
+
+
+def test_kd_label_smoothing_changes_only_the_hard_label_term(small):
+    from spaces.distill import kd_loss
+
+    x, y = batches(1)[0]
+    logits = torch.randn(len(y), NUM_CLASSES)
+    plain = kd_loss(small, temperature=2.0, alpha=0.0)(logits, y, x)
+    smooth = kd_loss(small, temperature=2.0, alpha=0.0, label_smoothing=0.1)(logits, y, x)
+    expected = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
+    torch.testing.assert_close(smooth, expected)
+    assert not torch.isclose(plain, smooth)
