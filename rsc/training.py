@@ -78,8 +78,12 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=lr, momentum=momentum, nesterov=True)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps,
-                                                   pct_start=0.25, div_factor=10, final_div_factor=100)
+    total, pct_start = epochs * steps, 0.25
+    if pct_start * total - 1 != 0:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
+                                                       pct_start=pct_start, div_factor=10, final_div_factor=100)
+    else:  # a zero-length warm-up (4 steps) makes OneCycleLR divide by zero: constant rate instead
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     use_amp = device.type == "cuda"
     for epoch in range(epochs):

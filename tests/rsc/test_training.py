@@ -54,3 +54,13 @@ def test_custom_loss_is_used_and_nan_is_caught():
     assert calls and calls[0][1:] == (3, 16, 16)
     with pytest.raises(TrainingDiverged):
         fit(model, train, epochs=1, loss_fn=lambda lo, y, x: lo.sum() * float("nan"), progress=False)
+
+
+@pytest.mark.parametrize("batches, epochs", [(1, 1), (2, 2), (4, 1), (3, 3), (8, 1)])
+def test_fit_handles_a_handful_of_steps(batches, epochs):
+    data = synthetic_scene_data(num_classes=2, per_class=8 * batches, image_size=16)
+    train, _, _ = make_loaders(data, make_split(data, train_ratio=0.5, val_ratio=0.0), batch_size=8)
+    assert len(train) == batches
+    model = create_model("mobilenet_v3_small", 2, image_size=16)
+    history = fit(model, train, epochs=epochs, lr=0.01, progress=False)
+    assert len(history) == epochs and all(math.isfinite(h["loss"]) for h in history)
