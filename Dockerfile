@@ -7,5 +7,5 @@ COPY rsc rsc
 COPY spaces spaces
 COPY search search
 COPY tracking tracking
-RUN pip install --upgrade pip && pip install -e .
+RUN pip install --upgrade pip && pip install -e ".[export]"
 CMD ["python", "-m", "search.run", "--help"]

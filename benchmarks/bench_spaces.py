@@ -1,7 +1,8 @@
 """Cost (and optionally accuracy) of every compression method at ~2x and ~4x reduction.
 
     .venv/bin/python benchmarks/bench_spaces.py [--models resnet18 vgg11] [--image-size 64]
-        [--targets 2 4] [--threads 1] [--repeats 15] [--batch-size 16]
+        [--targets 2 4] [--threads 1] [--repeats 15] [--batch-size 16] [--memory-format channels_last]
+        [--tucker-fc]
         [--finetune [--finetune-models resnet18] [--base-epochs 10] [--ft-epochs 2]
          [--data ../shared/datasets/UCMerced_LandUse]]
 
@@ -44,7 +45,7 @@ def start_params(space_name: str, space, model, ctx) -> dict:
         return {"criterion": "l1", "round_to": 8, "ratios": {g.name: 0.05 for g in prunable_groups(model, ctx)}}
     if space_name == "decompose.tucker":
         return {"conv": {n: [0.95, 0.95] for n in space.conv_layers(model, ctx)},
-                "fc": {n: 0.95 for n in space.fc_layers(model, ctx)}}
+                "fc": {n: 0.95 for n in space.fc_layers(model, ctx)}, "round_to": space.round_to, "tucker1": True}
     if space_name == "prune.magnitude":
         return {"sparsity": {n: 0.05 for n in space.layers(model, ctx)}}
     if space_name == "distill.kd":
@@ -63,6 +64,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                   help="layout of weights and input during latency runs (rsc.cost.CostSettings)")
     p.add_argument("--tucker-fc", action="store_true",
                    help="also SVD the hidden FC layers (minutes per VGG/AlexNet layer on a busy CPU)")
     p.add_argument("--finetune", action="store_true")
@@ -81,7 +84,7 @@ def main() -> int:
     from spaces import Context, Plan, Step, compress, get_space
 
     settings = CostSettings(image_size=args.image_size, threads=args.threads, repeats=args.repeats,
-                            warmup=3, batch_size=args.batch_size)
+                            warmup=3, batch_size=args.batch_size, memory_format=args.memory_format)
     loaders = None
     if args.finetune:
         from rsc.data import load_scene_data, make_loaders, make_split
@@ -185,10 +188,10 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"argv": sys.argv[1:], "torch": torch.__version__, "machine": platform.machine(),
             "threads": args.threads, "repeats": args.repeats, "batch_size": args.batch_size,
-            "image_size": args.image_size, "finetune": args.finetune}
+            "image_size": args.image_size, "finetune": args.finetune, "memory_format": args.memory_format}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# bench_spaces ({args.image_size} px, {args.threads} thread(s), median of {args.repeats}, "
-             f"torch {torch.__version__})", "",
+    lines = [f"# bench_spaces ({args.image_size} px, {args.threads} thread(s), {args.memory_format}, median of "
+             f"{args.repeats}, torch {torch.__version__})", "",
              f"| model | method | target | params (M) | non-zero (M) | MACs (M) | CR | CR non-zero | MACs cut | "
              f"speed-up b1 | speed-up b{args.batch_size} | ratio b1 | ratio b{args.batch_size} | OA | base OA |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

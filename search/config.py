@@ -54,6 +54,7 @@ class SearchConfig:
     fidelity_epochs: int = 2             # fine-tune epochs per trial
     finetune_lr: float = 0.01
     batch_size: int = 64
+    min_accuracy: float | None = None    # validation-OA floor: trials below it are infeasible (off the front)
     early_stop_margin: float | None = 0.1  # stop a trial once a finished one is cheaper and this much more accurate
     calibration_batches: int = 2
     latency: bool = True                 # measure latency (and speed-up) for every trial
@@ -65,6 +66,7 @@ class SearchConfig:
 
     # -- bookkeeping
     seed: int = 0
+    split_seed: int | None = None        # split and base-model seed (None = seed); fix it to compare sampler seeds
     study: str | None = None             # Optuna study / MLflow parent run name
     resume: bool = False
     out: str = "runs"                    # root of the default storage, database and artifacts
@@ -94,6 +96,8 @@ class SearchConfig:
             )
         if len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(f"objectives repeat a name: {','.join(self.objectives)!r}")
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy < 1.0:
+            raise ConfigError(f"min_accuracy must lie in [0, 1), got {self.min_accuracy!r}")
         if self.early_stop_margin is not None and self.early_stop_margin < 0:
             raise ConfigError(f"early_stop_margin must be >= 0 or None, got {self.early_stop_margin!r}")
 
@@ -118,7 +122,12 @@ class SearchConfig:
         """The ``data`` part of a trial request: where a worker finds the data and which split to rebuild."""
         return {"path": str(Path(self.data).resolve()) if self.data else None, "dataset": self.dataset,
                 "image_size": self.image_size, "train_ratio": self.train_ratio, "val_ratio": self.val_ratio,
-                "split_seed": self.seed, "digest": split_digest}
+                "split_seed": self.data_seed, "digest": split_digest}
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of the train/val/test split and of the base model's training."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)

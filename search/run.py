@@ -226,7 +226,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         say(f"*** no --data: running on the built-in SYNTHETIC scene set ({config.image_size}px) - "
             "a demo, not a result ***")
     data = load_scene_data(config.data, dataset=config.dataset, image_size=config.image_size, progress=config.progress)
-    split = make_split(data, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.seed)
+    split = make_split(data, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.data_seed)
     say(f"data: {data.summary()}; split {split.digest}: train {len(split.train)}, val {len(split.val)}, "
         f"test {len(split.test)} (test untouched until the final stage)")
     arch = {"model": config.model, "num_classes": data.num_classes, "image_size": data.image_size}
@@ -253,7 +253,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                       artifact_location=None if uri.startswith("http") else (Path(config.out).resolve() / "mlartifacts").as_uri())
     ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
                                      epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
-                                     seed=config.seed, device=config.device, progress=config.progress, say=say)
+                                     seed=config.data_seed, device=config.device, progress=config.progress, say=say)
 
     parent_id = engine.get_attr("mlflow_parent_run_id")
     if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:
@@ -269,7 +269,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         params = {"budget": str(budgets), "space": ",".join(joint.combos), "methods": ",".join(config.methods),
                   "dataset": data.name, "data_path": config.data or "synthetic", "split_hash": split.digest,
                   "sampler": config.sampler, "objectives": ",".join(config.objectives), "model": config.model,
-                  "trials": config.trials, "seed": config.seed, "fidelity_epochs": config.fidelity_epochs,
+                  "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
+                  "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
                   "final_epochs": config.final_epochs, "image_size": data.image_size,
                   "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
         parent_id = tracker.start_parent(config.study_name, params=params,
@@ -294,7 +295,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     from tracking.pareto import hypervolume, pareto_mask
 
     def front_state() -> tuple[list[Any], list[bool], float]:
-        done = [t for t in engine.complete() if t.user_attrs.get("feasible", True)]
+        done = [t for t in engine.complete()
+                if t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True)]
         if not done:
             return done, [], 0.0
         vals = [list(t.values) for t in done]
@@ -369,13 +371,18 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     trial.set_user_attr("plan", result["plan"])
                     trial.set_user_attr("costs", costs)
                     trial.set_user_attr("seconds", result.get("seconds") or {})
-                    engine.tell_complete(trial, values, budgets.violations(costs) if budgets.constraints else ())
+                    constraints = list(budgets.violations(costs)) if budgets.constraints else []
+                    tags = {"state": "COMPLETE", "feasible": str(feasible).lower()}
+                    if config.min_accuracy is not None:  # an OA floor: infeasible below it, off the front
+                        trial.set_user_attr("above_floor", result["val_oa"] >= config.min_accuracy)
+                        constraints.append(config.min_accuracy - result["val_oa"])
+                        tags["above_accuracy_floor"] = str(result["val_oa"] >= config.min_accuracy).lower()
+                    engine.tell_complete(trial, values, constraints)
                     metrics = {"val_oa": result["val_oa"], **costs, "compression_rate": result.get("compression_rate"),
                                "speedup": result.get("speedup"), "projection": result.get("projection"),
                                "epochs_run": result.get("epochs_run"),
                                "seconds": (result.get("seconds") or {}).get("total")}
-                    tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics,
-                                         tags={"state": "COMPLETE", "feasible": str(feasible).lower()})
+                    tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics, tags=tags)
                     row.update(state="complete", feasible=feasible, val_oa=result["val_oa"], costs=costs,
                                values=values)
             trial, run_id = None, None
@@ -475,7 +482,7 @@ def _final_stage(config: SearchConfig, result: SearchResult, front: list[Any], r
         request = {**request_base, "steps": plan["steps"], "limits": {}, "epochs": config.final_epochs,
                    "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
         try:
-            out = (trial_fn(json.loads(json.dumps(request)), return_model=config.log_models)
+            out = (trial_fn(json.loads(json.dumps(request)), return_model=True)
                    if _accepts_return_model(trial_fn) else trial_fn(json.loads(json.dumps(request))))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -493,19 +500,59 @@ def _final_stage(config: SearchConfig, result: SearchResult, front: list[Any], r
         if run_id:
             tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
                                          if isinstance(v, (int, float)) and k not in ("trial",)})
-        if model is not None and config.log_models:
-            try:
-                import torch
+        if model is not None:
+            _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
 
-                uri = tracker.log_model(result.parent_run_id, model, f"pareto-trial-{t.number}",
-                                        input_example=torch.zeros(1, 3, data.image_size, data.image_size).numpy(),
-                                        metadata={"trial": t.number, "plan": json.dumps(out.get("plan"))})
-                row["model_uri"] = uri
-            except Exception as exc:  # noqa: BLE001 - a model that MLflow cannot serialise still has its plan
-                note = (f"note: could not log trial {t.number} as an MLflow model ({type(exc).__name__}: {exc}); "
-                        "its plan.json rebuilds it")
-                result.notes.append(note)
-                say(note)
+
+def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: dict[str, Any], model: Any,
+                plan: Mapping[str, Any] | None, number: int, image_size: int, say: Callable[[str], None]) -> None:
+    """Write a final model as files a user deploys, and log it to MLflow.
+
+    ``<study>/models/trial-N.pt`` (base + plan + state dict; :func:`spaces.load_compressed`,
+    ``weights_only``) always, ``trial-N.onnx`` where the exporter takes the model; both go to the
+    parent run's ``models/`` artifacts. With ``log_models`` the model is also an MLflow model:
+    the ``pytorch`` flavour where MLflow can serialise it, else a pyfunc over the plan file.
+    """
+    import torch
+
+    from spaces import Plan, export_onnx, save_compressed
+
+    folder = config.study_dir / "models"
+    path = save_compressed(folder / f"trial-{number}.pt", model, Plan.from_dict(plan),
+                           extra={k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+    row["file"] = str(path.resolve())
+    why = export_onnx(model, path.with_suffix(".onnx"), image_size=image_size)
+    if why is None:
+        row["onnx"] = str(path.with_suffix(".onnx").resolve())
+    else:
+        result.notes.append(f"note: trial {number} has no ONNX file ({why}); its .pt file rebuilds it")
+    for f in (path, path.with_suffix(".onnx")):
+        if f.exists():
+            tracker.log_artifact(result.parent_run_id, f, "models")
+    if not config.log_models:
+        return
+    example = torch.zeros(1, 3, image_size, image_size).numpy()
+    meta = {"trial": number, "plan": json.dumps(plan)}
+    name = f"pareto-trial-{number}"
+    from search.objective import is_post_training
+    from spaces import get_space
+
+    first = "int8 packed weights"
+    if not any(is_post_training(get_space(s["space"], **(s.get("options") or {}))) for s in (plan or {}).get("steps", [])):
+        try:
+            row["model_uri"] = tracker.log_model(result.parent_run_id, model, name, input_example=example,
+                                                 metadata=meta)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever MLflow cannot serialise: fall back to the plan file
+            first = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        row["model_uri"] = tracker.log_compressed_model(result.parent_run_id, path, name, input_example=example,
+                                                        metadata={**meta, "flavor_note": first})
+    except Exception as exc:  # noqa: BLE001
+        note = (f"note: could not log trial {number} as an MLflow model ({type(exc).__name__}: {exc}); "
+                f"{path} rebuilds it")
+        result.notes.append(note)
+        say(note)
 
 
 def _accepts_return_model(fn: Callable) -> bool:
@@ -579,9 +626,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-epochs", type=int, help=f"fine-tune epochs per trial (default {d.fidelity_epochs})")
     p.add_argument("--final-epochs", type=int, help=f"fine-tune epochs of the Pareto set (default {d.final_epochs})")
     p.add_argument("--final-max", type=int, help="retrain at most this many Pareto models (default all)")
+    p.add_argument("--min-accuracy", type=float, metavar="OA",
+                   help="validation-OA floor in [0, 1): trials below it are infeasible and kept off the Pareto front")
     p.add_argument("--early-stop-margin", type=float, help=f"OA margin for stopping dominated trials (default {d.early_stop_margin}; <0 disables)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, help=f"one seed for sampler, split, torch (default {d.seed})")
+    p.add_argument("--split-seed", type=int, help="seed of the split and base model only (default: --seed); "
+                   "fix it to compare sampler seeds on one split")
     p.add_argument("--study", help="study name (default derived from data, model, budget, sampler, seed)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--out", help=f"folder for the default storage, database and artifacts (default {d.out})")
@@ -597,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     over: dict[str, Any] = {}
     simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "trials", "sampler",
-              "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "study", "out", "storage",
+              "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "split_seed", "min_accuracy", "study", "out", "storage",
               "tracking_uri", "experiment")
     for name in simple:
         value = getattr(args, name)
@@ -682,6 +733,9 @@ def render(result: SearchResult, stream: Any = None) -> None:
         print("interrupted: completed trials are stored; rerun with --resume to continue", file=stream)
     print(f"MLflow: {result.tracking_uri}  experiment {result.experiment_id}  parent run {result.parent_run_id}", file=stream)
     print(f"artifacts: {result.artifact_uri}  (local copy: {result.out_dir}/pareto)", file=stream)
+    if any(r.get("file") for r in result.final):
+        print(f"models: {result.out_dir}/models  (trial-N.pt: spaces.load_compressed(path); trial-N.onnx where "
+              "the exporter takes the model)", file=stream)
     print(f"Optuna storage: {result.storage}  study {result.study}", file=stream)
 
 

@@ -1,9 +1,15 @@
 """The joint conditional search space: which methods to chain, then each method's own choices.
 
 A trial first picks a *combination* (``"prune"``, ``"tucker"``, ``"prune+quant"``...) as one
-categorical choice; each method's parameters are then suggested by its space, conditional on
-that choice. Parameter names carry the space's prefix, so a method's choices are shared between
-the combinations that contain it and the samplers learn across them.
+categorical choice; the plan holds the choices of that combination's methods only. Every
+method's parameters are nevertheless *suggested* in every trial (those of methods outside the
+combination are inactive): Optuna's NSGA-II, multivariate TPE and GP samplers evolve or model
+only the parameters that every finished trial shares (their intersection search space) and
+sample the rest at random, so a conditional space would turn them into random search. Measured
+on UC Merced (ResNet-18, 64 px, params <= 25%, 24 trials, 3 seeds): with conditional
+parameters NSGA-II's hypervolume equalled random search's to the last digit. Parameter names
+carry the space's prefix, so a method's choices are shared between the combinations that
+contain it and the samplers learn across them.
 
 Methods chain in stage order: structural (pruning, decomposition) -> distillation (a fine-tuning
 loss) -> post-training (int8 quantisation); at most one method per stage.
@@ -127,10 +133,12 @@ class JointSpace:
         return out
 
     def suggest(self, trial: Any, model: Any, context: Any) -> tuple[str, list[dict[str, Any]]]:
-        """Define-by-run: the combination, then each member's choices. Returns (combo, steps)."""
+        """The combination, then every method's choices (a static space); returns (combo, steps)."""
         combo = trial.suggest_categorical("method", list(self.combos)) if len(self.combos) > 1 else self.combos[0]
-        params = [self._spaces[m].suggest(trial, model, context) for m in combo.split("+")]
-        return combo, self.steps_of(combo, params)
+        active = set(combo.split("+"))
+        suggested = {m: self._spaces[m].suggest(trial, model, context)
+                     for m in self.methods if any(m in c.split("+") for c in self.combos)}
+        return combo, self.steps_of(combo, [suggested[m] for m in combo.split("+") if m in active])
 
     def strongest(self, combo: str, model: Any, context: Any, *, factor: float = 1e6) -> list[dict[str, Any]]:
         """The most compressed plan of ``combo``: mid-range choices scaled until they saturate."""

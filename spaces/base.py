@@ -83,14 +83,21 @@ class Context:
 
 @dataclass(frozen=True, kw_only=True)
 class Step:
-    """One applied compression step: the space's name, its params, and its data-free record."""
+    """One applied compression step: the space's name, its params, and its data-free record.
+
+    ``options`` are the space's constructor options (``get_space(space, **options)``), kept so a
+    step rebuilds with the same space settings it was searched with.
+    """
 
     space: str
     params: Params = field(default_factory=dict)
     record: Record | None = None
+    options: Params = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"space": self.space, "params": copy.deepcopy(self.params)}
+        if self.options:
+            out["options"] = copy.deepcopy(self.options)
         if self.record is not None:
             out["record"] = copy.deepcopy(self.record)
         return out
@@ -99,15 +106,19 @@ class Step:
     def from_dict(cls, data: Mapping[str, Any]) -> Step:
         if not isinstance(data, Mapping) or "space" not in data:
             raise SpaceError(f"plan step must be an object with a 'space' key, got {data!r:.200}")
-        unknown = set(data) - {"space", "params", "record"}
+        unknown = set(data) - {"space", "params", "record", "options"}
         if unknown:
             raise SpaceError(f"plan step {data['space']!r}: unknown keys {sorted(unknown)}")
         params = data.get("params") or {}
         if not isinstance(params, Mapping):
             raise SpaceError(f"plan step {data['space']!r}: params must be an object, got {params!r:.200}")
+        options = data.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise SpaceError(f"plan step {data['space']!r}: options must be an object, got {options!r:.200}")
         record = data.get("record")
         return cls(space=str(data["space"]), params=copy.deepcopy(dict(params)),
-                   record=copy.deepcopy(dict(record)) if record is not None else None)
+                   record=copy.deepcopy(dict(record)) if record is not None else None,
+                   options=copy.deepcopy(dict(options)))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ _LAST_ONLY = ("quant.int8",)
 def check_plan(plan: Plan) -> None:
     """Structural checks that need no model: known spaces, quantisation last."""
     for i, step in enumerate(plan.steps):
-        get_space(step.space)  # unknown names raise, listing the known ones
+        get_space(step.space, **step.options)  # unknown names and options raise, listing the known ones
         if step.space in _LAST_ONLY and i != len(plan.steps) - 1:
             raise SpaceError(f"plan step {i} ({step.space}) must be the last step; "
                              f"step {i + 1} is {plan.steps[i + 1].space!r}")
@@ -59,12 +59,12 @@ def compress(model: nn.Module, plan: Plan, context: Context | None = None, *,
     current = model
     steps: list[Step] = []
     for i, step in enumerate(plan.steps):
-        space = get_space(step.space)
+        space = get_space(step.space, **step.options)
         try:
             done = space.transform(current, step.params, ctx, record=step.record, structure_only=structure_only)
         except SpaceError as exc:
             raise SpaceError(f"plan step {i}: {exc}") from exc
-        steps.append(Step(space=step.space, params=step.params, record=done.record))
+        steps.append(Step(space=step.space, params=step.params, record=done.record, options=step.options))
         current = done.model
     if current is model:
         import copy

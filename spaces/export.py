@@ -29,7 +29,12 @@ def save_compressed(path: str | os.PathLike, model: nn.Module, plan: Plan, *,
     """Write ``plan`` + ``model.state_dict()`` (+ plain-JSON ``extra``, e.g. metrics) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    # keep the state dict itself (not a copy as a plain dict): its ``_metadata`` carries the module
+    # versions that quantised layers need to load their packed weights back
+    state = model.state_dict()
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            state[k] = v.detach().cpu()
     blob = {"format": FORMAT, "plan": plan.to_json(indent=None), "state_dict": state}
     if extra:
         import json
@@ -77,16 +82,31 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, image_size:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int) -> str | None:
-    """Export to ONNX at ``path`` if the ``onnx`` package is installed; None on success, else why not."""
+    """Export to ONNX at ``path`` (input ``image`` with a dynamic batch axis, output ``logits``).
+
+    Returns None on success, else why not: the ``onnx``/``onnxscript`` packages missing (the
+    ``export`` extra installs them) or a model the exporter cannot take (int8 models of
+    ``torch.ao`` have packed weights that ``torch.export`` does not handle; ship their plan file).
+    """
     try:
         import onnx  # noqa: F401
-    except ImportError:
-        return "the onnx package is not installed"
-    x = torch.zeros(1, 3, image_size, image_size)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        return f"the {exc.name} package is not installed (pip install 'rscompress[export]')"
+    import contextlib
+    import io
+
+    x = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (x,), str(path))
+            torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, input_names=["image"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
         return None
     except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        import re
+
+        Path(path).unlink(missing_ok=True)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}"

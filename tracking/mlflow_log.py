@@ -223,6 +223,29 @@ class Tracker:
             mlflow.set_tracking_uri(previous)
         return info.model_uri
 
+    def log_compressed_model(self, run_id: str, path: str | Path, name: str, *, input_example: Any = None,
+                             metadata: Mapping[str, Any] | None = None) -> str:
+        """Log a compressed-model file (plan + state dict) as a pyfunc MLflow model; returns its URI.
+
+        For models ``mlflow.pytorch`` cannot serialise (int8): see :mod:`tracking.compressed_model`.
+        """
+        import mlflow
+
+        from tracking.compressed_model import CODE_PATHS, CompressedModel
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            with mlflow.start_run(run_id=run_id, nested=True):
+                info = mlflow.pyfunc.log_model(
+                    name=name, python_model=CompressedModel(), artifacts={"model": str(path)},
+                    code_paths=CODE_PATHS, input_example=input_example, metadata=dict(metadata or {}),
+                    pip_requirements=["torch", "torchvision", "torch-pruning", "tensorly", "numpy"],
+                )
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return info.model_uri
+
     # -- low level -------------------------------------------------------------------------
 
     def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import (CostSettings, compare, count_macs, count_nonzero_params, count_params, get_cost,
+from rsc.cost import (compare_latency, CostSettings, compare, count_macs, count_nonzero_params, count_params, get_cost,
                       list_costs, measure, register_cost, sparse_size)
 from rsc.errors import ConfigError
 
@@ -60,6 +60,20 @@ def test_sparse_size_rewards_zeros_and_counts_fillers():
 def test_bad_settings():
     with pytest.raises(ConfigError, match="threads"):
         CostSettings(threads=0)
+    with pytest.raises(ConfigError, match="memory_format must be one of channels_last, contiguous"):
+        CostSettings(memory_format="nhwc")
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous"])
+def test_latency_in_either_memory_format_leaves_the_model_alone(fmt):
+    net = _net().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    settings = CostSettings(image_size=16, repeats=2, warmup=1, memory_format=fmt)
+    x = settings.example_input(2)
+    assert x.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+    assert compare_latency({"a": net, "b": net}, settings=settings)["a"] > 0
+    for k, v in net.state_dict().items():  # same values, same (NCHW) layout
+        assert v.is_contiguous() and torch.equal(v, before[k])
 
 
 def test_quantised_models_count_the_same_macs_and_params():

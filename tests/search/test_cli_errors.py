@@ -41,6 +41,7 @@ def test_help_is_fast():
         (["--budget", "params<5M", "--methods", "tucker,teleport"], "unknown method 'teleport'"),
         (["--budget", "params<5M", "--objectives", "accuracy,flops"], "unknown objective 'flops'"),
         (["--budget", "params<5M", "--trials", "0"], "trials must be >= 1"),
+        (["--budget", "params<5M", "--min-accuracy", "1.5"], "min_accuracy must lie in [0, 1)"),
     ],
 )
 def test_bad_input_one_line(extra, pattern, tmp_path, capsys):

@@ -62,6 +62,15 @@ def test_tiny_search_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "runs" / "tiny" / "pareto" / "front.json").read_text())
     assert summary["final"][0]["test_oa"] == result.final[0]["test_oa"]
     assert result.final[0].get("model_uri", "").startswith(("runs:/", "models:/"))
+    # deployable files: plan + state dict (weights_only) and ONNX, also on the parent run
+    from spaces import load_compressed
+
+    row = result.final[0]
+    shipped, plan = load_compressed(row["file"])
+    assert plan.steps[0].space == "prune.magnitude" and row["file"].endswith(f"models/trial-{row['trial']}.pt")
+    assert row["onnx"].endswith(".onnx")
+    models = {a.path for a in client.list_artifacts(result.parent_run_id, "models")}
+    assert {f"models/trial-{row['trial']}.pt", f"models/trial-{row['trial']}.onnx"} <= models
 
     # the plan logged on the child (the projected one, with its replay record)
     plan = json.loads(open(client.download_artifacts(pareto[0].info.run_id, "plan.json", str(tmp_path))).read())
@@ -102,3 +111,52 @@ def test_ucmerced_small(tmp_path):
     assert result.counts["complete"] + result.counts.get("pruned", 0) == 2
     assert result.counts["inside_budget"] == result.counts["complete"]
     assert result.final and 0.0 <= result.final[0]["test_oa"] <= 1.0
+
+
+def test_accuracy_floor_keeps_weak_models_off_the_front(tmp_path):
+    """--min-accuracy: a tiny model at chance OA is infeasible, so the front holds only models above it."""
+    from mlflow import MlflowClient
+
+    from search.run import run
+
+    def fake_trial(request):
+        steps = request["steps"]
+        kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
+        oa = 0.3 + 0.6 * kept  # smaller is worse; the smallest fall below the floor
+        return {"status": "ok", "val_oa": oa, "plan": {"base": request["model"], "steps": steps},
+                "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    cfg = tiny_config(tmp_path, trials=8, final_max=0, sampler="random", min_accuracy=0.6)
+    result = run(cfg, trial_fn=fake_trial)
+    oas = [t["val_oa"] for t in result.trials if t["state"] == "complete"]
+    assert min(oas) < 0.6 <= max(oas)  # the floor cut something
+    assert result.front and all(r["val_oa"] >= 0.6 for r in result.front)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    kids = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    below = [k for k in kids if k.data.metrics["val_oa"] < 0.6]
+    assert below and all(k.data.tags["above_accuracy_floor"] == "false" and k.data.tags["pareto"] == "false"
+                         for k in below)
+    assert client.get_run(result.parent_run_id).data.params["min_accuracy"] == "0.6"
+
+
+def test_int8_pareto_model_ships_as_plan_file_and_pyfunc(tmp_path):
+    """An int8 model has no ONNX export and no mlflow.pytorch flavour: its plan file carries it."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from search.run import run
+    from spaces import load_compressed
+
+    cfg = tiny_config(tmp_path, methods=("quant",), budgets=("size<50%",), objectives=("accuracy", "size"),
+                      trials=1, log_models=True)
+    result = run(cfg)
+    row = result.final[0]
+    model, plan = load_compressed(row["file"])
+    assert plan.steps[-1].space == "quant.int8" and "onnx" not in row
+    assert any("no ONNX file" in n for n in result.notes)
+    mlflow.set_tracking_uri(result.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(row["model_uri"])
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded.predict(x), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)

@@ -48,3 +48,27 @@ def test_weights_that_do_not_fit_the_plan(small, ctx, tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(SpaceError, match="not a compressed model"):
         load_compressed(tmp_path / "other.pt")
+
+
+def test_step_options_survive_json_and_bad_options_are_named():
+    from spaces import check_plan
+
+    step = Step.from_dict({"space": "decompose.tucker", "params": {}, "options": {"round_to": 16}})
+    plan = Plan(base=BASE, steps=(step,))
+    assert Plan.from_json(plan.to_json()).steps[0].options == {"round_to": 16}
+    check_plan(plan)
+    bad = Plan(base=BASE, steps=(Step(space="decompose.tucker", options={"nope": 1}),))
+    with pytest.raises(SpaceError, match=r"decompose.tucker.*bad options"):
+        check_plan(bad)
+    with pytest.raises(SpaceError, match="options must be an object"):
+        Step.from_dict({"space": "decompose.tucker", "options": [1]})
+
+
+def test_int8_linear_layers_reload_from_the_plan_file(resnet18, ctx, x, tmp_path):
+    """Quantised Linear layers need the state dict's version metadata to unpack their weights."""
+    base = {"model": "resnet18", "num_classes": NUM_CLASSES, "image_size": SIZE}
+    plan = Plan(base=base, steps=(Step(space="quant.int8", params={}),))
+    model, done = compress(resnet18, plan, ctx)
+    again, _ = load_compressed(save_compressed(tmp_path / "q.pt", model, done))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))

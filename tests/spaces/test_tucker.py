@@ -116,3 +116,61 @@ def test_truncated_svd_of_a_linear_layer_is_the_optimal_low_rank_approximation(s
     error = torch.linalg.matrix_norm((fc.weight.detach() - approx).double())
     assert error == pytest.approx(float(optimum), rel=1e-3)
     torch.testing.assert_close(low[1].bias.detach(), fc.bias.detach())
+
+
+def test_ranks_round_to_multiples_and_old_plans_keep_exact_ranks(resnet18, ctx):
+    from spaces.tucker import _rank
+
+    assert [_rank(f, 64, 8) for f in (0.01, 0.3, 0.55, 1.0)] == [8, 16, 32, 64]
+    assert _rank(0.3, 6, 8) == 6  # never above the channels
+    space = get_space("decompose.tucker")
+    assert space.suggest(_Mid(), resnet18, ctx)["round_to"] == 8
+    layer = "layer2.0.conv2"  # 128 channels
+    rounded = space.transform(resnet18, {"conv": {layer: [0.3, 0.3]}, "round_to": 8}, ctx, structure_only=True)
+    exact = space.transform(resnet18, {"conv": {layer: [0.3, 0.3]}}, ctx, structure_only=True)
+    assert rounded.record["ranks"][layer] == [40, 40]  # round(38.4) = 38 -> 40
+    assert exact.record["ranks"][layer] == [38, 38]
+    assert space.scale({"conv": {layer: [0.5, 0.5]}, "round_to": 8}, 2.0)["round_to"] == 8
+    with pytest.raises(SpaceError, match="round_to must be a positive integer"):
+        space.transform(resnet18, {"conv": {layer: [0.5, 0.5]}, "round_to": 0}, ctx)
+    with pytest.raises(SpaceError, match="round_to must be a positive integer"):
+        get_space("decompose.tucker", round_to=2.5)
+
+
+class _Mid:
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        return 0.5
+
+
+@pytest.mark.parametrize("ranks, form", [((8, 16), "out"), ((24, 8), "in")])
+def test_full_rank_mode_is_not_projected_with_tucker1(ranks, form):
+    """f = 1 in one mode: two convs (Tucker-1), exact when the other rank is full too."""
+    torch.manual_seed(0)
+    model, ctx = _Tiny().eval(), _ctx()
+    space = get_space("decompose.tucker")
+    f = [ranks[0] / 24, ranks[1] / 16]
+    done = space.transform(model, {"conv": {"conv": f}, "round_to": 1, "tucker1": True}, ctx)
+    seq = done.model.conv
+    assert len(seq) == 2 and done.record["ranks"]["conv"] == list(ranks)
+    spatial = seq[0] if form == "out" else seq[1]
+    assert spatial.kernel_size == (3, 3) and (spatial.stride, spatial.padding, spatial.dilation) == ((2, 2), (2, 2), (2, 2))
+    assert seq[1].bias is not None  # the original bias sits on the last conv
+    three = space.transform(model, {"conv": {"conv": f}, "round_to": 1}, ctx).model.conv
+    assert len(three) == 3  # plans without the key keep Tucker-2
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        err1 = (seq(x) - model.conv(x)).norm()
+        err2 = (three(x) - model.conv(x)).norm()
+    assert err1 <= err2 * 1.05  # one optimal projection, no worse than HOOI's two
+    assert count_params(done.model) < count_params(model)
+    # full rank in the other mode too: the projection is exact
+    from spaces.tucker import _tucker1
+
+    exact = _tucker1(model.conv, 24 if form == "out" else 16, form, structure_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), model.conv(x), atol=1e-4, rtol=1e-4)
+
+
+def test_tucker1_flag_must_be_boolean():
+    with pytest.raises(SpaceError, match="tucker1 must be true or false"):
+        get_space("decompose.tucker").apply(_Tiny(), {"conv": {"conv": [0.5, 1.0]}, "tucker1": "yes"}, _ctx())
