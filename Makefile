@@ -30,7 +30,7 @@ bench-spaces: setup
 	$(BIN)/python benchmarks/bench_spaces.py --finetune
 
 bench-search: setup
-	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse
+	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse --fidelity-epochs 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

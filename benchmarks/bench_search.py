@@ -1,8 +1,9 @@
 """Benchmark of the compression search (not collected by pytest).
 
-Full run (UC Merced, ResNet-18 at 64 px, budget params <= 25% of the base; hours on 2 CPU cores):
+Full run (UC Merced, ResNet-18 at 64 px, budget params <= 25% of the base; about 45 min on 2 idle
+CPU cores with one fine-tune epoch per trial, roughly twice that with the default two):
 
-    .venv/bin/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse
+    .venv/bin/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse --fidelity-epochs 1
 
 Quick smoke (minutes): ``--quick`` (32 px, 6 trials, 1 seed, 1 fine-tune epoch).
 
