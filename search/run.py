@@ -107,6 +107,7 @@ class SearchResult:
     timing: dict[str, float] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    min_accuracy: float | None = None
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -413,6 +414,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                           objectives=[(n, d) for n, _, d in objectives], hypervolume=hv, interrupted=interrupted,
                           trials=rows, base_costs=dict(base_costs))
     result.counts = _counts(engine)
+    result.min_accuracy = config.min_accuracy
     front_trials = sorted([t for t, m in zip(done, mask) if m], key=lambda t: tuple(t.values[1:]))
     result.front = [_front_row(t, objectives, base_costs) for t in front_trials]
     if timing["wall"]:
@@ -441,6 +443,9 @@ def _counts(engine: Any) -> dict[str, int]:
             key = "interrupted"
         counts[key] = counts.get(key, 0) + 1
     counts["inside_budget"] = sum(1 for t in engine.complete() if t.user_attrs.get("feasible", True))
+    if any("above_floor" in t.user_attrs for t in engine.complete()):
+        counts["above_floor"] = sum(1 for t in engine.complete()
+                                    if t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True))
     return counts
 
 
@@ -714,8 +719,10 @@ def render(result: SearchResult, stream: Any = None) -> None:
     print(f"\nstudy {result.study}: {c.get('finished', 0)} finished trial(s) "
           f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned/infeasible, {c.get('fail', 0)} failed"
           + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
-          + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget; "
-          f"hypervolume {result.hypervolume:.4f}", file=stream)
+          + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget"
+          + (f", {c['above_floor']} of them at or above the accuracy floor {result.min_accuracy:g}"
+             if "above_floor" in c else "")
+          + f"; hypervolume {result.hypervolume:.4f}", file=stream)
     if result.final:
         keys = ["trial", "method", "test_oa", "val_oa", "params", "compression_rate", "macs", "size", "latency_ms", "speedup"]
         print("\nPareto set after final fine-tuning (test split), beside the base model:", file=stream)
@@ -724,6 +731,10 @@ def render(result: SearchResult, stream: Any = None) -> None:
         keys = ["trial", "method", "val_oa", "params", "compression_rate", "macs", "size", "latency_ms"]
         print("\nPareto set (validation split; no final stage run):", file=stream)
         print(render_table(result.front, keys), file=stream)
+    elif c.get("inside_budget") and c.get("above_floor") == 0:
+        best = max((t["val_oa"] for t in result.trials if t.get("state") == "complete"), default=float("nan"))
+        print(f"no trial reached the accuracy floor (validation OA >= {result.min_accuracy:g}; best {best:.3f}): "
+              "lower --min-accuracy, or raise --fidelity-epochs so trials train longer", file=stream)
     else:
         print("no complete trial inside the budget yet", file=stream)
     if "overhead_share" in result.timing:

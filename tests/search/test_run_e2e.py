@@ -160,3 +160,21 @@ def test_int8_pareto_model_ships_as_plan_file_and_pyfunc(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
     with torch.inference_mode():
         np.testing.assert_allclose(loaded.predict(x), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_floor_no_trial_reaches_says_so(tmp_path):
+    import io
+
+    from search.run import render, run
+
+    def weak(request):
+        steps = request["steps"]
+        return {"status": "ok", "val_oa": 0.2, "plan": {"base": request["model"], "steps": steps},
+                "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    result = run(tiny_config(tmp_path, trials=2, final_max=0, min_accuracy=0.5), trial_fn=weak)
+    assert not result.front and result.counts["above_floor"] == 0
+    out = io.StringIO()
+    render(result, out)
+    assert "0 of them at or above the accuracy floor 0.5" in out.getvalue()
+    assert "no trial reached the accuracy floor (validation OA >= 0.5; best 0.200)" in out.getvalue()
