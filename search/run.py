@@ -740,6 +740,8 @@ def render(result: SearchResult, stream: Any = None) -> None:
     if "overhead_share" in result.timing:
         print(f"\nbookkeeping outside model compute: {100 * result.timing['overhead_share']:.1f}% of trial wall time",
               file=stream)
+    for note in result.notes:
+        print(note, file=stream)
     if result.interrupted:
         print("interrupted: completed trials are stored; rerun with --resume to continue", file=stream)
     print(f"MLflow: {result.tracking_uri}  experiment {result.experiment_id}  parent run {result.parent_run_id}", file=stream)

@@ -102,7 +102,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int) -
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, input_names=["image"],
-                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False,
+                              external_data=False)  # one self-contained file (weights inside; < 2 GB)
         return None
     except Exception as exc:  # noqa: BLE001
         import re

@@ -14,6 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 def test_tucker_model_exports_with_a_dynamic_batch(resnet18, ctx, tmp_path):
     model = get_space("decompose.tucker").apply(resnet18, {"conv": {"layer4.1.conv2": [0.5, 0.5]}, "round_to": 8}, ctx)
     assert export_onnx(model, tmp_path / "m.onnx", image_size=SIZE) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # weights inside: one file to ship
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randn(batch, 3, SIZE, SIZE)
