@@ -96,6 +96,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int) -
     import contextlib
     import io
 
+    if any(".quantized" in type(m).__module__ for m in model.modules()):
+        return "int8 models do not export: torch.export cannot trace torch.ao's packed weights"
     x = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1)
     try:
