@@ -135,10 +135,9 @@ class JointSpace:
     def suggest(self, trial: Any, model: Any, context: Any) -> tuple[str, list[dict[str, Any]]]:
         """The combination, then every method's choices (a static space); returns (combo, steps)."""
         combo = trial.suggest_categorical("method", list(self.combos)) if len(self.combos) > 1 else self.combos[0]
-        active = set(combo.split("+"))
         suggested = {m: self._spaces[m].suggest(trial, model, context)
                      for m in self.methods if any(m in c.split("+") for c in self.combos)}
-        return combo, self.steps_of(combo, [suggested[m] for m in combo.split("+") if m in active])
+        return combo, self.steps_of(combo, [suggested[m] for m in combo.split("+")])
 
     def strongest(self, combo: str, model: Any, context: Any, *, factor: float = 1e6) -> list[dict[str, Any]]:
         """The most compressed plan of ``combo``: mid-range choices scaled until they saturate."""

@@ -80,3 +80,19 @@ def check_no_extra(space: str, params: Mapping[str, Any], allowed: Iterable[str]
     extra = sorted(set(params) - set(allowed))
     if extra:
         raise SpaceError(f"{space}: unknown params {extra}; expected {sorted(allowed)}")
+
+
+def is_positive_int(value: Any) -> bool:
+    """A plain ``int >= 1`` (``True`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def round_channels(count: int, channels: int, round_to: int | None) -> int:
+    """``count`` to the nearest multiple of ``round_to`` (at least one multiple), within [1, channels].
+
+    Channel pruning (kept channels) and Tucker (ranks) share it: conv kernels run channel counts
+    that are multiples of 8 much faster.
+    """
+    if round_to and round_to > 1:
+        count = max(round_to, int(round(count / round_to)) * round_to)
+    return max(1, min(channels, count))

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import check_fraction, check_keys, check_mapping, check_no_extra, find_head
+from spaces._util import (check_fraction, check_keys, check_mapping, check_no_extra, find_head, is_positive_int,
+                          round_channels)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
@@ -107,11 +108,7 @@ def kept_channels(channels: int, ratio: float, round_to: int | None) -> int:
     """
     if ratio <= 0:
         return channels
-    keep = channels - int(math.floor(ratio * channels))
-    if round_to and round_to > 1:
-        keep = int(round(keep / round_to)) * round_to
-        keep = max(round_to, keep)
-    return max(1, min(channels, keep))
+    return round_channels(channels - int(math.floor(ratio * channels)), channels, round_to)
 
 
 def _calibration_grads(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -198,8 +195,7 @@ class ChannelPruning(Space):
         if criterion not in CRITERIA:
             raise _err(f"unknown criterion {criterion!r}; known: {list(CRITERIA)}")
         round_to = params.get("round_to")
-        if round_to is not None and (not isinstance(round_to, int) or isinstance(round_to, bool)
-                                     or round_to < 1):
+        if round_to is not None and not is_positive_int(round_to):
             raise _err(f"round_to must be a positive integer or null, got {round_to!r}")
         ratios = check_mapping(self.name, "ratios", params.get("ratios", {}))
         check_keys(self.name, "ratios", ratios, groups)

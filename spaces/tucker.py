@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import check_fraction, check_keys, check_mapping, check_no_extra, find_head, set_module
+from spaces._util import (check_fraction, check_keys, check_mapping, check_no_extra, find_head, is_positive_int,
+                          round_channels, set_module)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
@@ -40,10 +41,7 @@ def _rank(fraction: float, channels: int, round_to: int = 1) -> int:
     """``round(fraction * channels)``, then to the nearest multiple of ``round_to`` (at least one
     multiple, never above ``channels``): CPU and GPU conv kernels run multiples of 8 far faster
     (measured on ResNet-18 layers at 64 px, batch 16: rank 64 of 128 runs 1.4x faster than 67)."""
-    r = int(round(fraction * channels))
-    if round_to > 1:
-        r = max(round_to, int(round(r / round_to)) * round_to)
-    return max(1, min(channels, r))
+    return round_channels(int(round(fraction * channels)), channels, round_to)
 
 
 def _ksize(conv: nn.Conv2d) -> int:
@@ -99,7 +97,7 @@ class TuckerDecomposition(Space):
     def __init__(self, *, min_fraction: float = 0.1, max_fraction: float = 1.0, step: float = 0.05,
                  min_channels: int = 16, decompose_fc: bool = True, n_iter_max: int = 2,
                  round_to: int = 8) -> None:
-        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        if not is_positive_int(round_to):
             raise SpaceError(f"decompose.tucker: round_to must be a positive integer, got {round_to!r}")
         self.round_to = round_to
         self.min_fraction = check_fraction("decompose.tucker", "min_fraction", min_fraction, low_open=True,
@@ -152,7 +150,7 @@ class TuckerDecomposition(Space):
 
     def _round_to(self, params: Params) -> int:
         r = params.get("round_to", 1)
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        if not is_positive_int(r):
             raise self.fail(f"round_to must be a positive integer, got {r!r}")
         return r
 
@@ -274,8 +272,6 @@ class TuckerDecomposition(Space):
         return Transformed(new, {"ranks": ranks})
 
     def _tucker(self, conv: nn.Conv2d, r_out: int, r_in: int, name: str, structure_only: bool) -> nn.Sequential:
-        if conv.padding_mode != "zeros":
-            raise self.fail(f"layer {name!r}: padding_mode {conv.padding_mode!r} is not supported")
         dev, dtype = conv.weight.device, conv.weight.dtype
         first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
         core = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
