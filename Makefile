@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-data bench-spaces bench-search clean
+.PHONY: setup demo test bench-data bench-spaces bench-search bench-device clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ setup: $(STAMP)
 # (trains and caches a base ResNet-18 first; about 1.5 min on 2 CPU cores).
 demo: setup
 	$(BIN)/python -m search.run --budget 'params<25%' --min-accuracy 0.25 --image-size 32 --base-epochs 10 \
-	    --trials 8 --fidelity-epochs 1 --final-epochs 3 --study demo-$(shell date +%Y%m%d-%H%M%S)
+	    --trials 8 --fidelity-epochs 2 --final-epochs 3 --study demo-$(shell date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/python -m pytest
@@ -31,6 +31,10 @@ bench-spaces: setup
 
 bench-search: setup
 	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse --fidelity-epochs 1
+
+# Trials on CUDA beside the CPU, same plans and seeds (needs a GPU; about 2 min on an H200)
+bench-device: setup
+	$(BIN)/python benchmarks/bench_device.py --device cuda --data ../shared/datasets/UCMerced_LandUse --determinism 10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

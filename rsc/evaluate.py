@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> dict:
     from rsc.data import TensorLoader, load_scene_data, load_split, make_split
     from rsc.errors import CheckpointError
     from rsc.evaluation import evaluate, plot_confusion
-    from rsc.training import default_device
+    from rsc.training import resolve_device
 
     blob = load_checkpoint(args.checkpoint)
     arch = blob["arch"]
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict:
                            progress=args.progress)
     check_classes(blob, data.classes, where=f" at {data.root or 'synthetic'}")
     model = model_from_checkpoint(blob)
-    device = torch.device(args.device) if args.device else default_device()
+    device = resolve_device(args.device)
     model.to(device)
     if args.subset == "all":
         index = torch.arange(len(data))

@@ -109,7 +109,7 @@ def run(config: TrainConfig) -> dict:
     from rsc.errors import ConfigError
     from rsc.evaluation import evaluate, plot_confusion
     from rsc.models import create_model
-    from rsc.training import default_device, fit, seed_everything
+    from rsc.training import fit, resolve_device, seed_everything
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -126,7 +126,7 @@ def run(config: TrainConfig) -> dict:
         if not (config.dataset and config.data):
             raise ConfigError("--download needs --dataset NAME and --data FOLDER (where to put it)")
         data_path = str(download_dataset(config.dataset, config.data, progress=config.progress))
-    device = torch.device(config.device) if config.device else default_device()
+    device = resolve_device(config.device)
     data = load_scene_data(data_path, dataset=config.dataset, image_size=config.image_size,
                            progress=config.progress)
     # Fail on a bad model name before any training.

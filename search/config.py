@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from rsc.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
+BACKENDS = ("local", "ray")                 # where trials run (search.executors)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
 
@@ -49,6 +50,8 @@ class SearchConfig:
     trials: int = 40
     population_size: int = 8             # NSGA-II generation size (small: trials are expensive)
     startup_trials: int = 8              # TPE/GP random start
+    min_target: float = 0.1              # each trial aims at a searched fraction in [min_target, 1] of the
+                                         # ceiling on the first analytic cost objective (1 = all at the budget)
 
     # -- per-trial evaluation
     fidelity_epochs: int = 2             # fine-tune epochs per trial
@@ -74,7 +77,12 @@ class SearchConfig:
     storage_timeout: float = 10.0        # seconds to wait for a locked sqlite storage before failing
     tracking_uri: str | None = None      # MLflow URI; default sqlite:///<out>/mlflow.db
     experiment: str = "rsc-search"
-    device: str = "cpu"
+    device: str | None = None            # training device; None = cuda when available (latency: the CPU)
+    backend: str = "local"               # local (in this process) or ray (trials as Ray tasks, several at once)
+    ray_address: str | None = None       # None: a private local Ray; auto / host:port / ray://host:10001
+    workers: int | None = None           # Ray trials in flight (None: cluster CPUs / trial_cpus)
+    trial_cpus: float = 1.0              # CPUs reserved per Ray trial (and its torch threads)
+    trial_gpus: float = 0.0              # GPUs per Ray trial (> 0: trials train on CUDA)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +106,16 @@ class SearchConfig:
             raise ConfigError(f"objectives repeat a name: {','.join(self.objectives)!r}")
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy < 1.0:
             raise ConfigError(f"min_accuracy must lie in [0, 1), got {self.min_accuracy!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.workers is not None and int(self.workers) < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers!r}")
+        if not float(self.trial_cpus) > 0 or float(self.trial_gpus) < 0:
+            raise ConfigError(f"trial_cpus must be > 0 and trial_gpus >= 0, got {self.trial_cpus!r}, {self.trial_gpus!r}")
+        if self.backend == "local" and (self.ray_address or self.workers):
+            raise ConfigError("--ray-address and --workers need --backend ray")
+        if not 0.0 < float(self.min_target) <= 1.0:
+            raise ConfigError(f"min_target must lie in (0, 1], got {self.min_target!r}")
         if self.early_stop_margin is not None and self.early_stop_margin < 0:
             raise ConfigError(f"early_stop_margin must be >= 0 or None, got {self.early_stop_margin!r}")
 

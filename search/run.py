@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rsc.errors import ConfigError, UserError
 from search.budget import GRAMMAR, Budgets, BudgetInfeasible, get_metric, parse_budgets
-from search.config import QUALITY_OBJECTIVES, SAMPLERS, SearchConfig
+from search.config import BACKENDS, QUALITY_OBJECTIVES, SAMPLERS, SearchConfig
 
 __all__ = ["main", "run", "SearchResult", "Reporter", "build_parser"]
 
@@ -146,10 +146,12 @@ def _git_sha() -> str:
 
 
 def _check_reachable(joint: Any, budgets: Budgets, base_model: Any, context: Any, image_size: int,
-                     say: Callable[[str], None]) -> None:
+                     say: Callable[[str], None], extra_keys: Sequence[str] = ()) -> dict[str, dict[str, float]]:
     """Drop method combinations that cannot reach the analytic budget; none left is an error.
 
     One structural build of each combination's strongest setting - seconds, before any training.
+    Returns each kept combination's strongest costs (its floor) on the budgeted keys and
+    ``extra_keys``, which the per-trial targets must not go below.
     """
     from rsc.cost import CostSettings, measure
     from search.objective import build_steps
@@ -157,17 +159,19 @@ def _check_reachable(joint: Any, budgets: Budgets, base_model: Any, context: Any
     limits = budgets.limits()
     analytic = {b.spec.cost_key for b in budgets.analytic}
     limits = {k: v for k, v in limits.items() if k in analytic}
-    if not limits:
-        return
+    keys = list(dict.fromkeys([*limits, *extra_keys]))
+    if not keys:
+        return {}
     settings = CostSettings(image_size=image_size)
-    ok, best = [], {k: math.inf for k in limits}
+    ok, best, floors = [], {k: math.inf for k in limits}, {}
     for combo in joint.combos:
         try:
             model, _ = build_steps(base_model, joint.strongest(combo, base_model, context), context, structure_only=True)
         except UserError as exc:
             say(f"note: {combo} cannot be built at full strength ({exc}); left out")
             continue
-        costs = measure(model, list(limits), settings)
+        costs = measure(model, keys, settings)
+        floors[combo] = {k: float(costs[k]) for k in keys}
         for k in limits:
             best[k] = min(best[k], costs[k])
         if all(costs[k] <= limits[k] for k in limits):
@@ -180,6 +184,22 @@ def _check_reachable(joint: Any, budgets: Budgets, base_model: Any, context: Any
     if dropped:
         say(f"note: {', '.join(dropped)} cannot reach budget {budgets}; searching {', '.join(ok)}")
     joint.restrict(ok)
+    return {c: floors[c] for c in ok}
+
+
+def trial_target(trial: Any, combo: str, *, key: str, ceiling: float, floors: Mapping[str, Mapping[str, float]],
+                 min_target: float, headroom: float = 1.1) -> float:
+    """The ceiling this trial's plan is projected onto, on the cost ``key`` (AMC-style clipping).
+
+    The search samples ``target`` in ``[min_target, 1]`` (log scale) as a fraction of the
+    ``ceiling`` (the budget on ``key``, or the base model's cost without one), so trials spread
+    along the front instead of all landing on the budget - the per-layer choices then say how
+    to distribute the compression, ``target`` how much. The result never goes below ``headroom``
+    times the combination's floor (its strongest plan), so no trial is infeasible because of it.
+    """
+    fraction = trial.suggest_float("target", min_target, 1.0, log=True)
+    floor = float((floors.get(combo) or {}).get(key, 0.0))
+    return min(ceiling, max(fraction * ceiling, headroom * floor))
 
 
 # --------------------------------------------------------------------------------- run
@@ -201,6 +221,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     from rsc.cost import CostSettings, measure
     from rsc.data import load_scene_data, make_split
     from rsc.models import create_model
+    from rsc.training import resolve_device
     from search.base_model import obtain_base_checkpoint
     from search.engines.optuna_engine import OptunaEngine
     from search.objective import evaluate_trial
@@ -211,6 +232,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     rep = reporter or Reporter()
     say = rep.message
     trial_fn = trial_fn or evaluate_trial
+    device = str(resolve_device(config.device))
     t_start = time.perf_counter()
 
     # 1. everything that can be wrong with the input, before any training
@@ -220,6 +242,10 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     out_dir = config.study_dir
     uri = config.tracking_uri or default_tracking_uri(config.out)
     check_tracking_uri(uri)
+    if config.backend == "ray" and config.ray_address:
+        from search.executors import check_ray_address
+
+        check_ray_address(config.ray_address)
     joint = JointSpace(config.methods, max_combo=config.max_combo)
     torch.manual_seed(config.seed)
 
@@ -238,8 +264,14 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     if any(b.spec.kind == "measured" for b in budgets) or any(k == "latency_ms" for _, k, _ in objectives):
         base_costs["latency_ms"] = measure(skeleton, ["latency_ms"], settings)["latency_ms"]
     budgets = budgets.resolve(base_costs)
-    _check_reachable(joint, budgets, skeleton, context, data.image_size, say)
     limits = {k: v for k, v in budgets.limits().items() if k in {b.spec.cost_key for b in budgets.analytic}}
+    # the first analytic cost objective: each trial aims at a searched fraction of its ceiling
+    target_key = next((k for n, k, d in objectives if d == "minimize" and get_metric(n).kind == "analytic"), None)
+    if config.min_target >= 1.0:
+        target_key = None
+    floors = _check_reachable(joint, budgets, skeleton, context, data.image_size, say,
+                              extra_keys=[target_key] if target_key else [])
+    target_ceiling = limits.get(target_key, base_costs.get(target_key)) if target_key else None
     if budgets:
         say(f"budget: {budgets} -> " + ", ".join(f"{k} <= {v:.4g}" for k, v in budgets.limits().items())
             + f" (base: {', '.join(f'{k} {base_costs[k]:.4g}' for k in budgets.limits())})")
@@ -254,7 +286,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                       artifact_location=None if uri.startswith("http") else (Path(config.out).resolve() / "mlartifacts").as_uri())
     ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
                                      epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
-                                     seed=config.data_seed, device=config.device, progress=config.progress, say=say)
+                                     seed=config.data_seed, device=device, progress=config.progress, say=say)
 
     parent_id = engine.get_attr("mlflow_parent_run_id")
     if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:
@@ -272,7 +304,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                   "sampler": config.sampler, "objectives": ",".join(config.objectives), "model": config.model,
                   "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
                   "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
-                  "final_epochs": config.final_epochs, "image_size": data.image_size,
+                  "final_epochs": config.final_epochs, "image_size": data.image_size, "device": device,
+                  "min_target": config.min_target if target_key else 1.0, "target_key": target_key or "",
                   "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
         parent_id = tracker.start_parent(config.study_name, params=params,
                                          tags={"study": config.study_name, "git_sha": _git_sha(), "kind": "search"})
@@ -285,7 +318,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         "data": config.data_request(split.digest),
         "base_checkpoint": str(Path(ckpt).resolve()), "model": arch, "limits": limits, "base_costs": base_costs,
         "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
-        "device": config.device, "calibration_batches": config.calibration_batches, "latency": config.latency,
+        "device": device, "calibration_batches": config.calibration_batches, "latency": config.latency,
     }
     cost_objs = [(n, k) for n, k, d in objectives if d == "minimize"]
     reference = [0.0] + [1.0] * len(cost_objs)
@@ -305,42 +338,56 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         hv = hypervolume([normalised(v) for v in vals], directions, reference)
         return done, [bool(m) for m in mask], hv
 
-    # 3. the trial loop
-    timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0}
+    # 3. the trial loop: ask while the executor has room, record each trial as it finishes
+    from search.executors import make_executor
+
+    executor = make_executor(config.backend, trial_fn, **({} if config.backend == "local" else dict(
+        address=config.ray_address, workers=config.workers, cpus=config.trial_cpus, gpus=config.trial_gpus)))
+    if config.backend != "local":
+        say(f"trials run on {executor.describe()}")
+    trial_device = device if config.backend == "local" else ("cuda" if config.trial_gpus > 0 else "cpu")
+    timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0, "driver": 0.0}
     rows: list[dict[str, Any]] = []
     interrupted = False
     finished = len(engine.finished())
     rep.start(config.trials, min(finished, config.trials))
     hv = front_state()[2]
-    trial = None
-    run_id = None
-    try:
-        while finished < config.trials:
-            t_wall = time.perf_counter()
-            trial = engine.ask()
-            combo, steps = joint.suggest(trial, skeleton, context)
-            run_id = tracker.start_trial(parent_id, trial.number, tags={"method": combo, "study": config.study_name})
-            trial.set_user_attr("mlflow_run_id", run_id)
-            trial.set_user_attr("method", combo)
-            done, mask, _ = front_state()
-            early = None
-            if config.early_stop_margin is not None and done:
-                early = {"front": [list(t.values) for t, m in zip(done, mask) if m], "directions": directions,
-                         "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}
-            request = {**request_base, "steps": steps, "seed": config.seed * 100003 + trial.number, "early_stop": early}
-            sampled_plan = {"base": arch, "steps": steps}
-            t_fn = time.perf_counter()
-            error = None
-            try:
-                result = trial_fn(json.loads(json.dumps(request)))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a broken trial is recorded, the search goes on
-                result, error = None, exc
-            timing["trial_fn"] += time.perf_counter() - t_fn
-            row: dict[str, Any] = {"number": trial.number, "method": combo}
-            from spaces.errors import BudgetInfeasible as SpaceInfeasible
+    in_flight: dict[int, tuple] = {}  # trial number -> trial, run id, combo, sampled plan, limits
+    from spaces.errors import BudgetInfeasible as SpaceInfeasible
 
+    t_loop = time.perf_counter()
+    try:
+        while True:
+            t_driver = time.perf_counter()
+            while len(in_flight) < executor.capacity and finished + len(in_flight) < config.trials:
+                trial = engine.ask()
+                combo, steps = joint.suggest(trial, skeleton, context)
+                aim = {}
+                if target_key:
+                    aim = {target_key: trial_target(trial, combo, key=target_key, ceiling=target_ceiling,
+                                                    floors=floors, min_target=config.min_target)}
+                    trial.set_user_attr("target", aim)
+                run_id = tracker.start_trial(parent_id, trial.number, tags={"method": combo, "study": config.study_name})
+                trial.set_user_attr("mlflow_run_id", run_id)
+                trial.set_user_attr("method", combo)
+                done, mask, _ = front_state()
+                early = None
+                if config.early_stop_margin is not None and done:
+                    early = {"front": [list(t.values) for t, m in zip(done, mask) if m], "directions": directions,
+                             "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}
+                request = {**request_base, "steps": steps, "target": aim, "device": trial_device,
+                           "seed": config.seed * 100003 + trial.number, "early_stop": early}
+                in_flight[trial.number] = (trial, run_id, combo, {"base": arch, "steps": steps}, aim)
+                executor.submit(trial.number, json.loads(json.dumps(request)))
+            timing["driver"] += time.perf_counter() - t_driver
+            if not in_flight:
+                break
+            t_fn = time.perf_counter()
+            number, result, error = executor.next()
+            timing["trial_fn"] += time.perf_counter() - t_fn
+            t_driver = time.perf_counter()
+            trial, run_id, combo, sampled_plan, aim = in_flight.pop(number)
+            row: dict[str, Any] = {"number": trial.number, "method": combo}
             if isinstance(error, (SpaceInfeasible, BudgetInfeasible)):
                 engine.tell_pruned(trial)
                 tracker.finish_trial(run_id, plan=sampled_plan, tags={"state": "PRUNED", "feasible": "false",
@@ -372,8 +419,12 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     trial.set_user_attr("plan", result["plan"])
                     trial.set_user_attr("costs", costs)
                     trial.set_user_attr("seconds", result.get("seconds") or {})
+                    if result.get("worker"):
+                        trial.set_user_attr("worker", result["worker"])
                     constraints = list(budgets.violations(costs)) if budgets.constraints else []
                     tags = {"state": "COMPLETE", "feasible": str(feasible).lower()}
+                    if result.get("worker"):
+                        tags["worker"] = f"{result['worker'].get('host')}:{result['worker'].get('pid')}"
                     if config.min_accuracy is not None:  # an OA floor: infeasible below it, off the front
                         trial.set_user_attr("above_floor", result["val_oa"] >= config.min_accuracy)
                         constraints.append(config.min_accuracy - result["val_oa"])
@@ -382,11 +433,11 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     metrics = {"val_oa": result["val_oa"], **costs, "compression_rate": result.get("compression_rate"),
                                "speedup": result.get("speedup"), "projection": result.get("projection"),
                                "epochs_run": result.get("epochs_run"),
-                               "seconds": (result.get("seconds") or {}).get("total")}
+                               "seconds": (result.get("seconds") or {}).get("total"),
+                               **{f"target_{k}": v for k, v in aim.items()}}
                     tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics, tags=tags)
                     row.update(state="complete", feasible=feasible, val_oa=result["val_oa"], costs=costs,
                                values=values)
-            trial, run_id = None, None
             done, mask, hv = front_state()
             tracker.update_pareto({t.user_attrs["mlflow_run_id"]: m for t, m in zip(done, mask)
                                    if t.user_attrs.get("mlflow_run_id")})
@@ -394,16 +445,18 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
             tracker.log_metrics(parent_id, {"hypervolume": hv, "front_size": sum(mask)}, step=finished)
             row.update(hypervolume=hv, front=sum(mask))
             rows.append(row)
-            timing["wall"] += time.perf_counter() - t_wall
             timing["trials"] += 1
+            timing["driver"] += time.perf_counter() - t_driver
             rep.trial(row)
     except KeyboardInterrupt:
         interrupted = True
-        if trial is not None:
+        executor.cancel()
+        for trial, run_id, *_ in in_flight.values():
             engine.tell_failed(trial, interrupted=True)
-        if run_id is not None:
             tracker.finish_trial(run_id, tags={"state": "INTERRUPTED"}, status="KILLED")
     finally:
+        timing["wall"] = time.perf_counter() - t_loop
+        executor.close()
         rep.close()
 
     # 4. summary, final stage, artifacts
@@ -417,8 +470,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     result.min_accuracy = config.min_accuracy
     front_trials = sorted([t for t, m in zip(done, mask) if m], key=lambda t: tuple(t.values[1:]))
     result.front = [_front_row(t, objectives, base_costs) for t in front_trials]
-    if timing["wall"]:
-        timing["overhead_share"] = max(0.0, timing["wall"] - timing["trial_fn"]) / timing["wall"]
+    if timing["wall"]:  # driver work (Optuna, MLflow, bookkeeping) as a share of the loop's wall time
+        timing["overhead_share"] = min(1.0, timing["driver"] / timing["wall"])
     result.timing = timing
     try:
         if not interrupted:
@@ -461,6 +514,27 @@ def _front_row(t: Any, objectives: Sequence[tuple[str, str, str]], base_costs: M
     return row
 
 
+def spread_pick(front: Sequence[Any], k: int | None, accuracy: Callable[[Any], float] = lambda t: t.values[0]) -> list[Any]:
+    """``k`` models of a front sorted by cost (cheapest first), spread evenly along it.
+
+    The cheapest and the most accurate models are kept, the rest evenly spaced between, so a
+    capped final stage still shows the whole trade-off and its best model.
+    """
+    n = len(front)
+    if k is None or k >= n:
+        return list(front)
+    if k <= 0:
+        return []
+    best = max(range(n), key=lambda i: accuracy(front[i]))
+    if k == 1:
+        return [front[best]]
+    picks = {round(i * (n - 1) / (k - 1)) for i in range(k)}
+    if best not in picks:
+        picks.remove(min(picks - {0}, key=lambda i: abs(i - best)))
+        picks.add(best)
+    return [front[i] for i in sorted(picks)]
+
+
 def _final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
                  trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None]) -> None:
     """Fine-tune the Pareto set longer and evaluate it - and the base model - on the test split."""
@@ -478,7 +552,7 @@ def _final_stage(config: SearchConfig, result: SearchResult, front: list[Any], r
                    **measure(base, ["params", "macs", "size", "latency_ms"], settings),
                    "compression_rate": 1.0, "speedup": 1.0}
     tracker.log_metrics(result.parent_run_id, {"base_val_oa": result.base["val_oa"], "base_test_oa": result.base["test_oa"]})
-    chosen = front if config.final_max is None else front[:config.final_max]
+    chosen = spread_pick(front, config.final_max)
     if not chosen:
         return
     say(f"final stage: fine-tuning {len(chosen)} Pareto model(s) for {config.final_epochs} epochs, then the test split")
@@ -644,6 +718,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna RDB URL (default sqlite:///<out>/<study>/optuna.db)")
     p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<out>/mlflow.db; http://host:port for a server)")
     p.add_argument("--experiment", help=f"MLflow experiment (default {d.experiment})")
+    p.add_argument("--min-target", type=float, metavar="F",
+                   help=f"each trial aims at a searched fraction in [F, 1] of the ceiling on the first cost objective "
+                        f"(the budget, else the base model), so the front spans compression levels; 1 puts every "
+                        f"trial on the budget (default {d.min_target})")
+    p.add_argument("--device", help="training device: cpu, cuda, cuda:N (default: cuda when available); "
+                                    "latency is always measured on this machine's CPU")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="where trials run: local (this process, one at a time; default) or ray (several at once "
+                        "on a Ray cluster; data and checkpoints must be at the same paths on every node)")
+    p.add_argument("--ray-address", help="Ray cluster to join: auto, host:port or ray://host:10001 "
+                                         "(default: start a private local instance)")
+    p.add_argument("--workers", type=int, help="trials in flight on Ray (default: cluster CPUs / --trial-cpus)")
+    p.add_argument("--trial-cpus", type=float, help="CPUs reserved per Ray trial, also its torch threads (default 1)")
+    p.add_argument("--trial-gpus", type=float, help="GPUs per Ray trial (default 0; >0 trains trials on CUDA)")
     p.add_argument("--no-latency", action="store_true", help="skip latency/speed-up measurement per trial")
     p.add_argument("--no-log-models", action="store_true", help="do not log final models as MLflow models")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -654,7 +742,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     over: dict[str, Any] = {}
     simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "trials", "sampler",
               "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "split_seed", "min_accuracy", "study", "out", "storage",
-              "tracking_uri", "experiment")
+              "tracking_uri", "experiment", "min_target", "device", "backend", "ray_address", "workers",
+              "trial_cpus", "trial_gpus")
     for name in simple:
         value = getattr(args, name)
         if value is not None:

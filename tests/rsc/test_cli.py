@@ -67,6 +67,8 @@ def test_corrupt_image_is_named_in_the_report(image_folder, tmp_path, capsys):
     (["--dataset", "imagenet", "--data", "."], "unknown dataset"),
     (["--image-size", "8"], "at least 16"),
     (["--jitter", "2"], "jitter"),
+    (["--device", "gpu", "--image-size", "16"], "unknown device 'gpu'"),
+    (["--device", "cuda:99", "--image-size", "16"], "device 'cuda:99'"),
 ])
 def test_train_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
     err = _fail(train_cli.main, argv + ["--epochs", "1", "--no-progress", "--out", str(tmp_path)], capsys)

@@ -42,6 +42,12 @@ def test_help_is_fast():
         (["--budget", "params<5M", "--objectives", "accuracy,flops"], "unknown objective 'flops'"),
         (["--budget", "params<5M", "--trials", "0"], "trials must be >= 1"),
         (["--budget", "params<5M", "--min-accuracy", "1.5"], "min_accuracy must lie in [0, 1)"),
+        (["--budget", "params<5M", "--min-target", "0"], "min_target must lie in (0, 1]"),
+        (["--budget", "params<5M", "--device", "gpu"], "unknown device 'gpu'"),
+        (["--budget", "params<5M", "--device", "cuda:99"], "device 'cuda:99'"),
+        (["--budget", "params<5M", "--workers", "2"], "need --backend ray"),
+        (["--budget", "params<5M", "--backend", "ray", "--ray-address", "nowhere"], "expected host:port"),
+        (["--budget", "params<5M", "--backend", "ray", "--trial-cpus", "0"], "trial_cpus must be > 0"),
     ],
 )
 def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
@@ -59,6 +65,18 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, capsys, mon
     code, line = _main(TINY + ["--out", str(tmp_path), "--budget", "nonzero_params<60%", "--tracking-uri", uri], capsys)
     assert code == 2 and uri in line
     assert not (tmp_path / "cache" / "base-models").exists()
+
+
+def test_unreachable_ray_cluster_fails_before_training(tmp_path, capsys, monkeypatch):
+    import search.base_model
+
+    monkeypatch.setattr(search.base_model, "obtain_base_checkpoint", lambda **kw: pytest.fail("trained anyway"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, line = _main(TINY + ["--budget", "nonzero_params<50%", "--out", str(tmp_path), "--backend", "ray",
+                               "--ray-address", f"127.0.0.1:{port}"], capsys)
+    assert code == 2 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in line
 
 
 def test_budget_below_reach_fails_before_training(tmp_path, capsys, monkeypatch):

@@ -48,3 +48,103 @@ def test_every_trial_suggests_every_method_so_the_search_space_is_static(model):
     assert any(k.startswith("decompose.tucker/") for k in keys[0])
     space = optuna.search_space.IntersectionSearchSpace().calculate(study)
     assert set(space) == keys[0]
+
+
+def test_post_training_steps_run_on_a_cpu_copy_when_the_search_trains_elsewhere(model):
+    """A search on CUDA projects prune+quant plans; int8 kernels exist on the CPU only.
+
+    Found on an H200: every quant combination failed there with "int8 kernels run on CPU only".
+    The context here names a CUDA device; the model stays on the CPU, so this runs anywhere.
+    """
+    from search.objective import build_steps
+
+    ctx = Context(num_classes=4, image_size=32, device="cuda")
+    steps = [{"space": "quant.int8", "params": {}, "options": {}}]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    built, records = build_steps(model, steps, ctx, structure_only=True)
+    assert built is not model and [r["space"] for r in records] == ["quant.int8"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
+
+
+class _FixedTrial:
+    def __init__(self, value):
+        self.value = value
+
+    def suggest_float(self, name, low, high, *, log=False):
+        assert name == "target" and log and high == 1.0
+        return min(max(self.value, low), high)
+
+
+def test_trial_target_spans_the_ceiling_but_never_goes_below_a_combination_floor():
+    from search.run import trial_target
+
+    floors = {"prune": {"params": 100.0}, "tucker": {"params": 400.0}}
+    kw = dict(key="params", ceiling=1000.0, floors=floors, min_target=0.1)
+    assert trial_target(_FixedTrial(1.0), "prune", **kw) == 1000.0      # the budget itself
+    assert trial_target(_FixedTrial(0.5), "prune", **kw) == 500.0
+    assert trial_target(_FixedTrial(0.1), "prune", **kw) == pytest.approx(110.0)   # 1.1 x its floor, not 100
+    assert trial_target(_FixedTrial(0.1), "tucker", **kw) == pytest.approx(440.0)  # tucker cannot go lower
+    assert trial_target(_FixedTrial(0.1), "unknown", **kw) == 100.0
+
+
+def test_a_capped_final_stage_keeps_the_cheapest_and_the_most_accurate_models():
+    from search.run import spread_pick
+
+    class T:
+        def __init__(self, acc):
+            self.values = [acc, 0.0]
+
+    front = [T(a) for a in (0.5, 0.6, 0.7, 0.8, 0.9)]  # cheapest first
+    acc = [lambda picks: [t.values[0] for t in picks]][0]
+    assert acc(spread_pick(front, None)) == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert acc(spread_pick(front, 1)) == [0.9]
+    assert acc(spread_pick(front, 2)) == [0.5, 0.9]
+    assert acc(spread_pick(front, 3)) == [0.5, 0.7, 0.9]
+    assert spread_pick(front, 0) == []
+    odd = [T(a) for a in (0.5, 0.95, 0.7, 0.8, 0.9)]  # 3+ objectives: accuracy need not rise with cost
+    assert 0.95 in acc(spread_pick(odd, 2))
+
+
+def test_a_target_deeper_than_the_sample_can_reach_keeps_its_most_compressed_form(model):
+    """Layers sampled at ratio 0 stay at 0 under any scaling: such a sample saturates above a deep
+    trial target. It then keeps its most compressed form if that meets the hard budget, instead of
+    wasting the trial (18% of the benchmark's trials before this)."""
+    from search.objective import project_steps
+    from spaces.errors import BudgetInfeasible
+    from spaces.prune import prunable_groups
+
+    torch.set_num_threads(1)
+    ctx = Context(num_classes=4, image_size=32)
+    groups = prunable_groups(model, ctx)
+    ratios = {g.name: 0.0 for g in groups}
+    ratios[groups[-1].name] = 0.1  # one group only
+    steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8, "ratios": ratios}, "options": {}}]
+    never = lambda built: 1.0  # noqa: E731 - a target no plan reaches
+    with pytest.raises(BudgetInfeasible):
+        project_steps(model, steps, ctx, never)
+    out, factor = project_steps(model, steps, ctx, never, fallback=lambda built: -1.0)
+    projected = out[0]["params"]["ratios"]
+    assert factor > 1 and projected[groups[-1].name] > 0.1
+    assert all(v == 0.0 for k, v in projected.items() if k != groups[-1].name)
+    with pytest.raises(BudgetInfeasible):  # nor does it meet the hard budget: infeasible after all
+        project_steps(model, steps, ctx, never, fallback=never)
+
+
+def test_int8_never_raises_the_counts_that_projection_probes_skip_it_for(model):
+    """Projection leaves int8 out of its probes unless ``size`` is budgeted; that is sound only
+    while quantising never raises params, nonzero params or MACs (BN folding lowers params)."""
+    from rsc.cost import CostSettings, measure
+    from search.objective import build_steps
+    from spaces.prune import prunable_groups
+
+    torch.set_num_threads(1)
+    ctx = Context(num_classes=4, image_size=32)
+    ratios = {g.name: 0.5 for g in prunable_groups(model, ctx)}
+    steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8, "ratios": ratios}, "options": {}},
+             {"space": "quant.int8", "params": {}, "options": {}}]
+    keys = ["params", "nonzero_params", "macs"]
+    settings = CostSettings(image_size=32)
+    float_costs = measure(build_steps(model, steps, ctx, structure_only=True, post_training=False)[0], keys, settings)
+    int8_costs = measure(build_steps(model, steps, ctx, structure_only=True)[0], keys, settings)
+    assert all(int8_costs[k] <= float_costs[k] for k in keys)
+    assert int8_costs["macs"] == float_costs["macs"]

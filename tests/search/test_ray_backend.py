@@ -1,0 +1,36 @@
+"""The Ray backend: a tiny search whose trials run as Ray tasks, two at a time, on a private instance."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.search.conftest import tiny_config
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.timeout(600)
+def test_search_on_ray_runs_trials_side_by_side(tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+
+    from search.run import run
+
+    config = tiny_config(tmp_path, trials=4, backend="ray", workers=2, trial_cpus=1, final_epochs=0)
+    result = run(config)
+    assert not ray.is_initialized()  # the private instance is shut down
+    assert result.counts["finished"] == 4 and result.counts["complete"] == 4
+    assert result.counts["inside_budget"] == 4 and result.front
+
+    study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
+    workers = [t.user_attrs["worker"] for t in study.trials]
+    assert len({w["pid"] for w in workers}) == 2  # two worker processes, not the driver
+    assert any(a["start"] < b["end"] and b["start"] < a["end"]  # and at least two trials overlapped
+               for a, b in itertools.combinations(workers, 2))
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    kids = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert len(kids) == 4 and all(":" in k.data.tags["worker"] for k in kids)
+    assert sorted(int(k.data.tags["trial_number"]) for k in kids) == [0, 1, 2, 3]
