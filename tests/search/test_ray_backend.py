@@ -34,3 +34,34 @@ def test_search_on_ray_runs_trials_side_by_side(tmp_path):
     kids = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
     assert len(kids) == 4 and all(":" in k.data.tags["worker"] for k in kids)
     assert sorted(int(k.data.tags["trial_number"]) for k in kids) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_on_ray_marks_the_trials_in_flight_interrupted_and_resume_finishes(tmp_path, monkeypatch):
+    """Ctrl-C while two trials run: the finished one is kept, the two in flight are cancelled and
+    marked interrupted (not counted), and --resume reaches --trials."""
+    import optuna
+
+    from search.executors import RayExecutor
+    from search.run import run
+
+    real_next = RayExecutor.next
+    calls = []
+
+    def next_then_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_next(self)
+
+    monkeypatch.setattr(RayExecutor, "next", next_then_ctrl_c)
+    config = tiny_config(tmp_path, trials=3, backend="ray", workers=2, trial_cpus=1, final_epochs=0)
+    first = run(config)
+    assert first.interrupted and not ray.is_initialized()
+    study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
+    states = [(t.state.name, t.user_attrs.get("interrupted", False)) for t in study.trials]
+    assert sorted(states) == [("COMPLETE", False), ("FAIL", True), ("FAIL", True)]
+
+    monkeypatch.setattr(RayExecutor, "next", real_next)
+    second = run(tiny_config(tmp_path, trials=3, backend="ray", workers=2, trial_cpus=1, final_epochs=0, resume=True))
+    assert not second.interrupted and second.counts["complete"] == 3 and second.counts["interrupted"] == 2
