@@ -54,8 +54,7 @@ class SerialExecutor:
     def cancel(self) -> None:
         self._queue.clear()
 
-    def close(self) -> None:
-        self._queue.clear()
+    close = cancel
 
     def describe(self) -> str:
         return "local, one trial at a time"
@@ -98,10 +97,6 @@ class RayExecutor:
             import ray
         except ImportError:
             raise RayUnavailable("the ray backend needs Ray: pip install 'ray[tune]'") from None
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
-        if cpus <= 0 or gpus < 0:
-            raise ConfigError(f"--trial-cpus must be > 0 and --trial-gpus >= 0, got {cpus}, {gpus}")
         self.address = address
         self._pending: dict[Any, Any] = {}  # ObjectRef -> key
         if address:

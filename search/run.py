@@ -20,10 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 from rsc.errors import ConfigError, UserError
 from search.budget import GRAMMAR, Budgets, BudgetInfeasible, get_metric, parse_budgets
 from search.config import BACKENDS, QUALITY_OBJECTIVES, SAMPLERS, SearchConfig
+from search.executors import TrialFn
 
 __all__ = ["main", "run", "SearchResult", "Reporter", "build_parser"]
-
-TrialFn = Callable[[Mapping[str, Any]], dict]
 
 
 # --------------------------------------------------------------------------------- reporting
