@@ -276,7 +276,10 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     aim = {**limits, **aim}
     factor = 1.0
     if aim and steps:
-        steps, factor = project_steps(base, steps, context, _gap_fn(aim, image_size),
+        # structures and their counts do not depend on the device: probe on the CPU, where small
+        # builds are faster (a pruning trial's projection on an H200 machine: 1.7 s on CUDA, 1.1 s)
+        probe_base, probe_ctx = _to_cpu(base, context, copy_model=True)
+        steps, factor = project_steps(probe_base, steps, probe_ctx, _gap_fn(aim, image_size),
                                       probe_post_training="size" in aim,
                                       fallback=None if aim == limits else
                                       _gap_fn(limits, image_size) if limits else (lambda _model: -1.0))
