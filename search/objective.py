@@ -335,9 +335,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     t = time.perf_counter()
     post: list[dict[str, Any]] = []
     if any(is_post_training(get_space(s["space"], **(s.get("options") or {}))) for s in steps):
-        cpu_context = Context(num_classes=num_classes, image_size=image_size, device="cpu",
-                              calibration=[(x.cpu(), y.cpu()) for x, y in calib] or None, seed=seed)
-        model, post = build_steps(model.cpu(), steps, cpu_context, post_training=True)
+        model, post = build_steps(model.cpu(), steps, context, post_training=True)  # the context follows to the CPU
     built = built + post
     seconds["post"] = time.perf_counter() - t
 
