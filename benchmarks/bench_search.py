@@ -1,6 +1,6 @@
 """Benchmark of the compression search (not collected by pytest).
 
-Full run (UC Merced, ResNet-18 at 64 px, budget params <= 25% of the base; about 40 min on 2 idle
+Full run (UC Merced, ResNet-18 at 64 px, budget params <= 25% of the base; about 25 min on 2 idle
 CPU cores with one fine-tune epoch per trial, roughly twice that with the default two):
 
     .venv/bin/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse --fidelity-epochs 1
@@ -93,8 +93,11 @@ def main(argv=None) -> int:
     p.add_argument("--base-epochs", type=int, default=30)
     p.add_argument("--min-target", type=float, default=None,
                    help="lowest per-trial target as a fraction of the budget (default: the search's)")
+    p.add_argument("--depth-bins", type=int, default=None,
+                   help="one ratio / rank pair per contiguous depth bin instead of per layer (default: the search's)")
     p.add_argument("--device", default="cpu", help="training device (latency is measured on the CPU)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search-runs"))
+    p.add_argument("--result-name", default="search.json", help="file under benchmarks/results (default search.json)")
     p.add_argument("--quick", action="store_true", help="32 px, 6 trials, seed 0, 1 epoch: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
@@ -122,7 +125,8 @@ def main(argv=None) -> int:
                                final_epochs=args.final_epochs if first else 0, final_max=args.final_max if first else 0,
                                base_epochs=args.base_epochs, out=args.out, study=f"bench-{sampler}-s{seed}-{int(time.time())}",
                                progress=False, log_models=False, device=args.device,
-                               **({"min_target": args.min_target} if args.min_target is not None else {}))
+                               **({"min_target": args.min_target} if args.min_target is not None else {}),
+                               **({"depth_bins": args.depth_bins} if args.depth_bins is not None else {}))
             t0 = time.perf_counter()
             res = run(cfg, reporter=Say())
             row = {"sampler": sampler, "seed": seed, "hypervolume": res.hypervolume,
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
     report["d"] = {"overhead_share": (loop - sum(r["trial_fn_s"] or 0 for r in all_rows)) / loop if loop else None}
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = "search-quick.json" if args.quick else "search.json"
+    name = "search-quick.json" if args.quick else args.result_name
     (out / name).write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: report[k] for k in ("a", "b", "c", "d") if k in report}, indent=1, default=str))
     return 0

@@ -43,6 +43,8 @@ class SearchConfig:
     budgets: tuple[str, ...] = ()        # e.g. ("params<5M", "macs<50%"), ANDed
     methods: tuple[str, ...] = ("prune", "tucker", "distill", "quant")
     max_combo: int = 2                   # at most this many methods chained in one plan
+    depth_bins: int = 4                  # >0: one pruning ratio / Tucker rank pair / sparsity per contiguous
+                                         # depth bin of the layers (4 = ResNet stages); 0 = one per layer
     objectives: tuple[str, ...] = ("accuracy", "params")
 
     # -- sampler and trials
@@ -89,7 +91,8 @@ class SearchConfig:
         for name in ("trials", "image_size", "batch_size", "population_size", "max_combo"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("fidelity_epochs", "final_epochs", "base_epochs", "startup_trials", "calibration_batches"):
+        for name in ("fidelity_epochs", "final_epochs", "base_epochs", "startup_trials", "calibration_batches",
+                     "depth_bins"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.sampler not in SAMPLERS:

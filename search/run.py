@@ -192,8 +192,8 @@ def trial_target(trial: Any, combo: str, *, key: str, ceiling: float, floors: Ma
 
     The search samples ``target`` in ``[min_target, 1]`` (log scale) as a fraction of the
     ``ceiling`` (the budget on ``key``, or the base model's cost without one), so trials spread
-    along the front instead of all landing on the budget - the per-layer choices then say how
-    to distribute the compression, ``target`` how much. The result never goes below ``headroom``
+    along the front instead of all landing on the budget - the sampled per-layer (or per-stage)
+    choices then say how to distribute the compression, ``target`` how much. The result never goes below ``headroom``
     times the combination's floor (its strongest plan), so no trial is infeasible because of it.
     """
     fraction = trial.suggest_float("target", min_target, 1.0, log=True)
@@ -245,7 +245,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         from search.executors import check_ray_address
 
         check_ray_address(config.ray_address)
-    joint = JointSpace(config.methods, max_combo=config.max_combo)
+    joint = JointSpace(config.methods, max_combo=config.max_combo, bins=config.depth_bins or None)
     torch.manual_seed(config.seed)
 
     if config.data is None:
@@ -698,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-epochs", type=int, help=f"epochs to train the base model (default {d.base_epochs})")
     p.add_argument("--methods", help=f"comma list (default {','.join(d.methods)})")
     p.add_argument("--max-combo", type=int, help=f"most methods chained in one plan (default {d.max_combo})")
+    p.add_argument("--depth-bins", type=int, metavar="N",
+                   help="search one pruning ratio, Tucker rank pair or sparsity per contiguous depth bin of the layers "
+                        f"(4 = ResNet-18's stages) instead of one per layer; 0 = per layer (default {d.depth_bins})")
     p.add_argument("--trials", type=int, help=f"finished trials to reach (default {d.trials})")
     p.add_argument("--sampler", choices=SAMPLERS, help=f"default {d.sampler}")
     p.add_argument("--objectives", help=f"comma list, accuracy first (default {','.join(d.objectives)})")
@@ -739,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     over: dict[str, Any] = {}
-    simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "trials", "sampler",
+    simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "depth_bins", "trials", "sampler",
               "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "split_seed", "min_accuracy", "study", "out", "storage",
               "tracking_uri", "experiment", "min_target", "device", "backend", "ray_address", "workers",
               "trial_cpus", "trial_gpus")

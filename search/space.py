@@ -11,6 +11,11 @@ parameters NSGA-II's hypervolume equalled random search's to the last digit. Par
 carry the space's prefix, so a method's choices are shared between the combinations that
 contain it and the samplers learn across them.
 
+The search gives the layer-wise spaces ``bins`` (``--depth-bins``, default 4): one ratio, rank
+pair or sparsity per contiguous depth bin of the layers rather than per layer, 15 parameters
+instead of 48 for prune/tucker/quant on ResNet-18; on the UC Merced benchmark the mean
+hypervolume of 9 runs rose from 0.543 to 0.610 (``search/README.md``).
+
 Methods chain in stage order: structural (pruning, decomposition) -> distillation (a fine-tuning
 loss) -> post-training (int8 quantisation); at most one method per stage.
 """
@@ -90,11 +95,15 @@ class JointSpace:
         methods: command-line method names or space names.
         max_combo: most methods chained in one plan.
         options: per-method space options (``{"prune": {"max_ratio": 0.9}}``).
+        bins: given to every space that takes a ``bins`` option (one value per contiguous depth
+            bin of the layers instead of one per layer), unless ``options`` sets it.
     """
 
     def __init__(self, methods: Sequence[str], *, max_combo: int = 2,
-                 options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        from spaces.registry import get_space
+                 options: Mapping[str, Mapping[str, Any]] | None = None, bins: int | None = None) -> None:
+        import inspect
+
+        from spaces.registry import get_space, space_class
 
         known = load_spaces()
         options = dict(options or {})
@@ -105,6 +114,8 @@ class JointSpace:
                 raise SpaceError(f"method {m!r} given twice")
             space_name = resolve_method(m, known)
             opts = dict(options.get(m, {}))
+            if bins and "bins" in inspect.signature(space_class(space_name)).parameters:
+                opts.setdefault("bins", bins)
             space = get_space(space_name, **opts)
             self.methods[m] = Method(m, space_name, _stage(space), opts)
             self._spaces[m] = space

@@ -96,3 +96,37 @@ def round_channels(count: int, channels: int, round_to: int | None) -> int:
     if round_to and round_to > 1:
         count = max(round_to, int(round(count / round_to)) * round_to)
     return max(1, min(channels, count))
+
+
+def depth_bins(model: nn.Module, names: Iterable[str], bins: int) -> list[list[str]]:
+    """``names`` (modules of ``model``) in the model's module order, cut into ``bins`` contiguous
+    runs of near-equal length (fewer when there are fewer names): a per-stage layout of the layers.
+
+    On ResNet-18 four bins of its twelve channel groups (or sixteen 3x3 convs) are its four stages.
+    """
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    ordered = sorted(names, key=lambda n: order.get(n, len(order)))
+    k = max(1, min(int(bins), len(ordered)))
+    cuts = [round(i * len(ordered) / k) for i in range(k + 1)]
+    return [ordered[cuts[i]:cuts[i + 1]] for i in range(k)]
+
+
+def check_bins(space: str, bins: Any) -> int | None:
+    """``bins`` as None (one value per layer) or a positive int, else a SpaceError."""
+    if bins is None:
+        return None
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise SpaceError(f"{space}: bins must be a positive integer or null, got {bins!r}")
+    return bins
+
+
+def bin_values(space: str, what: str, values: Mapping[str, Any], layout: list[list[str]], default: Any) -> list[Any]:
+    """One value per bin of ``layout`` from per-layer ``values`` (a SpaceError when a bin's layers differ)."""
+    out = []
+    for i, names in enumerate(layout):
+        seen = {repr(values.get(n, default)): values.get(n, default) for n in names}
+        if len(seen) != 1:
+            raise SpaceError(f"{space}: a space with one {what} per depth bin cannot express different "
+                             f"values inside bin {i} ({', '.join(names)})")
+        out.append(next(iter(seen.values())))
+    return out

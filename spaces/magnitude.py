@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import check_fraction, check_keys, check_mapping, check_no_extra, find_head
+from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
+                          depth_bins, find_head)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.registry import register_space
 
@@ -42,21 +43,32 @@ class MagnitudePruning(Space):
         per_layer: Sample one sparsity per layer (True) or one global value (False).
         include_head: Also sparsify the classifier head (Han et al. do; default keeps it dense).
         step: Sampling grid of the sparsities.
+        bins: With ``per_layer``, one sparsity per contiguous depth bin of the layers instead of
+            one per layer (a smaller space for short searches), sampled from ``step`` up so that
+            scaling can move every bin.
     """
 
     def __init__(self, *, max_sparsity: float = 0.95, per_layer: bool = True,
-                 include_head: bool = False, step: float = 0.05) -> None:
+                 include_head: bool = False, step: float = 0.05, bins: int | None = None) -> None:
         self.max_sparsity = check_fraction("prune.magnitude", "max_sparsity", max_sparsity)
         self.per_layer = bool(per_layer)
         self.include_head = bool(include_head)
         self.step = check_fraction("prune.magnitude", "step", step, low_open=True)
+        self.bins = check_bins("prune.magnitude", bins)
 
     def layers(self, model: nn.Module, context: Context) -> list[str]:
         return prunable_layers(model, context.num_classes, include_head=self.include_head)
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
         layers = self.layers(model, context)
-        if self.per_layer:
+        if self.per_layer and self.bins:
+            sp = {}
+            for i, names in enumerate(depth_bins(model, layers, self.bins)):
+                s = trial.suggest_float(self.key("sparsity", f"bin{i}"), self.step, self.max_sparsity,
+                                        step=self.step)  # from one step up: scaling must move every bin
+                sp.update(dict.fromkeys(names, s))
+            sp = {n: sp[n] for n in layers}
+        elif self.per_layer:
             sp = {n: trial.suggest_float(self.key("sparsity", n), 0.0, self.max_sparsity, step=self.step)
                   for n in layers}
         else:
@@ -66,6 +78,10 @@ class MagnitudePruning(Space):
 
     def trial_params(self, params: Params, model: nn.Module, context: Context) -> dict[str, Any]:
         sp = self.validate(params, model, context)
+        if self.per_layer and self.bins:
+            layout = depth_bins(model, self.layers(model, context), self.bins)
+            return {self.key("sparsity", f"bin{i}"): v
+                    for i, v in enumerate(bin_values(self.name, "sparsity", sp, layout, 0.0))}
         if self.per_layer:
             return {self.key("sparsity", n): sp.get(n, 0.0) for n in self.layers(model, context)}
         values = set(sp.values()) or {0.0}

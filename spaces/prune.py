@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import (check_fraction, check_keys, check_mapping, check_no_extra, find_head, is_positive_int,
-                          round_channels)
+from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
+                          depth_bins, find_head, is_positive_int, round_channels)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
@@ -142,11 +142,14 @@ class ChannelPruning(Space):
         max_ratio: Upper end of the sampled ratios and saturation point of :meth:`scale`.
         per_layer: One ratio per group (True) or one global ratio (False).
         step: Sampling grid of the ratios.
+        bins: With ``per_layer``, one ratio per contiguous depth bin of the groups instead of one
+            per group (ResNet-18: 4 bins = its stages); a smaller space for short searches. Bin
+            ratios are sampled from ``step`` up, so that scaling can move every stage.
     """
 
     def __init__(self, *, criteria: Sequence[str] = ("l1", "l2", "fpgm", "bn_scale"),
                  round_to_choices: Sequence[int] = (8,), max_ratio: float = 0.8,
-                 per_layer: bool = True, step: float = 0.05) -> None:
+                 per_layer: bool = True, step: float = 0.05, bins: int | None = None) -> None:
         bad = [c for c in criteria if c not in CRITERIA]
         if bad or not criteria:
             raise _err(f"unknown criteria {bad or list(criteria)}; known: {list(CRITERIA)}")
@@ -157,6 +160,10 @@ class ChannelPruning(Space):
         self.max_ratio = check_fraction("prune.channel", "max_ratio", max_ratio)
         self.per_layer = bool(per_layer)
         self.step = check_fraction("prune.channel", "step", step, low_open=True)
+        self.bins = check_bins("prune.channel", bins)
+
+    def _layout(self, model: nn.Module, context: Context) -> list[list[str]]:
+        return depth_bins(model, [g.name for g in prunable_groups(model, context)], self.bins or 1)
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
         groups = prunable_groups(model, context)
@@ -164,7 +171,16 @@ class ChannelPruning(Space):
                      if len(self.criteria) > 1 else self.criteria[0])
         round_to = (trial.suggest_categorical(self.key("round_to"), list(self.round_to_choices))
                     if len(self.round_to_choices) > 1 else self.round_to_choices[0])
-        if self.per_layer:
+        if self.per_layer and self.bins:
+            ratios = {}
+            for i, names in enumerate(self._layout(model, context)):
+                # from one step up, not 0: a whole stage left at 0 stays there under the projection's
+                # scaling, and ResNet-18's last stage holds 3/4 of its weights (measured: 2 of 24
+                # trials could not reach params<=25%)
+                r = trial.suggest_float(self.key("ratio", f"bin{i}"), self.step, self.max_ratio, step=self.step)
+                ratios.update(dict.fromkeys(names, r))
+            ratios = {g.name: ratios[g.name] for g in groups}
+        elif self.per_layer:
             ratios = {g.name: trial.suggest_float(self.key("ratio", g.name), 0.0, self.max_ratio,
                                                   step=self.step) for g in groups}
         else:
@@ -180,7 +196,10 @@ class ChannelPruning(Space):
             out[self.key("round_to")] = params.get("round_to", 1)
         ratios = params.get("ratios", {})
         groups = prunable_groups(model, context)
-        if self.per_layer:
+        if self.per_layer and self.bins:
+            values = bin_values(self.name, "ratio", ratios, self._layout(model, context), 0.0)
+            out.update({self.key("ratio", f"bin{i}"): v for i, v in enumerate(values)})
+        elif self.per_layer:
             out.update({self.key("ratio", g.name): ratios.get(g.name, 0.0) for g in groups})
         else:
             values = set(ratios.values()) or {0.0}

@@ -34,16 +34,21 @@ def list_spaces() -> list[str]:
     return sorted(_SPACES)
 
 
+def space_class(name: str) -> type:
+    """The class registered as ``name`` (SpaceError listing the known names when absent)."""
+    try:
+        return _SPACES[name]
+    except KeyError:
+        raise SpaceError(f"unknown space {name!r}; known: {', '.join(list_spaces())}") from None
+
+
 def get_space(name: str, **options: Any) -> Any:
     """An instance of the space registered as ``name``, built with keyword ``options``.
 
     Raises:
         SpaceError: unknown name (the message lists the known ones) or bad options.
     """
-    try:
-        cls = _SPACES[name]
-    except KeyError:
-        raise SpaceError(f"unknown space {name!r}; known: {', '.join(list_spaces())}") from None
+    cls = space_class(name)
     try:
         return cls(**options)
     except TypeError as exc:

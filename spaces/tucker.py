@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import (check_fraction, check_keys, check_mapping, check_no_extra, find_head, is_positive_int,
-                          round_channels, set_module)
+from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
+                          depth_bins, find_head, is_positive_int, round_channels, set_module)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
@@ -92,14 +92,19 @@ class TuckerDecomposition(Space):
         n_iter_max: HOOI sweeps of tensorly's partial Tucker after the HOSVD start (each sweep
             costs about two SVDs of the layer's projected unfoldings; 2 gets most of the gain).
         round_to: Rank multiple written into suggested params (1 = exact ranks).
+        bins: One ``[f_out, f_in]`` pair per contiguous depth bin of the eligible convolutions
+            instead of one per convolution (ResNet-18: 4 bins = its stages); linear layers keep
+            one fraction each. A smaller space for short searches; bin fractions are sampled up to
+            one ``step`` below ``max_fraction``, so that scaling can move every stage.
     """
 
     def __init__(self, *, min_fraction: float = 0.1, max_fraction: float = 1.0, step: float = 0.05,
                  min_channels: int = 16, decompose_fc: bool = True, n_iter_max: int = 2,
-                 round_to: int = 8) -> None:
+                 round_to: int = 8, bins: int | None = None) -> None:
         if not is_positive_int(round_to):
             raise SpaceError(f"decompose.tucker: round_to must be a positive integer, got {round_to!r}")
         self.round_to = round_to
+        self.bins = check_bins("decompose.tucker", bins)
         self.min_fraction = check_fraction("decompose.tucker", "min_fraction", min_fraction, low_open=True,
                                            high_open=False)
         self.max_fraction = check_fraction("decompose.tucker", "max_fraction", max_fraction,
@@ -187,16 +192,32 @@ class TuckerDecomposition(Space):
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
         lo, hi, st = self.min_fraction, self.max_fraction, self.step
-        conv = {n: [trial.suggest_float(self.key("f_out", n), lo, hi, step=st),
-                    trial.suggest_float(self.key("f_in", n), lo, hi, step=st)]
-                for n in self.conv_layers(model, context)}
+        if self.bins:
+            # up to one step below full rank: a whole stage sampled at [1, 1] is never decomposed and
+            # stays so under the projection's scaling (measured: 1 of 216 benchmark trials infeasible)
+            hi = hi - st if hi - st >= lo else hi
+            conv = {}
+            for i, names in enumerate(depth_bins(model, self.conv_layers(model, context), self.bins)):
+                pair = [trial.suggest_float(self.key("f_out", f"bin{i}"), lo, hi, step=st),
+                        trial.suggest_float(self.key("f_in", f"bin{i}"), lo, hi, step=st)]
+                conv.update({n: list(pair) for n in names})
+            conv = {n: conv[n] for n in self.conv_layers(model, context)}
+        else:
+            conv = {n: [trial.suggest_float(self.key("f_out", n), lo, hi, step=st),
+                        trial.suggest_float(self.key("f_in", n), lo, hi, step=st)]
+                    for n in self.conv_layers(model, context)}
         fc = {n: trial.suggest_float(self.key("f", n), lo, hi, step=st) for n in self.fc_layers(model, context)}
         return {"conv": conv, "fc": fc, "round_to": self.round_to, "tucker1": True}
 
     def trial_params(self, params: Params, model: nn.Module, context: Context) -> dict[str, Any]:
         conv, fc = self.validate(params, model, context)
         out: dict[str, Any] = {}
-        for n in self.conv_layers(model, context):
+        if self.bins:
+            layout = depth_bins(model, self.conv_layers(model, context), self.bins)
+            for i, (f_out, f_in) in enumerate(bin_values(self.name, "rank pair", conv, layout, (1.0, 1.0))):
+                out[self.key("f_out", f"bin{i}")] = f_out
+                out[self.key("f_in", f"bin{i}")] = f_in
+        for n in [] if self.bins else self.conv_layers(model, context):
             f_out, f_in = conv.get(n, (1.0, 1.0))
             out[self.key("f_out", n)] = f_out
             out[self.key("f_in", n)] = f_in

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 import torch
@@ -148,3 +150,54 @@ def test_int8_never_raises_the_counts_that_projection_probes_skip_it_for(model):
     int8_costs = measure(build_steps(model, steps, ctx, structure_only=True)[0], keys, settings)
     assert all(int8_costs[k] <= float_costs[k] for k in keys)
     assert int8_costs["macs"] == float_costs["macs"]
+
+
+def test_depth_bins_shrink_the_space_to_one_value_per_stage(model):
+    """--depth-bins 4: ResNet-18's 12 channel groups and 16 3x3 convs share one value per stage."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx = Context(num_classes=4, image_size=32)
+    per_layer = JointSpace(["prune", "tucker", "quant"])
+    binned = JointSpace(["prune", "tucker", "quant"], bins=4)
+    assert binned.space("prune").bins == binned.space("tucker").bins == 4
+    assert "bins" not in binned.methods["quant"].options  # a space without the option is left alone
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    t_layer, t_bin = study.ask(), study.ask()
+    per_layer.suggest(t_layer, model, ctx)
+    binned.suggest(t_bin, model, ctx)
+    assert len(t_layer.params) > 40 and len(t_bin.params) == 1 + 1 + 4 + 8 + 1  # combo, criterion, bins, per_channel
+    ratios = binned.space("prune").suggest(optuna.trial.FixedTrial(t_bin.params), model, ctx)["ratios"]
+    for stage in ("layer2", "layer3", "layer4"):
+        assert len({r for n, r in ratios.items() if n.startswith(stage)}) == 1
+    assert ratios["conv1"] == ratios["layer1.0.conv1"]  # the stem's group belongs to the first stage
+    conv = binned.space("tucker").suggest(optuna.trial.FixedTrial(t_bin.params), model, ctx)["conv"]
+    assert len({tuple(v) for n, v in conv.items() if n.startswith("layer4")}) == 1
+    # the plan's options carry the bins, so a worker rebuilds the same space
+    combo, steps = binned.suggest(study.ask(), model, ctx)
+    assert all(s["options"].get("bins") == 4 for s in steps if s["space"] != "quant.int8")
+
+
+def test_a_binned_stage_is_never_sampled_uncompressed_so_every_sample_reaches_the_budget(model):
+    """ResNet-18's last stage holds 3/4 of its weights: a stage sampled at ratio 0 stays at 0 under
+    the projection's scaling and no plan could reach params<=25% (measured: 14 of 216 benchmark
+    trials infeasible; Tucker ranks sampled at [1, 1] for layer4 made 1 more). Binned ratios start
+    one grid step up instead, binned rank fractions stop one step below full rank."""
+    from rsc.cost import count_params
+    from search.objective import project_steps
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)
+    ctx = Context(num_classes=4, image_size=32)
+    space = JointSpace(["prune"], bins=4).space("prune")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    lows = [min(space.suggest(study.ask(), model, ctx)["ratios"].values()) for _ in range(60)]
+    assert min(lows) == pytest.approx(space.step)  # from [0, 0.8], 240 draws would hold a 0
+    tucker = JointSpace(["tucker"], bins=4).space("tucker")
+    highs = [max(max(v) for v in tucker.suggest(study.ask(), model, ctx)["conv"].values()) for _ in range(60)]
+    assert max(highs) == pytest.approx(1.0 - tucker.step)  # a stage at full rank [1, 1] would stay there
+    fixed = {"prune.channel/criterion": "l1", **{f"prune.channel/ratio/bin{i}": 0.8 for i in range(3)},
+             "prune.channel/ratio/bin3": space.step}  # the last stage barely sampled
+    ratios = space.suggest(optuna.trial.FixedTrial(fixed), model, ctx)
+    limit = 0.25 * count_params(model)
+    steps = [{"space": "prune.channel", "params": ratios, "options": {"bins": 4}}]
+    out, factor = project_steps(model, steps, ctx, lambda built: math.log(count_params(built) / limit))
+    assert factor > 1 and out[0]["params"]["ratios"]["layer4.0.conv1"] > space.step

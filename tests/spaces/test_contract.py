@@ -14,6 +14,7 @@ import torch
 from optuna.trial import FixedTrial
 
 from spaces import Plan, Step, build_from_plan, get_space, list_spaces
+from spaces.errors import SpaceError
 from tests.spaces.conftest import NUM_CLASSES, SIZE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,3 +65,30 @@ def test_scale_zero_is_weakest_and_stays_valid(name, small, ctx):
         space.transform(small, scaled, ctx, structure_only=True)  # still valid params
     with pytest.raises(Exception, match="factor"):
         space.scale(params, -1.0)
+
+
+@pytest.mark.parametrize("name", ["prune.channel", "prune.magnitude", "decompose.tucker"])
+def test_depth_bins_contract(name, resnet18, ctx):
+    """One value per contiguous depth bin: suggest/trial_params stay inverse; mixed bins are refused."""
+    space = get_space(name, bins=4)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5)).ask()
+    params = space.suggest(trial, resnet18, ctx)
+    keys = [k for k in trial.params if "/bin" in k]
+    assert keys and all(k.rsplit("/", 1)[1] in {"bin0", "bin1", "bin2", "bin3"} for k in keys)
+    assert space.suggest(FixedTrial(space.trial_params(params, resnet18, ctx)), resnet18, ctx) == params
+    per_layer = get_space(name).suggest(
+        optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5)).ask(), resnet18, ctx)
+    with pytest.raises(SpaceError, match="depth bin"):
+        space.trial_params(per_layer, resnet18, ctx)  # different values inside one bin
+    for bad in (0, -2, 2.5, True, "4"):
+        with pytest.raises(SpaceError, match="bins must be a positive integer"):
+            get_space(name, bins=bad)
+
+
+def test_depth_bins_follow_module_order_and_cut_evenly(resnet18):
+    from spaces._util import depth_bins
+
+    names = ["layer4.0.downsample.0", "conv1", "layer2.0.conv1", "layer1.0.conv1", "layer3.0.conv1"]
+    assert depth_bins(resnet18, names, 2) == [["conv1", "layer1.0.conv1"],
+                                              ["layer2.0.conv1", "layer3.0.conv1", "layer4.0.downsample.0"]]
+    assert depth_bins(resnet18, names[:2], 4) == [["conv1"], ["layer4.0.downsample.0"]]  # never empty bins
