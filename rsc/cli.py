@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -58,9 +59,14 @@ def _help_formatter():
     return Formatter
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one line (``error: ...``, exit code 2), not the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(prog: str, doc: str | None):
     """An argparse parser whose description is the module docstring's first paragraph."""
-    import argparse
-
-    return argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0],
-                                   formatter_class=_help_formatter())
+    return ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0],
+                          formatter_class=_help_formatter())

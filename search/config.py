@@ -17,6 +17,7 @@ from rsc.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
+TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.run.spread_target)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
 
@@ -54,6 +55,8 @@ class SearchConfig:
     startup_trials: int = 8              # TPE/GP random start
     min_target: float = 0.1              # each trial aims at a searched fraction in [min_target, 1] of the
                                          # ceiling on the first analytic cost objective (1 = all at the budget)
+    targets: str = "spread"              # how trials get their target: "spread" (a low-discrepancy sequence
+                                         # over [min_target, 1], the same for every sampler) or "sampler"
 
     # -- per-trial evaluation
     fidelity_epochs: int = 2             # fine-tune epochs per trial
@@ -117,6 +120,8 @@ class SearchConfig:
             raise ConfigError(f"trial_cpus must be > 0 and trial_gpus >= 0, got {self.trial_cpus!r}, {self.trial_gpus!r}")
         if self.backend == "local" and (self.ray_address or self.workers):
             raise ConfigError("--ray-address and --workers need --backend ray")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
         if not 0.0 < float(self.min_target) <= 1.0:
             raise ConfigError(f"min_target must lie in (0, 1], got {self.min_target!r}")
         if self.early_stop_margin is not None and self.early_stop_margin < 0:

@@ -12,7 +12,7 @@ and do not count towards ``--trials``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rsc.errors import UserError
 
@@ -146,7 +146,14 @@ class OptunaEngine:
 
     # -- ask and tell --------------------------------------------------------------------------
 
-    def ask(self) -> Any:
+    def trial_count(self) -> int:
+        """Trials the study holds in any state (the next trial's number when none is waiting)."""
+        return len(self.study.get_trials(deepcopy=False))
+
+    def ask(self, fixed: Mapping[str, Any] | None = None) -> Any:
+        """A new trial; ``fixed`` parameters are set (enqueued) and the sampler picks the rest."""
+        if fixed:
+            self.study.enqueue_trial(dict(fixed), skip_if_exists=False)
         return self.study.ask()
 
     def tell_complete(self, trial: Any, values: Sequence[float], constraints: Sequence[float] = ()) -> None:

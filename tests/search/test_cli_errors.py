@@ -57,6 +57,20 @@ def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
     assert line.startswith("error: ") and pattern in line
 
 
+@pytest.mark.parametrize("argv, pattern", [(["--targets", "everywhere"], "invalid choice: 'everywhere'"),
+                                            (["--trials", "many"], "invalid int value: 'many'"),
+                                            (["--no-such-flag"], "unrecognized arguments: --no-such-flag")])
+def test_bad_flags_are_one_line_too(argv, pattern, capsys):
+    """argparse's own errors: one line and exit code 2, not the usage block."""
+    from search.run import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and pattern in err[0]
+
+
 def test_unreachable_tracking_server_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RSC_CACHE_DIR", str(tmp_path / "cache"))
     with socket.socket() as s:

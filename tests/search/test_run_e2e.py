@@ -100,6 +100,43 @@ def test_same_seed_same_plans(tmp_path):
     assert len(first) == 4 and first == plans("b")
 
 
+def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
+    """--targets spread: trial i aims at spread_target(i) under any sampler; --targets sampler
+    lets the sampler pick (measured: TPE then put 0 of 16 guided trials above 0.6 of the budget)."""
+    from search.engines.optuna_engine import OptunaEngine
+    from search.run import run, spread_target
+
+    def fake_trial(request):
+        steps = request["steps"]
+        return {"status": "ok", "val_oa": 0.5, "plan": {"base": request["model"], "steps": steps},
+                "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    def targets(sub, **kw):
+        cfg = tiny_config(tmp_path / sub, trials=6, final_max=0, **kw)
+        run(cfg, trial_fn=fake_trial)
+        eng = OptunaEngine(storage=cfg.storage_url, study_name=cfg.study_name, directions=["maximize", "minimize"],
+                           sampler="random", seed=0, resume=True)
+        return cfg, [t.params["target"] for t in eng.study.trials]
+
+    for sampler in ("tpe", "random"):
+        cfg, got = targets(sampler, sampler=sampler, seed=3)
+        assert got == pytest.approx([spread_target(i, min_target=cfg.min_target, seed=3) for i in range(6)])
+    cfg, got = targets("own", sampler="random", seed=3, targets="sampler")
+    assert got != pytest.approx([spread_target(i, min_target=cfg.min_target, seed=3) for i in range(6)])
+    assert all(cfg.min_target <= t <= 1.0 for t in got)
+
+
+def test_spread_targets_cover_the_log_range_evenly():
+    from search.run import spread_target
+
+    for seed in (0, 1, 7):
+        u = [math.log(spread_target(i, min_target=0.1, seed=seed)) / math.log(0.1) for i in range(7)]
+        assert all(0.0 <= x < 1.0 for x in u)
+        assert len({int(x * 8) for x in u}) == 7  # the first 7 trials in 7 different eighths
+    assert spread_target(5, min_target=1.0, seed=0) == 1.0
+    assert spread_target(3, min_target=0.1, seed=0) != spread_target(3, min_target=0.1, seed=1)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not UCM.is_dir(), reason=f"UC Merced not found at {UCM}")
 def test_ucmerced_small(tmp_path):
