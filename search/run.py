@@ -206,8 +206,8 @@ def spread_target(index: int, *, min_target: float, seed: int) -> float:
     """The ``index``-th trial's target fraction under ``--targets spread``.
 
     A van der Corput sequence (base 2) shifted by a seed-dependent offset, mapped log-uniformly
-    onto ``[min_target, 1]``: any run of consecutive trials covers the compression levels evenly
-    (8 trials: one in each eighth of the log range), whatever the sampler does, and the sequence
+    onto ``[min_target, 1]``: the first trials already cover the compression levels (the first 7
+    fall in 7 different eighths of the log range), whatever the sampler does, and the sequence
     continues on ``--resume``. Measured why: TPE learned that cheap Tucker trials are
     non-dominated and put 0 of its 16 guided trials above 0.6 of the budget in two of three
     runs, leaving the accurate end of its front empty.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -109,6 +110,16 @@ def depth_bins(model: nn.Module, names: Iterable[str], bins: int) -> list[list[s
     k = max(1, min(int(bins), len(ordered)))
     cuts = [round(i * len(ordered) / k) for i in range(k + 1)]
     return [ordered[cuts[i]:cuts[i + 1]] for i in range(k)]
+
+
+def expand_bins(layout: list[list[str]], order: Iterable[str], value_of_bin: Callable[[int], Any]) -> dict[str, Any]:
+    """Per-layer values from one ``value_of_bin(i)`` per bin of ``layout`` (called once per bin, in
+    bin order: it is where a space suggests), keyed in ``order``; each layer gets its own copy."""
+    per: dict[str, Any] = {}
+    for i, names in enumerate(layout):
+        value = value_of_bin(i)
+        per.update({n: copy.copy(value) for n in names})
+    return {n: per[n] for n in order}
 
 
 def check_bins(space: str, bins: Any) -> int | None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
-                          depth_bins, find_head)
+                          depth_bins, expand_bins, find_head)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.registry import register_space
 
@@ -61,13 +61,9 @@ class MagnitudePruning(Space):
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
         layers = self.layers(model, context)
-        if self.per_layer and self.bins:
-            sp = {}
-            for i, names in enumerate(depth_bins(model, layers, self.bins)):
-                s = trial.suggest_float(self.key("sparsity", f"bin{i}"), self.step, self.max_sparsity,
-                                        step=self.step)  # from one step up: scaling must move every bin
-                sp.update(dict.fromkeys(names, s))
-            sp = {n: sp[n] for n in layers}
+        if self.per_layer and self.bins:  # from one step up: scaling must move every bin
+            sp = expand_bins(depth_bins(model, layers, self.bins), layers, lambda i: trial.suggest_float(
+                self.key("sparsity", f"bin{i}"), self.step, self.max_sparsity, step=self.step))
         elif self.per_layer:
             sp = {n: trial.suggest_float(self.key("sparsity", n), 0.0, self.max_sparsity, step=self.step)
                   for n in layers}

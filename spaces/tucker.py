@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
-                          depth_bins, find_head, is_positive_int, round_channels, set_module)
+                          depth_bins, expand_bins, find_head, is_positive_int, round_channels, set_module)
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
@@ -192,20 +192,17 @@ class TuckerDecomposition(Space):
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
         lo, hi, st = self.min_fraction, self.max_fraction, self.step
+        convs = self.conv_layers(model, context)
         if self.bins:
             # up to one step below full rank: a whole stage sampled at [1, 1] is never decomposed and
             # stays so under the projection's scaling (measured: 1 of 216 benchmark trials infeasible)
-            hi = hi - st if hi - st >= lo else hi
-            conv = {}
-            for i, names in enumerate(depth_bins(model, self.conv_layers(model, context), self.bins)):
-                pair = [trial.suggest_float(self.key("f_out", f"bin{i}"), lo, hi, step=st),
-                        trial.suggest_float(self.key("f_in", f"bin{i}"), lo, hi, step=st)]
-                conv.update({n: list(pair) for n in names})
-            conv = {n: conv[n] for n in self.conv_layers(model, context)}
+            top = hi - st if hi - st >= lo else hi
+            conv = expand_bins(depth_bins(model, convs, self.bins), convs, lambda i: [
+                trial.suggest_float(self.key("f_out", f"bin{i}"), lo, top, step=st),
+                trial.suggest_float(self.key("f_in", f"bin{i}"), lo, top, step=st)])
         else:
             conv = {n: [trial.suggest_float(self.key("f_out", n), lo, hi, step=st),
-                        trial.suggest_float(self.key("f_in", n), lo, hi, step=st)]
-                    for n in self.conv_layers(model, context)}
+                        trial.suggest_float(self.key("f_in", n), lo, hi, step=st)] for n in convs}
         fc = {n: trial.suggest_float(self.key("f", n), lo, hi, step=st) for n in self.fc_layers(model, context)}
         return {"conv": conv, "fc": fc, "round_to": self.round_to, "tucker1": True}
 
@@ -217,10 +214,11 @@ class TuckerDecomposition(Space):
             for i, (f_out, f_in) in enumerate(bin_values(self.name, "rank pair", conv, layout, (1.0, 1.0))):
                 out[self.key("f_out", f"bin{i}")] = f_out
                 out[self.key("f_in", f"bin{i}")] = f_in
-        for n in [] if self.bins else self.conv_layers(model, context):
-            f_out, f_in = conv.get(n, (1.0, 1.0))
-            out[self.key("f_out", n)] = f_out
-            out[self.key("f_in", n)] = f_in
+        else:
+            for n in self.conv_layers(model, context):
+                f_out, f_in = conv.get(n, (1.0, 1.0))
+                out[self.key("f_out", n)] = f_out
+                out[self.key("f_in", n)] = f_in
         for n in self.fc_layers(model, context):
             out[self.key("f", n)] = fc.get(n, 1.0)
         return out
