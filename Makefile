@@ -30,7 +30,7 @@ bench-spaces: setup
 	$(BIN)/python benchmarks/bench_spaces.py --finetune
 
 bench-search: setup
-	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse --fidelity-epochs 1
+	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse
 
 # Trials on CUDA beside the CPU, same plans and seeds (needs a GPU; about 2 min on an H200)
 bench-device: setup

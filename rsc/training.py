@@ -76,7 +76,8 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight_decay: float = 5e-4,
         momentum: float = 0.9, label_smoothing: float = 0.1, val_loader=None, num_classes: int | None = None,
         loss_fn: LossFn | None = None, device: str | torch.device = "cpu", seed: int = 0,
-        progress: bool = True, desc: str = "train", on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        progress: bool = True, desc: str = "train", on_epoch: Callable[[dict], None] | None = None,
+        end_of_epoch: Callable[[nn.Module], None] | None = None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader``.
 
     Args:
@@ -87,6 +88,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
         val_loader: when given with ``num_classes``, OA on it is recorded after every epoch.
         loss_fn: ``(logits, y, x) -> loss``; default cross-entropy with label smoothing.
         on_epoch: called with each epoch's record (used by searches to report and prune).
+        end_of_epoch: called with the model after each epoch's last step, before it is validated
+            (``spaces.finetune`` re-estimates BatchNorm statistics there).
 
     Returns:
         One record per epoch: ``epoch, loss, train_acc, lr, seconds`` (+ ``val_oa``).
@@ -147,6 +150,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
         bar.close()
         record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        if end_of_epoch is not None:
+            end_of_epoch(model)
         if val_loader is not None and num_classes is not None and len(val_loader):
             record["val_oa"] = evaluate(model, val_loader, num_classes=num_classes, device=device).oa
         if not math.isfinite(record["loss"]):

@@ -65,6 +65,8 @@ class SearchConfig:
     min_accuracy: float | None = None    # validation-OA floor: trials below it are infeasible (off the front)
     early_stop_margin: float | None = 0.1  # stop a trial once a finished one is cheaper and this much more accurate
     calibration_batches: int = 2
+    bn_batches: int = 4                  # unaugmented training batches on which BatchNorm statistics are
+                                         # re-estimated after every fine-tune epoch (0: off)
     latency: bool = True                 # measure latency (and speed-up) for every trial
 
     # -- final stage
@@ -95,7 +97,7 @@ class SearchConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("fidelity_epochs", "final_epochs", "base_epochs", "startup_trials", "calibration_batches",
-                     "depth_bins"):
+                     "bn_batches", "depth_bins"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.sampler not in SAMPLERS:

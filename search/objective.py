@@ -194,11 +194,13 @@ def _load_base(path: str, device: str) -> Any:
 
 def _finetune(model: Any, teacher: Any, train: Any, val: Any, *, epochs: int, lr: float, num_classes: int,
               device: str, seed: int, distill: Mapping[str, Any] | None, on_epoch: Callable[[dict], None],
-              sparse: bool = False) -> list[dict]:
+              sparse: bool = False, bn_batches: Sequence[Any] | None = None) -> list[dict]:
     """Fine-tune through ``spaces.finetune`` with Hinton KD when the plan distils.
 
     The KD's hard-label term keeps ``fit``'s label smoothing (0.1); ``sparse``: the plan zeroed
-    weights (magnitude pruning), so every layer's exact zeros stay zero.
+    weights (magnitude pruning), so every layer's exact zeros stay zero; ``bn_batches``: unaugmented
+    training batches on which BatchNorm statistics are re-estimated after every epoch, before it is
+    validated (a one-epoch OA is otherwise read through running averages of earlier weights).
     """
     from spaces.distill import kd_loss
     from spaces.finetune import finetune
@@ -208,7 +210,8 @@ def _finetune(model: Any, teacher: Any, train: Any, val: Any, *, epochs: int, lr
         loss_fn = kd_loss(teacher, temperature=float(distill.get("temperature", 4.0)),
                           alpha=float(distill.get("alpha", 0.7)), label_smoothing=0.1)
     return finetune(model, train, epochs=epochs, lr=lr, loss_fn=loss_fn, val_loader=val, num_classes=num_classes,
-                    device=device, seed=seed, keep_sparsity=sparse, min_sparsity=0.0, on_epoch=on_epoch)
+                    device=device, seed=seed, keep_sparsity=sparse, min_sparsity=0.0, on_epoch=on_epoch,
+                    bn_batches=bn_batches)
 
 
 def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) -> dict[str, Any]:
@@ -218,8 +221,11 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     ``base_checkpoint``, ``model`` {model, num_classes, image_size}, ``steps``, ``limits``
     (analytic ceilings by cost key), ``target`` (optional, tighter ceilings the plan aims at; a
     plan that cannot reach them keeps its most compressed form within ``limits``), ``base_costs``, ``epochs``, ``lr``, ``batch_size``, ``seed``,
-    ``device``, ``calibration_batches``, ``latency`` (bool), ``early_stop`` (or null:
-    {front, directions, cost_keys, margin}), ``evaluate_test`` (bool), ``threads`` (or null).
+    ``device``, ``calibration_batches``, ``bn_batches`` (BatchNorm re-estimation after every fine-tune
+    epoch; 0: off), ``latency`` (bool), ``early_stop`` (or null:
+    {fronts, directions, cost_keys, margin}; ``fronts`` maps an epoch, as a string, to the points
+    [val OA after that epoch, costs...] of finished trials, so a trial is only ever compared with
+    others at the same point of the same schedule), ``evaluate_test`` (bool), ``threads`` (or null).
 
     Result keys: ``status`` ("ok" or "pruned"), ``val_oa``, ``test_oa`` (final stage), ``costs``,
     ``compression_rate``, ``speedup``, ``plan`` (base + steps with records), ``projection``
@@ -256,15 +262,17 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     num_classes = data.num_classes
     image_size = data.image_size
     base = _load_base(request["base_checkpoint"], device)
-    calib = []
     n_calib = int(request.get("calibration_batches", 2))
-    if n_calib:
+    n_bn = int(request.get("bn_batches", 4))
+    plain_batches = []
+    if n_calib or n_bn:
         plain = make_loaders(data, split, batch_size=int(request.get("batch_size", 64)), augment=False, seed=seed,
                              device=device)[0]
         for i, batch in enumerate(plain):
-            if i >= n_calib:
+            if i >= max(n_calib, n_bn):
                 break
-            calib.append(batch)
+            plain_batches.append(batch)
+    calib, bn_batches = plain_batches[:n_calib], plain_batches[:n_bn]
     context = Context(num_classes=num_classes, image_size=image_size, device=device, calibration=calib or None, seed=seed)
     seconds["load"] = time.perf_counter() - t0
 
@@ -310,20 +318,24 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
 
         def on_epoch(record: dict) -> None:
             history.append(dict(record))
-            if not early or record["epoch"] >= epochs or not early.get("front"):
+            if not early or record["epoch"] >= epochs:
                 return
+            front = (early.get("fronts") or {}).get(str(record["epoch"]))
+            if not front:
+                return  # nobody finished has an OA at this epoch to compare with
             keys = early["cost_keys"]
             if not all(k in pre_costs for k in keys):
                 return  # a measured cost objective: not known before the end
             point = [record.get("val_oa", math.nan), *[pre_costs[k] for k in keys]]
             margin = [float(early.get("margin", 0.1))] + [0.0] * len(keys)
-            if dominated_by(point, early["front"], early["directions"], margin=margin):
+            if dominated_by(point, front, early["directions"], margin=margin):
                 raise EarlyStopped(record["epoch"], point[0])
 
         try:
             _finetune(model, base, train, val, epochs=epochs, lr=float(request.get("lr", 0.01)),
                       num_classes=num_classes, device=device, seed=seed, distill=distill, on_epoch=on_epoch,
-                      sparse=any("magnitude" in s["space"] or "sparse" in s["space"] for s in steps))
+                      sparse=any("magnitude" in s["space"] or "sparse" in s["space"] for s in steps),
+                      bn_batches=bn_batches)
         except EarlyStopped as stop:
             seconds["finetune"] = time.perf_counter() - t
             return {"status": "pruned", "val_oa": stop.val_oa, "epochs_run": stop.epoch, "history": history,

@@ -323,6 +323,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                   "sampler": config.sampler, "objectives": ",".join(config.objectives), "model": config.model,
                   "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
                   "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
+                  "bn_batches": config.bn_batches,
                   "final_epochs": config.final_epochs, "image_size": data.image_size, "device": device,
                   "min_target": config.min_target if target_key else 1.0, "target_key": target_key or "",
                   "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
@@ -337,7 +338,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         "data": config.data_request(split.digest),
         "base_checkpoint": str(Path(ckpt).resolve()), "model": arch, "limits": limits, "base_costs": base_costs,
         "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
-        "device": device, "calibration_batches": config.calibration_batches, "latency": config.latency,
+        "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
+        "latency": config.latency,
     }
     cost_objs = [(n, k) for n, k, d in objectives if d == "minimize"]
     reference = [0.0] + [1.0] * len(cost_objs)
@@ -393,11 +395,12 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 run_id = tracker.start_trial(parent_id, trial.number, tags={"method": combo, "study": config.study_name})
                 trial.set_user_attr("mlflow_run_id", run_id)
                 trial.set_user_attr("method", combo)
-                done, mask, _ = front_state()
                 early = None
-                if config.early_stop_margin is not None and done:
-                    early = {"front": [list(t.values) for t, m in zip(done, mask) if m], "directions": directions,
-                             "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}
+                if config.early_stop_margin is not None and config.fidelity_epochs > 1:
+                    fronts = epoch_fronts(front_state()[0], config.fidelity_epochs, directions)
+                    if fronts:
+                        early = {"fronts": fronts, "directions": directions,
+                                 "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}
                 request = {**request_base, "steps": steps, "target": aim, "device": trial_device,
                            "seed": config.seed * 100003 + trial.number, "early_stop": early}
                 in_flight[trial.number] = (trial, run_id, combo, {"base": arch, "steps": steps}, aim)
@@ -425,7 +428,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 engine.tell_pruned(trial)
                 tracker.finish_trial(run_id, plan=result.get("plan") or sampled_plan,
                                      metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run")},
-                                     tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", "")})
+                                     tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", "")},
+                                     series={"val_oa_epoch": [h.get("val_oa") for h in result.get("history") or []]})
                 row.update(state="pruned", val_oa=result.get("val_oa"))
             else:
                 values = [_value(result, k) for _, k, _ in objectives]
@@ -442,6 +446,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     trial.set_user_attr("plan", result["plan"])
                     trial.set_user_attr("costs", costs)
                     trial.set_user_attr("seconds", result.get("seconds") or {})
+                    trial.set_user_attr("val_history", [h.get("val_oa") for h in result.get("history") or []])
                     if result.get("worker"):
                         trial.set_user_attr("worker", result["worker"])
                     constraints = list(budgets.violations(costs)) if budgets.constraints else []
@@ -458,7 +463,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                                "epochs_run": result.get("epochs_run"),
                                "seconds": (result.get("seconds") or {}).get("total"),
                                **{f"target_{k}": v for k, v in aim.items()}}
-                    tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics, tags=tags)
+                    tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics, tags=tags,
+                                         series={"val_oa_epoch": trial.user_attrs["val_history"]})
                     row.update(state="complete", feasible=feasible, val_oa=result["val_oa"], costs=costs,
                                values=values)
             done, mask, hv = front_state()
@@ -523,6 +529,29 @@ def _counts(engine: Any) -> dict[str, int]:
         counts["above_floor"] = sum(1 for t in engine.complete()
                                     if t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True))
     return counts
+
+
+def epoch_fronts(done: Sequence[Any], epochs: int, directions: Sequence[str]) -> dict[str, list[list[float]]]:
+    """Per-epoch fronts for early stopping: epoch (as a string) -> non-dominated [val OA then, costs...].
+
+    A trial half-way through its fine-tune is compared only with what finished trials scored after
+    the same number of epochs of the same schedule: their final OA is higher by construction (a
+    one-cycle schedule ends low), so comparing with it stopped most trials of a 2-epoch search after
+    its first epoch. Trials without a per-epoch history (an older study) take no part; the last
+    epoch needs no front, as nothing is stopped there.
+    """
+    from tracking.pareto import pareto_mask
+
+    out: dict[str, list[list[float]]] = {}
+    for epoch in range(1, epochs):
+        points = []
+        for t in done:
+            history = t.user_attrs.get("val_history") or []
+            if len(history) >= epoch and history[epoch - 1] is not None and math.isfinite(history[epoch - 1]):
+                points.append([float(history[epoch - 1]), *[float(v) for v in t.values[1:]]])
+        if points:
+            out[str(epoch)] = [p for p, m in zip(points, pareto_mask(points, directions)) if m]
+    return out
 
 
 def _front_row(t: Any, objectives: Sequence[tuple[str, str, str]], base_costs: Mapping[str, float]) -> dict[str, Any]:
@@ -735,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-max", type=int, help="retrain at most this many Pareto models (default all)")
     p.add_argument("--min-accuracy", type=float, metavar="OA",
                    help="validation-OA floor in [0, 1): trials below it are infeasible and kept off the Pareto front")
+    p.add_argument("--bn-batches", type=int,
+                   help=f"re-estimate BatchNorm statistics on this many unaugmented training batches after every "
+                        f"fine-tune epoch, so a short fine-tune is scored with statistics of its final weights "
+                        f"(default {d.bn_batches}; 0: off)")
     p.add_argument("--early-stop-margin", type=float, help=f"OA margin for stopping dominated trials (default {d.early_stop_margin}; <0 disables)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, help=f"one seed for sampler, split, torch (default {d.seed})")
@@ -773,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     over: dict[str, Any] = {}
     simple = ("data", "dataset", "image_size", "model", "weights", "base_epochs", "max_combo", "depth_bins", "trials", "sampler",
-              "fidelity_epochs", "final_epochs", "final_max", "batch_size", "seed", "split_seed", "min_accuracy", "study", "out", "storage",
+              "fidelity_epochs", "final_epochs", "final_max", "batch_size", "bn_batches", "seed", "split_seed", "min_accuracy", "study", "out", "storage",
               "tracking_uri", "experiment", "min_target", "targets", "device", "backend", "ray_address", "workers",
               "trial_cpus", "trial_gpus")
     for name in simple:

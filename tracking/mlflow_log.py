@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from tracking.errors import TrackingError
 
@@ -160,13 +160,18 @@ class Tracker:
         return run.info.run_id
 
     def finish_trial(self, run_id: str, *, plan: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
-                     tags: Mapping[str, str] | None = None, status: str = "FINISHED") -> None:
+                     tags: Mapping[str, str] | None = None, status: str = "FINISHED",
+                     series: Mapping[str, Sequence[Any]] | None = None) -> None:
         """Log a trial's plan (params + ``plan.json``), metrics and tags, and close its run.
 
         The plan is the one actually trained - after projection onto the budget - with the
-        records that replay it; failed trials log the sampled plan.
+        records that replay it; failed trials log the sampled plan. ``series``: per-epoch values
+        (e.g. ``val_oa_epoch``), logged at steps 1, 2, ... so the UI draws them as curves.
         """
-        self._log(run_id, params=flatten_params(plan) if plan else None, metrics=_finite(metrics or {}), tags=tags)
+        steps = [(str(k), float(v), i + 1) for k, values in (series or {}).items() for i, v in enumerate(values)
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        self._log(run_id, params=flatten_params(plan) if plan else None, metrics=_finite(metrics or {}), tags=tags,
+                  stepped=steps)
         if plan:
             self.client.log_text(run_id, json.dumps(plan, indent=1, sort_keys=True), "plan.json")
         self.client.set_terminated(run_id, status=status)
@@ -249,12 +254,14 @@ class Tracker:
     # -- low level -------------------------------------------------------------------------
 
     def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
-             tags: Mapping[str, str] | None = None, step: int = 0) -> None:
+             tags: Mapping[str, str] | None = None, step: int = 0,
+             stepped: Sequence[tuple[str, float, int]] = ()) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         p = [Param(str(k), str(v)[:_MAX_PARAM_LEN]) for k, v in (params or {}).items()]
         m = [Metric(str(k), float(v), now, step) for k, v in (metrics or {}).items()]
+        m += [Metric(k, v, now, s) for k, v, s in stepped]
         t = [RunTag(str(k), str(v)) for k, v in (tags or {}).items()]
         for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow caps a batch at 100 params
             if p[i:i + 100] or m[i:i + 100] or t[i:i + 100]:

@@ -36,8 +36,11 @@ def make_sampler(name: str, *, seed: int, population_size: int = 8, startup_tria
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True,
-                                          warn_independent_sampling=False)
+        # quiet about parameters sampled independently (conditional ones are); from 4.9 that is
+        # the default and passing the flag raises a FutureWarning
+        major, minor = (int(x) for x in optuna.__version__.split(".")[:2])
+        quiet = {} if (major, minor) >= (4, 9) else {"warn_independent_sampling": False}
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True, **quiet)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials, warn_independent_sampling=False)
     if name == "random":

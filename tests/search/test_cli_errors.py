@@ -42,6 +42,7 @@ def test_help_is_fast():
         (["--budget", "params<5M", "--objectives", "accuracy,flops"], "unknown objective 'flops'"),
         (["--budget", "params<5M", "--trials", "0"], "trials must be >= 1"),
         (["--budget", "params<5M", "--depth-bins", "-1"], "depth_bins must be >= 0"),
+        (["--budget", "params<5M", "--bn-batches", "-2"], "bn_batches must be >= 0"),
         (["--budget", "params<5M", "--min-accuracy", "1.5"], "min_accuracy must lie in [0, 1)"),
         (["--budget", "params<5M", "--min-target", "0"], "min_target must lie in (0, 1]"),
         (["--budget", "params<5M", "--device", "gpu"], "unknown device 'gpu'"),

@@ -215,3 +215,80 @@ def test_a_floor_no_trial_reaches_says_so(tmp_path):
     render(result, out)
     assert "0 of them at or above the accuracy floor 0.5" in out.getvalue()
     assert "no trial reached the accuracy floor (validation OA >= 0.5; best 0.200)" in out.getvalue()
+
+
+def test_early_stop_fronts_hold_each_epochs_own_oa(tmp_path):
+    """Trials are stopped against what finished trials scored after the same epoch, not their final OA.
+
+    Here every finished trial scores 0.2-0.3 after epoch 1 and 0.8 after epoch 2 (a one-cycle
+    schedule ends high); a front of final OAs would stop every new trial after its first epoch.
+    """
+    from search.run import run
+
+    seen = []
+
+    def fake_trial(request):
+        seen.append(request.get("early_stop"))
+        steps = request["steps"]
+        kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
+        history = [{"epoch": 1, "val_oa": 0.2 + 0.1 * kept}, {"epoch": 2, "val_oa": 0.8}]
+        return {"status": "ok", "val_oa": 0.8, "history": history, "plan": {"base": request["model"], "steps": steps},
+                "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    result = run(tiny_config(tmp_path, trials=4, final_max=0, fidelity_epochs=2, early_stop_margin=0.05),
+                 trial_fn=fake_trial)
+    assert result.counts["complete"] == 4
+    assert seen[0] is None  # nothing finished yet
+    for early in seen[1:]:
+        assert set(early["fronts"]) == {"1"}  # the last epoch needs no front
+        assert early["margin"] == 0.05 and early["cost_keys"] == ["nonzero_params"]
+        assert all(0.2 <= oa <= 0.3 for oa, _ in early["fronts"]["1"])
+    assert len(seen[3]["fronts"]["1"]) >= 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    kids = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    for k in kids:  # the per-epoch curve each trial was judged on, for the MLflow UI
+        curve = sorted((m.step, m.value) for m in client.get_metric_history(k.info.run_id, "val_oa_epoch"))
+        assert [s for s, _ in curve] == [1, 2] and 0.2 <= curve[0][1] <= 0.3 and curve[1][1] == 0.8
+
+    seen.clear()
+    run(tiny_config(tmp_path, trials=2, final_max=0, fidelity_epochs=1, early_stop_margin=0.05, study="one"),
+        trial_fn=fake_trial)
+    assert seen == [None, None]  # one epoch: nothing to stop
+
+
+def test_epoch_fronts_keep_the_non_dominated_points_of_each_epoch():
+    from types import SimpleNamespace
+
+    from search.run import epoch_fronts
+
+    def t(history, cost):
+        return SimpleNamespace(user_attrs={"val_history": history}, values=[history[-1] if history else 0.5, cost])
+
+    D = ["maximize", "minimize"]
+    done = [t([0.3, 0.6, 0.9], 10.0), t([0.4, 0.5, 0.8], 5.0), t([0.2, 0.4, 0.7], 6.0), t([], 1.0),
+            t([0.1, float("nan"), 0.6], 2.0)]
+    fronts = epoch_fronts(done, 3, D)
+    assert set(fronts) == {"1", "2"}
+    assert sorted(fronts["1"]) == [[0.1, 2.0], [0.4, 5.0]]  # [0.3, 10] and [0.2, 6] are dominated by [0.4, 5]
+    assert sorted(fronts["2"]) == [[0.5, 5.0], [0.6, 10.0]]  # the NaN is left out
+    assert epoch_fronts(done, 1, D) == {}
+
+
+def test_a_trial_is_stopped_only_by_a_front_at_its_own_epoch(tmp_path):
+    """The real trial function: a dominating point at epoch 1 stops it there; one at epoch 2 (final) does not."""
+    from search.objective import evaluate_trial
+    from search.run import run
+
+    fronts = [{"2": [[1.5, 0.0]]}, {"1": [[1.5, 0.0]]}]
+
+    def with_front(request, **kw):
+        request["early_stop"] = {"fronts": fronts.pop(0), "directions": ["maximize", "minimize"],
+                                 "cost_keys": ["nonzero_params"], "margin": 0.0}
+        return evaluate_trial(request, **kw)
+
+    result = run(tiny_config(tmp_path, trials=2, final_max=0, fidelity_epochs=2, early_stop_margin=0.0),
+                 trial_fn=with_front)
+    states = [t["state"] for t in result.trials]
+    assert states == ["complete", "pruned"]

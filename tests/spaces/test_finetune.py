@@ -81,3 +81,35 @@ def test_kd_label_smoothing_changes_only_the_hard_label_term(small):
     expected = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
     torch.testing.assert_close(smooth, expected)
     assert not torch.isclose(plain, smooth)
+
+
+def test_finetune_reestimates_bn_after_every_epoch_before_it_is_validated(small, ctx):
+    """With bn_batches, each epoch ends on statistics of its final weights (what recalibrate_bn gives)."""
+    import copy
+
+    from rsc.training import fit
+    from tests.spaces.conftest import make
+
+    small = make("mobilenet_v3_small")  # has BatchNorm (the squeezenet fixture has none)
+
+    calls = []
+    model = copy.deepcopy(small)
+    fit(model, batches(2), epochs=2, lr=0.01, progress=False, end_of_epoch=lambda m: calls.append(m.training),
+        on_epoch=lambda r: calls.append(r["epoch"]))
+    assert calls == [True, 1, True, 2]  # the hook runs after the epoch's steps, before its record
+
+    held = batches(2, seed=7)
+    plain, recal = copy.deepcopy(small), copy.deepcopy(small)
+    finetune(plain, batches(2), epochs=1, lr=0.01)
+    finetune(recal, batches(2), epochs=1, lr=0.01, bn_batches=held)
+    bn = lambda m: [b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bn(recal)
+    check = copy.deepcopy(recal)
+    recalibrate_bn(check, held, max_batches=len(held))
+    for a, b in zip(bn(recal), bn(check)):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+    # the same weights (same seed, same steps), different statistics
+    for a, b in zip(plain.parameters(), recal.parameters()):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a.running_mean, b.running_mean) for a, b in zip(bn(plain), bn(recal)))
