@@ -349,9 +349,13 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
 
     from tracking.pareto import hypervolume, pareto_mask
 
-    def front_state() -> tuple[list[Any], list[bool], float]:
-        done = [t for t in engine.complete()
+    def eligible() -> list[Any]:
+        """Completed trials that may sit on the front: inside measured budgets and above the floor."""
+        return [t for t in engine.complete()
                 if t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True)]
+
+    def front_state() -> tuple[list[Any], list[bool], float]:
+        done = eligible()
         if not done:
             return done, [], 0.0
         vals = [list(t.values) for t in done]
@@ -397,7 +401,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 trial.set_user_attr("method", combo)
                 early = None
                 if config.early_stop_margin is not None and config.fidelity_epochs > 1:
-                    fronts = epoch_fronts(front_state()[0], config.fidelity_epochs, directions)
+                    fronts = epoch_fronts(eligible(), config.fidelity_epochs, directions)
                     if fronts:
                         early = {"fronts": fronts, "directions": directions,
                                  "cost_keys": [k for _, k in cost_objs], "margin": config.early_stop_margin}

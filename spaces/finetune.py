@@ -6,8 +6,9 @@ Compression moves the activations every later layer sees; two cheap remedies:
   without any gradient step. It is what makes a pruned or decomposed model's accuracy meaningful
   at zero fine-tuning epochs (the search's cheapest fidelity).
 * :func:`finetune` runs a short ``rsc.training.fit`` schedule, optionally distilling from the
-  uncompressed model (``loss_fn``), and keeps magnitude-pruned zeros at zero (the zero pattern is
-  applied as a fixed mask during training and made permanent again afterwards).
+  uncompressed model (``loss_fn``), keeps magnitude-pruned zeros at zero (the zero pattern is
+  applied as a fixed mask during training and made permanent again afterwards) and, given
+  ``bn_batches``, re-estimates BatchNorm statistics after every epoch, before it is validated.
 
 :func:`finetune_plan` chains it for a whole plan: compress every step before ``quant.int8``,
 fine-tune (with KD from the base when the plan has a ``distill.kd`` step or ``distill=True``),
