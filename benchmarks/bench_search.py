@@ -77,8 +77,6 @@ def base_bn_reestimated(config) -> float:
     """Test OA of the base model with only its BatchNorm statistics re-estimated, as every fine-tune
     now ends (``--bn-batches`` unaugmented training batches, no weight changed): what of a
     compressed model's lead over the base is that re-estimation alone."""
-    import copy
-
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
@@ -86,7 +84,7 @@ def base_bn_reestimated(config) -> float:
 
     device = config.device
     data, split, ckpt = _data_and_base(config)
-    model = copy.deepcopy(model_from_checkpoint(load_checkpoint(ckpt))).to(device)
+    model = model_from_checkpoint(load_checkpoint(ckpt)).to(device)
     plain, _, test = make_loaders(data, split, batch_size=config.batch_size, augment=False, seed=config.seed,
                                   device=device)
     batches = [b for _, b in zip(range(config.bn_batches), plain)]

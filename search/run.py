@@ -418,6 +418,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
             t_driver = time.perf_counter()
             trial, run_id, combo, sampled_plan, aim = in_flight.pop(number)
             row: dict[str, Any] = {"number": trial.number, "method": combo}
+            curve = [h.get("val_oa") for h in (result or {}).get("history") or []]  # val OA after each epoch
             if isinstance(error, (SpaceInfeasible, BudgetInfeasible)):
                 engine.tell_pruned(trial)
                 tracker.finish_trial(run_id, plan=sampled_plan, tags={"state": "PRUNED", "feasible": "false",
@@ -433,7 +434,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 tracker.finish_trial(run_id, plan=result.get("plan") or sampled_plan,
                                      metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run")},
                                      tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", "")},
-                                     series={"val_oa_epoch": [h.get("val_oa") for h in result.get("history") or []]})
+                                     series={"val_oa_epoch": curve})
                 row.update(state="pruned", val_oa=result.get("val_oa"))
             else:
                 values = [_value(result, k) for _, k, _ in objectives]
@@ -450,7 +451,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     trial.set_user_attr("plan", result["plan"])
                     trial.set_user_attr("costs", costs)
                     trial.set_user_attr("seconds", result.get("seconds") or {})
-                    trial.set_user_attr("val_history", [h.get("val_oa") for h in result.get("history") or []])
+                    trial.set_user_attr("val_history", curve)
                     if result.get("worker"):
                         trial.set_user_attr("worker", result["worker"])
                     constraints = list(budgets.violations(costs)) if budgets.constraints else []
@@ -468,7 +469,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                                "seconds": (result.get("seconds") or {}).get("total"),
                                **{f"target_{k}": v for k, v in aim.items()}}
                     tracker.finish_trial(run_id, plan=result["plan"], metrics=metrics, tags=tags,
-                                         series={"val_oa_epoch": trial.user_attrs["val_history"]})
+                                         series={"val_oa_epoch": curve})
                     row.update(state="complete", feasible=feasible, val_oa=result["val_oa"], costs=costs,
                                values=values)
             done, mask, hv = front_state()

@@ -88,16 +88,17 @@ def _flatten(obj: Any, prefix: str) -> Iterable[tuple[str, str]]:
         yield prefix, text[:_MAX_PARAM_LEN]
 
 
+def _as_finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a finite number (MLflow rejects those)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out[k] = f
-    return out
+    return {k: f for k, v in metrics.items() if (f := _as_finite(v)) is not None}
 
 
 class Tracker:
@@ -168,8 +169,8 @@ class Tracker:
         records that replay it; failed trials log the sampled plan. ``series``: per-epoch values
         (e.g. ``val_oa_epoch``), logged at steps 1, 2, ... so the UI draws them as curves.
         """
-        steps = [(str(k), float(v), i + 1) for k, values in (series or {}).items() for i, v in enumerate(values)
-                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        steps = [(str(k), f, i + 1) for k, values in (series or {}).items() for i, v in enumerate(values)
+                 if (f := _as_finite(v)) is not None]
         self._log(run_id, params=flatten_params(plan) if plan else None, metrics=_finite(metrics or {}), tags=tags,
                   stepped=steps)
         if plan:

@@ -83,7 +83,7 @@ def test_kd_label_smoothing_changes_only_the_hard_label_term(small):
     assert not torch.isclose(plain, smooth)
 
 
-def test_finetune_reestimates_bn_after_every_epoch_before_it_is_validated(small, ctx):
+def test_finetune_reestimates_bn_after_every_epoch_before_it_is_validated():
     """With bn_batches, each epoch ends on statistics of its final weights (what recalibrate_bn gives)."""
     import copy
 
