@@ -18,8 +18,10 @@ Every number the project reports about model cost is defined here, once:
 * ``latency_ms`` / ``latency_ms_batch``: median wall time of one forward at batch 1 / at
   ``settings.batch_size`` on the local device, after warm-up, with a fixed thread count.
 
-The metrics live in a registry (``register_cost``), so the search can add energy or other targets
-without touching callers. :func:`compare` measures a base and a compressed model in the same
+The metrics live in one registry (``register_cost``): each says its unit, whether it is counted
+(analytic) or measured, and, when it can be budgeted, its budget name and unit grammar. The
+search's budget parser, trial function and reports read it, so energy or latency on another
+target is one registration, with no caller to touch. :func:`compare` measures a base and a compressed model in the same
 process, interleaving their latency runs so that machine load hits both alike, and derives the
 compression rate (base params / compressed params) and the speed-up (base latency / compressed).
 """
@@ -31,22 +33,30 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from rsc.errors import ConfigError
 
+if TYPE_CHECKING:  # torch loads on first use, so that CLIs answer --help at once
+    import torch
+    from torch import nn
+
 __all__ = [
-    "CostSettings", "register_cost", "list_costs", "get_cost", "measure", "compare",
+    "CostSettings", "CostMetric", "register_cost", "list_costs", "get_cost", "budget_metrics", "analytic_costs",
+    "measure", "compare", "COUNT_UNITS", "BYTE_UNITS", "TIME_UNITS",
     "count_params", "count_nonzero_params", "count_macs", "serialized_size", "sparse_size",
     "measure_latency", "compare_latency",
 ]
 
 
-MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+MEMORY_FORMATS = ("channels_last", "contiguous")
+
+
+def _memory_format(name: str) -> Any:
+    import torch
+
+    return {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[name]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,38 +101,71 @@ class CostSettings:
             raise ConfigError(f"cost settings: warmup must be an integer >= 0, got {self.warmup!r}")
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        import torch
+
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch_size, self.in_channels, self.image_size, self.image_size, generator=gen)
-        return x.to(self.device).contiguous(memory_format=MEMORY_FORMATS[self.memory_format])
+        return x.to(self.device).contiguous(memory_format=_memory_format(self.memory_format))
 
 
-CostFn = Callable[[nn.Module, CostSettings], float]
+CostFn = Callable[["nn.Module", CostSettings], float]
+
+#: Unit grammars of budgets (``params<5M``, ``size<2MB``, ``latency<20ms``): lower-case unit ->
+#: factor to the metric's base unit; ``""`` is the bare number.
+COUNT_UNITS: Mapping[str, float] = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+BYTE_UNITS: Mapping[str, float] = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+                                   "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30}
+TIME_UNITS: Mapping[str, float] = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3}
 
 
 @dataclass(frozen=True)
 class CostMetric:
-    """A registered cost: its function, unit, and whether it is measured (noisy) or counted."""
+    """A registered cost, described once for everything that reads it.
+
+    Attributes:
+        name: the key costs are reported under (``latency_ms``); lower is always better.
+        fn: ``fn(model, settings) -> float`` in the base unit.
+        unit: the base unit, as printed (``count``, ``byte``, ``ms``).
+        measured: timed on a device (noisy, known only after building the model: a search
+            constraint) rather than counted from the structure (analytic: projected before training).
+        budget: the name budgets and objectives use (``latency``), or None when it cannot be budgeted.
+        units: the unit grammar of budgets on it (see ``COUNT_UNITS``).
+    """
 
     name: str
     fn: CostFn
     unit: str
     measured: bool
+    budget: str | None = None
+    units: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``"measured"`` or ``"analytic"``."""
+        return "measured" if self.measured else "analytic"
 
 
 _COSTS: dict[str, CostMetric] = {}
 
 
-def register_cost(name: str, *, unit: str, measured: bool = False) -> Callable[[CostFn], CostFn]:
+def register_cost(name: str, *, unit: str, measured: bool = False, budget: str | None = None,
+                  units: Mapping[str, float] | None = None) -> Callable[[CostFn], CostFn]:
     """Register ``fn(model, settings) -> float`` as the cost ``name`` (lower is better).
 
+    ``budget`` makes it a budget and objective metric under that name, with the unit grammar
+    ``units``: the search's budget parser, trial function and reports read it from here.
+
     Raises:
-        ConfigError: ``name`` is already registered.
+        ConfigError: ``name`` (or its budget name) is already registered.
     """
 
     def deco(fn: CostFn) -> CostFn:
         if name in _COSTS:
             raise ConfigError(f"cost metric {name!r} is already registered")
-        _COSTS[name] = CostMetric(name=name, fn=fn, unit=unit, measured=measured)
+        if budget is not None and any(c.budget == budget for c in _COSTS.values()):
+            raise ConfigError(f"budget metric {budget!r} is already registered")
+        _COSTS[name] = CostMetric(name=name, fn=fn, unit=unit, measured=measured, budget=budget,
+                                  units=dict(units or {"": 1.0}))
         return fn
 
     return deco
@@ -141,6 +184,16 @@ def get_cost(name: str) -> CostMetric:
         raise ConfigError(f"unknown cost metric {name!r}; known: {', '.join(list_costs())}") from None
 
 
+def budget_metrics() -> dict[str, CostMetric]:
+    """Budget name -> cost metric, for every cost that can be budgeted (in registration order)."""
+    return {c.budget: c for c in _COSTS.values() if c.budget is not None}
+
+
+def analytic_costs() -> list[str]:
+    """Cost keys of the budgetable metrics counted from the structure (what every trial reports)."""
+    return [c.name for c in budget_metrics().values() if not c.measured]
+
+
 def measure(model: nn.Module, names: Sequence[str] | None = None,
             settings: CostSettings | None = None) -> dict[str, float]:
     """Measure the named costs (all registered ones by default) of ``model``."""
@@ -154,6 +207,9 @@ def measure(model: nn.Module, names: Sequence[str] | None = None,
 
 def _packed_weights(module: nn.Module) -> Iterator[torch.Tensor]:
     """Weights of quantised modules, which keep them packed outside ``parameters()``."""
+    import torch
+    from torch import nn
+
     for attr in ("weight", "bias"):
         fn = getattr(module, attr, None)
         if callable(fn) and not isinstance(fn, nn.Module):
@@ -182,6 +238,8 @@ def count_params(model: nn.Module) -> int:
 
 def count_nonzero_params(model: nn.Module) -> int:
     """Non-zero stored weights (for quantised tensors: non-zero after dequantisation)."""
+    import torch
+
     total = 0
     for t in _all_weights(model):
         if t.is_quantized:
@@ -202,6 +260,8 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _model_device(model: nn.Module, default: str) -> torch.device:
+    import torch
+
     for t in model.parameters():
         return t.device
     return torch.device(default)
@@ -209,6 +269,8 @@ def _model_device(model: nn.Module, default: str) -> torch.device:
 
 def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, device: str = "cpu") -> int:
     """Multiply-accumulates of Conv and Linear layers for one image (see the module docstring)."""
+    import torch
+
     total = 0
 
     def conv_hook(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -250,12 +312,16 @@ def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, devic
 
 def serialized_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.tell()
 
 
 def _sparse_tensor_bits(t: torch.Tensor, index_bits: int) -> int:
+    import torch
+
     value_bits = t.element_size() * 8
     if t.is_quantized:
         t = t.dequantize()  # zeros stay zeros; the stored width is still the int8 one
@@ -273,6 +339,8 @@ def _sparse_tensor_bits(t: torch.Tensor, index_bits: int) -> int:
 
 def sparse_size(model: nn.Module, *, index_bits: int = 8) -> int:
     """Bytes of a relative-index sparse encoding of the state dict (see the module docstring)."""
+    import torch
+
     bits = 0
     for t in model.state_dict().values():
         if isinstance(t, torch.Tensor):
@@ -288,6 +356,8 @@ def sparse_size(model: nn.Module, *, index_bits: int = 8) -> int:
 
 @contextmanager
 def _threads(n: int) -> Iterator[None]:
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -297,6 +367,8 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -308,6 +380,8 @@ def compare_latency(models: Mapping[str, nn.Module], *, settings: CostSettings |
     Interleaving (A, B, A, B, ...) rather than timing A then B means a burst of load from other
     processes slows both alike, so their ratio (the speed-up) stays meaningful on a shared machine.
     """
+    import torch
+
     settings = settings or CostSettings()
     models = {k: _in_format(m, settings.memory_format) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -344,7 +418,7 @@ def _in_format(model: nn.Module, memory_format: str) -> nn.Module:
 
     clone = copy.deepcopy(model)
     try:
-        return clone.to(memory_format=MEMORY_FORMATS[memory_format])
+        return clone.to(memory_format=_memory_format(memory_format))
     except (RuntimeError, TypeError):  # modules without plain tensor weights: they run as they are
         return clone
 
@@ -389,13 +463,14 @@ def compare(base: nn.Module, compressed: nn.Module, settings: CostSettings | Non
 
 # -- the built-in metrics ----------------------------------------------------------------------
 
-register_cost("params", unit="count")(lambda m, s: count_params(m))
-register_cost("nonzero_params", unit="count")(lambda m, s: count_nonzero_params(m))
-register_cost("macs", unit="MAC")(
+register_cost("params", unit="count", budget="params", units=COUNT_UNITS)(lambda m, s: count_params(m))
+register_cost("nonzero_params", unit="count", budget="nonzero_params", units=COUNT_UNITS)(
+    lambda m, s: count_nonzero_params(m))
+register_cost("macs", unit="MAC", budget="macs", units=COUNT_UNITS)(
     lambda m, s: count_macs(m, image_size=s.image_size, in_channels=s.in_channels, device=s.device))
-register_cost("size", unit="byte")(lambda m, s: serialized_size(m))
+register_cost("size", unit="byte", budget="size", units=BYTE_UNITS)(lambda m, s: serialized_size(m))
 register_cost("sparse_size", unit="byte")(lambda m, s: sparse_size(m, index_bits=s.index_bits))
-register_cost("latency_ms", unit="ms", measured=True)(
+register_cost("latency_ms", unit="ms", measured=True, budget="latency", units=TIME_UNITS)(
     lambda m, s: measure_latency(m, settings=s, batch_size=1))
 register_cost("latency_ms_batch", unit="ms", measured=True)(
     lambda m, s: measure_latency(m, settings=s, batch_size=s.batch_size))

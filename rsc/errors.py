@@ -28,3 +28,12 @@ class ModelError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be loaded or does not match the dataset."""
+
+
+class BudgetInfeasible(UserError):
+    """A cost budget no model of the search space can meet, or a plan no scaling brings under it.
+
+    Raised before any training when a budget is below what the methods can reach, and inside a
+    trial when its sampled choices cannot be projected under the budget (the search records that
+    trial as pruned, not failed).
+    """

@@ -4,11 +4,10 @@ A budget names a cost metric (``params``, ``nonzero_params``, ``macs``, ``size``
 a comparison and a limit, either absolute (``params<5M``, ``size<=2MB``, ``latency<20ms``) or
 relative to the uncompressed base model (``macs<50%``). Several budgets are ANDed.
 
-Metrics are looked up in a small registry (:func:`register_metric`) so that a new cost - energy,
-latency on another target - is one call: the search only needs to know the key the cost
-functions report it under, its units, and whether it is *analytic* (computable from the model's
-structure, hence projectable before training) or *measured* (known only after building and
-timing the model, hence an Optuna constraint).
+The metrics are the budgetable costs of :mod:`rsc.cost`'s registry, which says for each its cost
+key, its unit grammar and whether it is *analytic* (counted from the model's structure, hence
+projected before training) or *measured* (timed after building the model, hence an Optuna
+constraint): a new cost registered there is a budget and an objective here, with no edit.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from rsc.errors import UserError
+from rsc.errors import BudgetInfeasible, UserError
 
 __all__ = [
     "GRAMMAR",
@@ -28,9 +27,9 @@ __all__ = [
     "MetricSpec",
     "Budget",
     "Budgets",
-    "register_metric",
     "get_metric",
     "list_metrics",
+    "grammar",
     "parse_budget",
     "parse_budgets",
 ]
@@ -44,26 +43,16 @@ class BudgetConflict(BudgetError):
     """Budgets that no model can satisfy together (e.g. ``params<1M`` and ``params>2M``)."""
 
 
-class BudgetInfeasible(BudgetError):
-    """A budget below what the search space can reach: failing early beats wasting trials."""
-
-
-_COUNT_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
-_BYTE_UNITS = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30}
-_TIME_UNITS = {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3}
-
-
 @dataclass(frozen=True)
 class MetricSpec:
-    """How a budget metric maps onto the cost functions.
+    """A budget metric as the search sees it: a view of one registered :class:`rsc.cost.CostMetric`.
 
     Attributes:
-        name: the name used in budgets (``latency``).
+        name: the name used in budgets and objectives (``latency``).
         cost_key: the key the cost functions report it under (``latency_ms``); values in base units.
-        kind: ``"analytic"`` (from the structure alone: projected before training) or
-            ``"measured"`` (timed on a device: an Optuna constraint).
+        kind: ``"analytic"`` (projected before training) or ``"measured"`` (an Optuna constraint).
         units: lower-case unit -> factor to the base unit; ``""`` is the bare number.
-        base_unit: printed after absolute limits (``"bytes"``, ``"ms"``).
+        base_unit: the base unit (``"byte"``, ``"ms"``).
     """
 
     name: str
@@ -72,49 +61,34 @@ class MetricSpec:
     units: Mapping[str, float]
     base_unit: str = ""
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("analytic", "measured"):
-            raise ValueError(f"kind must be 'analytic' or 'measured', got {self.kind!r}")
 
+def _specs() -> dict[str, MetricSpec]:
+    from rsc.cost import budget_metrics
 
-_METRICS: dict[str, MetricSpec] = {}
-
-
-def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add a budget metric; a duplicate name raises (two meanings for one word is a bug)."""
-    if spec.name in _METRICS:
-        raise ValueError(f"budget metric {spec.name!r} is already registered")
-    _METRICS[spec.name] = spec
-    return spec
+    return {name: MetricSpec(name, c.name, c.kind, c.units, c.unit) for name, c in budget_metrics().items()}
 
 
 def get_metric(name: str) -> MetricSpec:
     try:
-        return _METRICS[name]
+        return _specs()[name]
     except KeyError:
-        raise BudgetError(f"unknown budget metric {name!r}; known: {', '.join(list_metrics())}. {GRAMMAR}") from None
+        raise BudgetError(f"unknown budget metric {name!r}; known: {', '.join(list_metrics())}. {grammar()}") from None
 
 
 def list_metrics() -> list[str]:
-    return sorted(_METRICS)
+    return sorted(_specs())
 
 
-for _spec in (
-    MetricSpec("params", "params", "analytic", _COUNT_UNITS),
-    MetricSpec("nonzero_params", "nonzero_params", "analytic", _COUNT_UNITS),
-    MetricSpec("macs", "macs", "analytic", _COUNT_UNITS),
-    MetricSpec("size", "size", "analytic", _BYTE_UNITS, "bytes"),
-    MetricSpec("latency", "latency_ms", "measured", _TIME_UNITS, "ms"),
-):
-    register_metric(_spec)
-del _spec
+def grammar() -> str:
+    """The budget grammar, with the metrics and units registered now."""
+    specs = _specs()
+    units = "; ".join(f"{'/'.join(u for u in s.units if u) or 'no unit'} for {n}" for n, s in specs.items())
+    return (f"budget grammar: <metric><op><value>[unit] with metric one of {', '.join(specs)}; "
+            f"op one of <, <=, >, >=; unit {units}, or % of the base model; several budgets are ANDed; "
+            "e.g. 'params<5M', 'macs<=50%', 'size<2MB', 'latency<20ms'")
 
-GRAMMAR = (
-    "budget grammar: <metric><op><value>[unit] with metric one of params, nonzero_params, macs, size, "
-    "latency; op one of <, <=, >, >=; unit K/M/G for counts, B/KB/MB/GB (or KiB/MiB/GiB) for size, "
-    "us/ms/s for latency, or % of the base model; several budgets are ANDed; "
-    "e.g. 'params<5M', 'macs<=50%', 'size<2MB', 'latency<20ms'"
-)
+
+GRAMMAR = grammar()
 
 _PATTERN = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
@@ -189,10 +163,10 @@ class Budget:
 def parse_budget(text: str) -> Budget:
     """Parse one budget string; anything unparseable raises :class:`BudgetError` quoting the grammar."""
     if not isinstance(text, str):
-        raise BudgetError(f"budget must be a string, got {text!r}. {GRAMMAR}")
+        raise BudgetError(f"budget must be a string, got {text!r}. {grammar()}")
     match = _PATTERN.match(text)
     if match is None:
-        raise BudgetError(f"cannot parse budget {text!r}. {GRAMMAR}")
+        raise BudgetError(f"cannot parse budget {text!r}. {grammar()}")
     spec = get_metric(match["metric"].lower())
     value = float(match["value"])
     unit = match["unit"]
@@ -201,7 +175,7 @@ def parse_budget(text: str) -> Budget:
         factor = spec.units.get(unit.lower())
         if factor is None:
             known = ", ".join(u for u in spec.units if u) or "none"
-            raise BudgetError(f"unknown unit {unit!r} in budget {text!r} for {spec.name} (units: {known}, or %). {GRAMMAR}")
+            raise BudgetError(f"unknown unit {unit!r} in budget {text!r} for {spec.name} (units: {known}, or %). {grammar()}")
         value *= factor
     if value <= 0.0 and match["op"] in _UPPER:
         raise BudgetInfeasible(f"budget {text!r} asks for a {spec.name} at or below zero, which no model has")

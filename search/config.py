@@ -17,80 +17,108 @@ from rsc.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
-TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.run.spread_target)
+TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
+
+
+def opt(default: Any, help: str | None = None, **meta: Any) -> Any:
+    """A config field; with ``help`` it is also a command-line flag (``search.run.build_parser``).
+
+    ``meta``: ``flag`` (the flag's name when not ``--field-name``), ``choices``, ``metavar``,
+    ``list`` (a comma list on the command line), ``repeat`` (the flag repeats: ``--budget``).
+    ``{default}`` in ``help`` is replaced by the default.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **meta} if help else meta)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    """A compression search, end to end.
+    """A compression search, end to end: every setting, its default and its help, in one place.
 
     Attributes are grouped as the pipeline runs: data and base model; search space and budget;
-    sampler and trials; per-trial evaluation; final stage; bookkeeping.
+    sampler and trials; per-trial evaluation; final stage; bookkeeping. The command line is
+    generated from these fields.
     """
 
     # -- data and base model
-    data: str | None = None              # dataset folder; None = built-in synthetic set
-    dataset: str | None = None           # registry name when the folder alone is ambiguous
-    image_size: int = 64                 # working resolution (synthetic data: its native size)
-    train_ratio: float = 0.8             # per-class share for training (+val); the rest is test
-    val_ratio: float = 0.1               # share of the training part held out to rank trials
-    model: str = "resnet18"
-    weights: str | None = None           # rsc checkpoint of the base model; None = train one
-    base_epochs: int = 30                # epochs when the base model must be trained
-    base_lr: float = 0.05
+    data: str | None = opt(None, "dataset folder (default: built-in synthetic set)")
+    dataset: str | None = opt(None, "dataset name when the folder is ambiguous")
+    image_size: int = opt(64, "input side in px (default {default})")
+    train_ratio: float = opt(0.8, "per-class share for training (+val); the rest is test (default {default})")
+    val_ratio: float = opt(0.1, "share of the training part held out to rank trials (default {default})")
+    model: str = opt("resnet18", "torchvision architecture (default {default})")
+    weights: str | None = opt(None, "base model checkpoint (default: train one and cache it)")
+    base_epochs: int = opt(30, "epochs to train the base model (default {default}; 5 on the synthetic set)")
+    base_lr: float = opt(0.05, "peak learning rate of the base model's training (default {default})")
 
     # -- search space and budget
-    budgets: tuple[str, ...] = ()        # e.g. ("params<5M", "macs<50%"), ANDed
-    methods: tuple[str, ...] = ("prune", "tucker", "distill", "quant")
-    max_combo: int = 2                   # at most this many methods chained in one plan
-    depth_bins: int = 4                  # >0: one pruning ratio / Tucker rank pair / sparsity per contiguous
-                                         # depth bin of the layers (4 = ResNet stages); 0 = one per layer
-    objectives: tuple[str, ...] = ("accuracy", "params")
+    budgets: tuple[str, ...] = opt((), "e.g. 'params<5M', 'macs<50%%', 'size<2MB', 'latency<20ms'; repeat to AND",
+                                   flag="--budget", repeat=True, metavar="BUDGET")
+    methods: tuple[str, ...] = opt(("prune", "tucker", "distill", "quant"), "comma list (default {default})", list=True)
+    max_combo: int = opt(2, "most methods chained in one plan (default {default})")
+    depth_bins: int = opt(4, "search one pruning ratio, Tucker rank pair or sparsity per contiguous depth bin of "
+                             "the layers (4 = ResNet-18's stages) instead of one per layer; 0 = per layer "
+                             "(default {default})", metavar="N")
+    objectives: tuple[str, ...] = opt(("accuracy", "params"), "comma list, accuracy first (default {default})",
+                                      list=True)
 
     # -- sampler and trials
-    sampler: str = "nsga2"
-    trials: int = 40
-    population_size: int = 8             # NSGA-II generation size (small: trials are expensive)
-    startup_trials: int = 8              # TPE/GP random start
-    min_target: float = 0.1              # each trial aims at a searched fraction in [min_target, 1] of the
-                                         # ceiling on the first analytic cost objective (1 = all at the budget)
-    targets: str = "spread"              # how trials get their target: "spread" (a low-discrepancy sequence
-                                         # over [min_target, 1], the same for every sampler) or "sampler"
+    sampler: str = opt("nsga2", "default {default}", choices=SAMPLERS)
+    trials: int = opt(40, "finished trials to reach (default {default})")
+    population_size: int = opt(8, "NSGA-II generation size (default {default}; small: trials are expensive)")
+    startup_trials: int = opt(8, "random trials before TPE/GP model the space (default {default})")
+    min_target: float = opt(0.1, "each trial aims at a searched fraction in [F, 1] of the ceiling on the first cost "
+                                 "objective (the budget, else the base model), so the front spans compression "
+                                 "levels; 1 puts every trial on the budget (default {default})", metavar="F")
+    targets: str = opt("spread", "who picks each trial's target: spread (a low-discrepancy sequence over "
+                                 "[--min-target, 1], the same for every sampler, so every front spans the compression "
+                                 "levels) or sampler (a parameter the sampler learns) (default {default})",
+                       choices=TARGETS)
 
     # -- per-trial evaluation
-    fidelity_epochs: int = 2             # fine-tune epochs per trial
-    finetune_lr: float = 0.01
-    batch_size: int = 64
-    min_accuracy: float | None = None    # validation-OA floor: trials below it are infeasible (off the front)
-    early_stop_margin: float | None = 0.1  # stop a trial once a finished one is cheaper and this much more accurate
-    calibration_batches: int = 2
-    bn_batches: int = 4                  # unaugmented training batches on which BatchNorm statistics are
-                                         # re-estimated after every fine-tune epoch (0: off)
-    latency: bool = True                 # measure latency (and speed-up) for every trial
+    fidelity_epochs: int = opt(2, "fine-tune epochs per trial (default {default})")
+    finetune_lr: float = opt(0.01, "peak learning rate of every fine-tune (default {default})")
+    batch_size: int = opt(64, "training batch size (default {default})")
+    min_accuracy: float | None = opt(None, "validation-OA floor in [0, 1): trials below it are infeasible and kept "
+                                           "off the Pareto front", metavar="OA")
+    early_stop_margin: float | None = opt(0.1, "OA margin for stopping dominated trials (default {default}; "
+                                               "<0 disables)")
+    calibration_batches: int = opt(2, "unaugmented training batches for data-dependent choices and int8 "
+                                      "calibration (default {default})")
+    bn_batches: int = opt(4, "re-estimate BatchNorm statistics on this many unaugmented training batches after "
+                             "every fine-tune epoch, so a short fine-tune is scored with statistics of its final "
+                             "weights (default {default}; 0: off)")
+    latency: bool = opt(True, "skip latency/speed-up measurement per trial", flag="--no-latency")
 
     # -- final stage
-    final_epochs: int = 20               # fine-tune epochs of the Pareto set before the test split
-    final_max: int | None = None         # cap on the Pareto models retrained (None = all)
-    log_models: bool = True              # log final Pareto models as MLflow models
+    final_epochs: int = opt(20, "fine-tune epochs of the Pareto set (default {default})")
+    final_max: int | None = opt(None, "retrain at most this many Pareto models (default all)")
+    log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 
     # -- bookkeeping
-    seed: int = 0
-    split_seed: int | None = None        # split and base-model seed (None = seed); fix it to compare sampler seeds
-    study: str | None = None             # Optuna study / MLflow parent run name
-    resume: bool = False
-    out: str = "runs"                    # root of the default storage, database and artifacts
-    storage: str | None = None           # Optuna RDB URL; default sqlite:///<out>/<study>/optuna.db
-    storage_timeout: float = 10.0        # seconds to wait for a locked sqlite storage before failing
-    tracking_uri: str | None = None      # MLflow URI; default sqlite:///<out>/mlflow.db
-    experiment: str = "rsc-search"
-    device: str | None = None            # training device; None = cuda when available (latency: the CPU)
-    backend: str = "local"               # local (in this process) or ray (trials as Ray tasks, several at once)
-    ray_address: str | None = None       # None: a private local Ray; auto / host:port / ray://host:10001
-    workers: int | None = None           # Ray trials in flight (None: cluster CPUs / trial_cpus)
-    trial_cpus: float = 1.0              # CPUs reserved per Ray trial (and its torch threads)
-    trial_gpus: float = 0.0              # GPUs per Ray trial (> 0: trials train on CUDA)
-    progress: bool = True
+    seed: int = opt(0, "one seed for sampler, split, torch (default {default})")
+    split_seed: int | None = opt(None, "seed of the split and base model only (default: --seed); fix it to compare "
+                                       "sampler seeds on one split")
+    study: str | None = opt(None, "study name (default derived from data, model, budget, sampler, seed)")
+    resume: bool = opt(False, "continue an interrupted study")
+    out: str = opt("runs", "folder for the default storage, database and artifacts (default {default})")
+    storage: str | None = opt(None, "Optuna RDB URL (default sqlite:///<out>/<study>/optuna.db)")
+    storage_timeout: float = opt(10.0, "seconds to wait for a locked sqlite storage before failing "
+                                       "(default {default})")
+    tracking_uri: str | None = opt(None, "MLflow URI (default sqlite:///<out>/mlflow.db; http://host:port for a "
+                                         "server)")
+    experiment: str = opt("rsc-search", "MLflow experiment (default {default})")
+    device: str | None = opt(None, "training device: cpu, cuda, cuda:N (default: cuda when available); latency is "
+                                   "always measured on this machine's CPU")
+    backend: str = opt("local", "where trials run: local (this process, one at a time; default) or ray (several at "
+                                "once on a Ray cluster; data and checkpoints must be at the same paths on every "
+                                "node)", choices=BACKENDS)
+    ray_address: str | None = opt(None, "Ray cluster to join: auto, host:port or ray://host:10001 (default: start "
+                                        "a private local instance)")
+    workers: int | None = opt(None, "trials in flight on Ray (default: cluster CPUs / --trial-cpus)")
+    trial_cpus: float = opt(1.0, "CPUs reserved per Ray trial, also its torch threads (default {default})")
+    trial_gpus: float = opt(0.0, "GPUs per Ray trial (default {default}; >0 trains trials on CUDA)")
+    progress: bool = opt(True, "no progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         for name in ("trials", "image_size", "batch_size", "population_size", "max_combo"):

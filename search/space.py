@@ -30,18 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from spaces.errors import SpaceError
 
-__all__ = ["METHOD_ALIASES", "load_spaces", "resolve_method", "Method", "JointSpace"]
-
-# Short method names of the command line -> registered space names (tried in order).
-METHOD_ALIASES: dict[str, tuple[str, ...]] = {
-    "prune": ("prune.channel",),
-    "channel": ("prune.channel",),
-    "sparse": ("prune.magnitude",),
-    "magnitude": ("prune.magnitude",),
-    "tucker": ("tucker", "lowrank.tucker", "decompose.tucker"),
-    "distill": ("distill", "distill.kd", "kd"),
-    "quant": ("quant.int8", "quant", "quant.dynamic"),
-}
+__all__ = ["load_spaces", "Method", "JointSpace"]
 
 
 def load_spaces() -> list[str]:
@@ -58,24 +47,9 @@ def load_spaces() -> list[str]:
     return list_spaces()
 
 
-def resolve_method(method: str, known: Sequence[str]) -> str:
-    """Map a method name (``prune``) or a space name (``prune.channel``) onto a registered space."""
-    if method in known:
-        return method
-    for candidate in METHOD_ALIASES.get(method, ()):
-        if candidate in known:
-            return candidate
-    prefixed = [k for k in known if k.startswith(method + ".")]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    short = sorted(m for m, c in METHOD_ALIASES.items() if any(x in known for x in c))
-    raise SpaceError(f"unknown method {method!r}; known: {', '.join(short + list(known))}")
-
-
 def _stage(space: Any) -> int:
-    from search.objective import is_distill, is_post_training
-
-    return 2 if is_post_training(space) else 1 if is_distill(space) else 0
+    """Where a method sits in a chain: structural (0), a distillation loss (1), post-training (2)."""
+    return 2 if space.post_training else 1 if space.distill else 0
 
 
 @dataclass(frozen=True)
@@ -92,29 +66,27 @@ class JointSpace:
     """Methods, their combinations, and the define-by-run suggestion of a whole plan.
 
     Args:
-        methods: command-line method names or space names.
+        methods: command-line method names (a space's ``aliases``) or space names.
         max_combo: most methods chained in one plan.
         options: per-method space options (``{"prune": {"max_ratio": 0.9}}``).
-        bins: given to every space that takes a ``bins`` option (one value per contiguous depth
-            bin of the layers instead of one per layer), unless ``options`` sets it.
+        bins: given to every space that is ``binnable`` (one value per contiguous depth bin of
+            the layers instead of one per layer), unless ``options`` sets it.
     """
 
     def __init__(self, methods: Sequence[str], *, max_combo: int = 2,
                  options: Mapping[str, Mapping[str, Any]] | None = None, bins: int | None = None) -> None:
-        import inspect
+        from spaces.registry import get_space, resolve_space, space_class
 
-        from spaces.registry import get_space, space_class
-
-        known = load_spaces()
+        load_spaces()
         options = dict(options or {})
         self.methods: dict[str, Method] = {}
         self._spaces: dict[str, Any] = {}
         for m in methods:
             if m in self.methods:
                 raise SpaceError(f"method {m!r} given twice")
-            space_name = resolve_method(m, known)
+            space_name = resolve_space(m)
             opts = dict(options.get(m, {}))
-            if bins and "bins" in inspect.signature(space_class(space_name)).parameters:
+            if bins and space_class(space_name).binnable:
                 opts.setdefault("bins", bins)
             space = get_space(space_name, **opts)
             self.methods[m] = Method(m, space_name, _stage(space), opts)
@@ -136,22 +108,22 @@ class JointSpace:
         """Keep only ``combos`` (e.g. those that can reach the budget)."""
         self.combos = [c for c in self.combos if c in set(combos)]
 
-    def steps_of(self, combo: str, params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for m, p in zip(combo.split("+"), params):
-            method = self.methods[m]
-            out.append({"space": method.space_name, "params": dict(p), "options": dict(method.options)})
-        return out
+    def steps_of(self, combo: str, params: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+        """The plan steps (:class:`spaces.Step`) of ``combo`` with the given params, in chain order."""
+        from spaces.base import Step
 
-    def suggest(self, trial: Any, model: Any, context: Any) -> tuple[str, list[dict[str, Any]]]:
+        return tuple(Step(space=self.methods[m].space_name, params=dict(p), options=dict(self.methods[m].options))
+                     for m, p in zip(combo.split("+"), params))
+
+    def suggest(self, trial: Any, model: Any, context: Any) -> tuple[str, tuple[Any, ...]]:
         """The combination, then every method's choices (a static space); returns (combo, steps)."""
         combo = trial.suggest_categorical("method", list(self.combos)) if len(self.combos) > 1 else self.combos[0]
         suggested = {m: self._spaces[m].suggest(trial, model, context)
                      for m in self.methods if any(m in c.split("+") for c in self.combos)}
         return combo, self.steps_of(combo, [suggested[m] for m in combo.split("+")])
 
-    def strongest(self, combo: str, model: Any, context: Any, *, factor: float = 1e6) -> list[dict[str, Any]]:
-        """The most compressed plan of ``combo``: mid-range choices scaled until they saturate."""
+    def strongest(self, combo: str, model: Any, context: Any, *, factor: float = 1e6) -> tuple[Any, ...]:
+        """The most compressed steps of ``combo``: mid-range choices scaled until they saturate."""
         trial = _MidTrial()
         params = [self._spaces[m].suggest(trial, model, context) for m in combo.split("+")]
         params = [self._spaces[m].scale(p, factor) for m, p in zip(combo.split("+"), params)]

@@ -12,10 +12,15 @@ A *space* is one compression method seen as a search space. It does three things
   returns only the model.
 * ``scale(params, factor)`` moves every choice of the method towards stronger compression
   (``factor > 1``) or weaker (``factor < 1``; ``0`` is no compression), clipped to the method's
-  valid range. It is the analytic hook the search engine uses to respect a params/MACs budget
-  before any training: :meth:`Space.project` bisects a single global factor until a structural
-  build of the model fits (AMC-style clipping, He et al. 2018), so a sampled trial is moved to
-  the budget instead of wasted.
+  valid range. It is the analytic hook the search uses to respect a params/MACs budget before
+  any training: :func:`spaces.project.project_plan` finds one global factor for all the steps of a
+  plan at which a structural build fits (AMC-style clipping, He et al. 2018), so a sampled trial
+  is moved to the budget instead of wasted.
+
+What a method *is* - applied after fine-tuning, a distillation loss, zeros to keep, searchable
+per depth bin, its short names - is said by class attributes (:class:`Space`), which the
+compress path, the fine-tune and the search read; no code outside a space's own module tests
+its name.
 
 A :class:`Plan` is the base architecture plus the list of applied steps, each step the space name,
 its params and its record. It is frozen and round-trips through JSON, which is what export,
@@ -34,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from spaces.errors import BudgetInfeasible, SpaceError
+from spaces.errors import SpaceError
 
 Params = dict[str, Any]
 Record = dict[str, Any]
@@ -200,10 +205,17 @@ class Space(ABC):
     """
 
     name: ClassVar[str] = ""
-    #: Applied after fine-tuning (int8 quantisation: a quantised model cannot be trained here).
+    #: Short names the command line accepts for this method (``--methods prune``).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: Applied after fine-tuning, as a plan's last step, on the CPU (int8 quantisation: a
+    #: quantised model cannot be trained further, and its kernels exist on the CPU only).
     post_training: ClassVar[bool] = False
-    #: The method's params carry a KD loss (temperature, alpha) to fine-tune with.
+    #: The method is a fine-tuning loss from the uncompressed model (:meth:`finetune_loss`).
     distill: ClassVar[bool] = False
+    #: The method zeroes weights that fine-tuning must keep at zero (unstructured pruning).
+    keeps_sparsity: ClassVar[bool] = False
+    #: The constructor takes ``bins``: one value per contiguous depth bin of the layers.
+    binnable: ClassVar[bool] = False
 
     @abstractmethod
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
@@ -246,43 +258,13 @@ class Space(ABC):
         """Trial values for which :meth:`suggest` returns ``params`` (inverse of suggest)."""
         raise NotImplementedError(f"{self.name} does not map params back to trial values")
 
-    def project(self, params: Params, model: nn.Module, context: Context,
-                fits: Callable[[nn.Module], bool], *, iterations: int = 8,
-                max_doublings: int = 8) -> Params:
-        """Scale ``params`` up just enough that the structurally built model ``fits``.
+    def finetune_loss(self, params: Params, teacher: nn.Module, *, label_smoothing: float = 0.0
+                      ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The fine-tuning loss ``(logits, y, x) -> loss`` this step asks for, or None (plain CE).
 
-        Params that already fit are returned unchanged. Otherwise the factor is doubled until the
-        model fits (or the choices saturate, which raises :class:`BudgetInfeasible`), then
-        bisected ``iterations`` times. Each probe is a ``structure_only`` build, so the cost is
-        one cheap build per probe; ``fits`` usually compares :func:`rsc.cost.count_macs` or
-        :func:`rsc.cost.count_params` with a budget.
+        Only spaces with ``distill = True`` return one (from ``teacher``, the uncompressed model).
         """
-
-        def ok(p: Params) -> bool:
-            return bool(fits(self.transform(model, p, context, structure_only=True).model))
-
-        if ok(params):
-            return copy.deepcopy(params)
-        lo, hi = 1.0, None
-        prev = self.scale(params, lo)
-        for _ in range(max_doublings):
-            cand = self.scale(params, lo * 2)
-            if ok(cand):
-                hi = lo * 2
-                break
-            if cand == prev:
-                break
-            lo, prev = lo * 2, cand
-        if hi is None:
-            raise BudgetInfeasible(f"{self.name}: no scaling of the sampled choices fits the budget "
-                                   f"(tried factors up to {lo:g})")
-        for _ in range(iterations):
-            mid = (lo + hi) / 2
-            if ok(self.scale(params, mid)):
-                hi = mid
-            else:
-                lo = mid
-        return self.scale(params, hi)
+        return None
 
     # -- helpers for subclasses -------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Plans of several steps (e.g. prune then quantise): apply them, and rebuild from them.
 
-``compress`` applies the steps of a plan to a trained model and returns the plan with every
-step's record filled in; ``build_from_plan`` rebuilds the same model anywhere from
-``create_model(base) -> structural replay of the steps -> load state dict``, with no data.
+``compress`` is the one compress path - trials, the final stage, fine-tuning, benchmarks and
+rebuilding all go through it: it applies the steps of a plan to a trained model and returns the
+plan with every step's record filled in. ``build_from_plan`` rebuilds the same model anywhere
+from ``create_model(base) -> structural replay of the steps -> load state dict``, with no data.
 """
 
 from __future__ import annotations
@@ -12,20 +13,43 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from spaces.base import Context, Plan, Step
+from spaces.base import Context, Plan, Space, Step
 from spaces.errors import SpaceError
 from spaces.registry import get_space
 
-_LAST_ONLY = ("quant.int8",)
+def space_of(step: Step) -> Space:
+    """The space instance a step was searched with (its options included)."""
+    return get_space(step.space, **step.options)
 
 
 def check_plan(plan: Plan) -> None:
-    """Structural checks that need no model: known spaces, quantisation last."""
+    """Structural checks that need no model: known spaces, post-training steps (int8) last."""
     for i, step in enumerate(plan.steps):
-        get_space(step.space, **step.options)  # unknown names and options raise, listing the known ones
-        if step.space in _LAST_ONLY and i != len(plan.steps) - 1:
+        space = space_of(step)  # unknown names and options raise, listing the known ones
+        if space.post_training and any(not space_of(s).post_training for s in plan.steps[i + 1:]):
             raise SpaceError(f"plan step {i} ({step.space}) must be the last step; "
                              f"step {i + 1} is {plan.steps[i + 1].space!r}")
+
+
+def split_plan(plan: Plan) -> tuple[Plan, Plan]:
+    """``(steps before fine-tuning, post-training steps)`` of ``plan``, each a plan on its base."""
+    post = [space_of(s).post_training for s in plan.steps]
+    return (Plan(base=plan.base, steps=tuple(s for s, p in zip(plan.steps, post) if not p)),
+            Plan(base=plan.base, steps=tuple(s for s, p in zip(plan.steps, post) if p)))
+
+
+def _to_cpu(model: nn.Module, context: Context, *, copy_model: bool) -> tuple[nn.Module, Context]:
+    """``model`` and ``context`` on the CPU; ``copy_model``: never move the caller's model in place."""
+    import copy
+    import dataclasses
+    import itertools
+
+    if any(t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())):
+        model = (copy.deepcopy(model) if copy_model else model).cpu()
+    if str(context.device) != "cpu":
+        calib = [(x.cpu(), y.cpu()) for x, y in context.calibration] if context.calibration else context.calibration
+        context = dataclasses.replace(context, device="cpu", calibration=calib)
+    return model, context
 
 
 def create_base(plan: Plan) -> nn.Module:
@@ -50,6 +74,7 @@ def compress(model: nn.Module, plan: Plan, context: Context | None = None, *,
 
     Steps that carry a record are replayed without data; the others are computed (using the
     context's calibration batches where a choice needs them) and their records filled in.
+    Post-training steps (int8) run on a CPU copy of the model and context, where their kernels are.
 
     Returns:
         The compressed model and the plan with all records.
@@ -59,7 +84,9 @@ def compress(model: nn.Module, plan: Plan, context: Context | None = None, *,
     current = model
     steps: list[Step] = []
     for i, step in enumerate(plan.steps):
-        space = get_space(step.space, **step.options)
+        space = space_of(step)
+        if space.post_training:
+            current, ctx = _to_cpu(current, ctx, copy_model=current is model)
         try:
             done = space.transform(current, step.params, ctx, record=step.record, structure_only=structure_only)
         except SpaceError as exc:
@@ -110,9 +137,6 @@ def build_from_plan(plan: Plan, state_dict: Mapping[str, torch.Tensor] | None = 
     replayed-from-random weights.
     """
     check_plan(plan)
-    for step in plan.steps:
-        if step.space == "quant.int8" and step.record:
-            torch.backends.quantized.engine = step.record.get("backend", torch.backends.quantized.engine)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         base = create_base(plan)

@@ -32,6 +32,7 @@ FAMILIES = ("self", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "mobilenet
             "efficientnet_b0", "squeezenet1_1")
 _NATIVE_WIDTH = {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"}
 _DEPTH = {"resnet18", "mobilenet_v2", "efficientnet_b0"}
+TEMPERATURE, ALPHA = 4.0, 0.7  # KD settings of a step that does not give its own
 
 
 def kd_loss(teacher: nn.Module, *, temperature: float, alpha: float, label_smoothing: float = 0.0
@@ -114,6 +115,7 @@ class Distillation(Space):
         alphas: Range ``(low, high)`` of the sampled soft-loss weight.
     """
 
+    aliases = ("distill", "kd")
     distill = True
 
     def __init__(self, *, families: Sequence[str] = ("self", "mobilenet_v2", "resnet18"),
@@ -167,11 +169,17 @@ class Distillation(Space):
             raise _err(f"student depth must be in (0, 1], got {depth!r}")
         if family not in _DEPTH and depth != 1.0:
             raise _err(f"family {family!r} has no depth multiplier (depth must be 1.0, got {depth!r})")
-        t = params.get("temperature", 4.0)
+        t = params.get("temperature", TEMPERATURE)
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not (t > 0 and math.isfinite(t)):
             raise _err(f"temperature must be > 0, got {t!r}")
-        check_fraction(self.name, "alpha", params.get("alpha", 0.5), high_open=False)
+        check_fraction(self.name, "alpha", params.get("alpha", ALPHA), high_open=False)
         return {"family": family, "width": width, "depth": float(depth)}
+
+    def finetune_loss(self, params: Params, teacher: nn.Module, *, label_smoothing: float = 0.0
+                      ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Hinton KD from ``teacher`` with this step's temperature and alpha (see :func:`kd_loss`)."""
+        return kd_loss(teacher, temperature=float(params.get("temperature", TEMPERATURE)),
+                       alpha=float(params.get("alpha", ALPHA)), label_smoothing=label_smoothing)
 
     def scale(self, params: Params, factor: float) -> Params:
         super().scale(params, factor)

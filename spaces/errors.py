@@ -9,15 +9,10 @@ and the layer, and quote the bad value.
 
 from __future__ import annotations
 
-from rsc.errors import UserError
+from rsc.errors import BudgetInfeasible, UserError
+
+__all__ = ["BudgetInfeasible", "SpaceError"]
 
 
 class SpaceError(UserError):
     """A compression choice or plan that cannot be honoured for this model."""
-
-
-class BudgetInfeasible(SpaceError):
-    """No scaling of a space's choices brings the model under the analytic budget.
-
-    The search engine maps this to a pruned (infeasible) trial, not a failed one.
-    """

@@ -10,9 +10,10 @@ Compression moves the activations every later layer sees; two cheap remedies:
   applied as a fixed mask during training and made permanent again afterwards) and, given
   ``bn_batches``, re-estimates BatchNorm statistics after every epoch, before it is validated.
 
-:func:`finetune_plan` chains it for a whole plan: compress every step before ``quant.int8``,
-fine-tune (with KD from the base when the plan has a ``distill.kd`` step or ``distill=True``),
-then quantise with calibration batches from the training loader.
+:func:`finetune_plan` is the one way a plan becomes a trained compressed model - the search's
+trials and final stage and the benchmarks all take it: compress the steps that come before
+fine-tuning, fine-tune (with the loss a distillation step asks for), then apply the
+post-training steps (int8) with calibration batches.
 """
 
 from __future__ import annotations
@@ -132,59 +133,88 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
                 tprune.remove(m, "weight")
 
 
+class StopFinetune(Exception):
+    """Raised by an ``on_epoch`` hook to end a fine-tune early (a search stops dominated trials so).
+
+    :func:`finetune_plan` lets it through with ``plan`` set: the plan compressed so far, records included.
+    """
+
+    plan: Plan | None = None
+
+
 def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epochs: int,
                   lr: float = 0.01, context: Context | None = None, distill: bool | None = None,
-                  bn_batches: int = 20, device: str | torch.device = "cpu", seed: int = 0,
+                  bn_batches: int | Sequence[Any] = 20, recalibrate_first: bool = True,
+                  val_loader: Any = None, on_epoch: Callable[[dict], None] | None = None,
+                  on_compressed: Callable[[nn.Module], None] | None = None, label_smoothing: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
                   progress: bool = False) -> tuple[nn.Module, Plan, list[dict]]:
-    """Compress ``base_model`` by ``plan``, fine-tune, then quantise if the plan ends with int8.
+    """Compress ``base_model`` by ``plan``, fine-tune, then apply the post-training steps (int8).
 
     Args:
         base_model: The trained uncompressed model (also the KD teacher); not mutated.
         plan: Steps to apply (records, if present, are replayed).
-        train_loader: Training batches; also the source of BN and int8 calibration batches.
-        epochs: Fine-tuning epochs (0: only BN recalibration).
-        distill: KD from the base model; ``None`` = only when the plan has a ``distill.kd`` step
-            (its temperature/alpha are used; otherwise T=4, alpha=0.7).
-        bn_batches: Batches for BN recalibration before fine-tuning and after every epoch.
+        train_loader: Training batches; the source of BN (and int8) calibration batches when
+            ``bn_batches`` is a count.
+        epochs: Fine-tuning epochs (0: none).
+        context: Task facts; its calibration batches (if any) serve data-dependent choices and
+            the post-training steps, else the BN batches do.
+        distill: KD from the base model; ``None`` = as the plan's distillation step says (a step
+            whose space has ``distill = True``), True = also without one (that space's defaults).
+        bn_batches: Batches (best unaugmented) on which BatchNorm statistics are re-estimated after
+            every epoch, or how many to take from ``train_loader``.
+        recalibrate_first: Also re-estimate them once before fine-tuning.
+        val_loader, on_epoch: Passed to ``fit``; an ``on_epoch`` that raises :class:`StopFinetune`
+            ends the fine-tune (the exception carries the plan compressed so far).
+        on_compressed: Called with the compressed model before it is fine-tuned.
+        label_smoothing: Of the KD loss's hard-label term (``fit``'s own CE uses 0.1).
 
     Returns:
         The compressed (fine-tuned, maybe quantised) model, the plan with records, the history.
     """
-    from spaces.compose import compress
+    from spaces.compose import compress, space_of, split_plan
 
-    steps = list(plan.steps)
-    quant = [s for s in steps if s.space == "quant.int8"]
-    pre = Plan(base=plan.base, steps=tuple(s for s in steps if s.space != "quant.int8"))
+    pre, post = split_plan(plan)
     ctx = context or plan.context()
     model, pre_done = compress(base_model, pre, ctx)
     model.to(device)
-    kd = [s for s in steps if s.space == "distill.kd"]
-    use_kd = bool(kd) if distill is None else bool(distill)
-    temperature = float(kd[0].params.get("temperature", 4.0)) if kd else 4.0
-    alpha = float(kd[0].params.get("alpha", 0.7)) if kd else 0.7
-    batches = []
-    for i, b in enumerate(train_loader):
-        if i >= bn_batches:
-            break
-        batches.append((b[0].detach().cpu(), b[1].detach().cpu()))
-    recalibrate_bn(model, batches, max_batches=bn_batches, device=device)
+    if on_compressed is not None:
+        on_compressed(model)
+    if isinstance(bn_batches, int):
+        batches = [(b[0].detach().cpu(), b[1].detach().cpu()) for _, b in zip(range(bn_batches), train_loader)]
+    else:
+        batches = list(bn_batches)
+    if recalibrate_first:
+        recalibrate_bn(model, batches, max_batches=len(batches), device=device)
     history: list[dict] = []
     if epochs > 0:
-        teacher = None
-        if use_kd:
-            import copy
+        loss_fn = None
+        kd = [s for s in pre.steps if space_of(s).distill]
+        if kd or distill:
+            teacher = base_model
+            want = torch.device(device)
+            if any(t.device.type != want.type or want.index not in (None, t.device.index)
+                   for t in teacher.parameters()):
+                import copy
 
-            teacher = copy.deepcopy(base_model).to(device)
-        history = finetune(model, train_loader, epochs=epochs, lr=lr, teacher=teacher, temperature=temperature,
-                           alpha=alpha, device=device, seed=seed, progress=progress, bn_batches=batches)
-    done_plan = pre_done
-    if quant:
-        from spaces.compose import compress as _compress
+                teacher = copy.deepcopy(base_model).to(device)  # never move the caller's model
+            if kd and distill is not False:
+                loss_fn = space_of(kd[-1]).finetune_loss(kd[-1].params, teacher, label_smoothing=label_smoothing)
+            elif distill:
+                from spaces.distill import ALPHA, TEMPERATURE, kd_loss
 
-        model = model.to("cpu").eval()
-        qctx = Context(num_classes=ctx.num_classes, image_size=ctx.image_size, device="cpu",
-                       calibration=batches, seed=ctx.seed)
-        qplan = Plan(base=plan.base, steps=(quant[0],))
-        model, qdone = _compress(model, qplan, qctx)
-        done_plan = Plan(base=plan.base, steps=(*pre_done.steps, *qdone.steps))
-    return model.eval(), done_plan, history
+                loss_fn = kd_loss(teacher, temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=label_smoothing)
+        try:
+            history = finetune(model, train_loader, epochs=epochs, lr=lr, loss_fn=loss_fn, val_loader=val_loader,
+                               num_classes=ctx.num_classes, device=device, seed=seed, progress=progress,
+                               keep_sparsity=any(space_of(s).keeps_sparsity for s in pre.steps), min_sparsity=0.0,
+                               on_epoch=on_epoch, bn_batches=batches)
+        except StopFinetune as stop:
+            stop.plan = pre_done
+            raise
+    if not post.steps:
+        return model.eval(), pre_done, history
+    import dataclasses
+
+    qctx = ctx if ctx.calibration else dataclasses.replace(ctx, calibration=batches)
+    model, post_done = compress(model.cpu(), post, qctx)  # post-training kernels run on the CPU
+    return model.eval(), Plan(base=plan.base, steps=(*pre_done.steps, *post_done.steps)), history

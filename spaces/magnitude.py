@@ -48,6 +48,10 @@ class MagnitudePruning(Space):
             scaling can move every bin.
     """
 
+    aliases = ("sparse", "magnitude")
+    keeps_sparsity = True
+    binnable = True
+
     def __init__(self, *, max_sparsity: float = 0.95, per_layer: bool = True,
                  include_head: bool = False, step: float = 0.05, bins: int | None = None) -> None:
         self.max_sparsity = check_fraction("prune.magnitude", "max_sparsity", max_sparsity)

@@ -147,6 +147,9 @@ class ChannelPruning(Space):
             ratios are sampled from ``step`` up, so that scaling can move every stage.
     """
 
+    aliases = ("prune", "channel")
+    binnable = True
+
     def __init__(self, *, criteria: Sequence[str] = ("l1", "l2", "fpgm", "bn_scale"),
                  round_to_choices: Sequence[int] = (8,), max_ratio: float = 0.8,
                  per_layer: bool = True, step: float = 0.05, bins: int | None = None) -> None:

@@ -63,6 +63,7 @@ class Int8Quantization(Space):
         calibration_batches: How many context batches calibrate the activation observers.
     """
 
+    aliases = ("quant", "int8")
     post_training = True
 
     def __init__(self, *, backend: str = "x86", calibration_batches: int = 8) -> None:

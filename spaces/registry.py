@@ -20,6 +20,9 @@ def register_space(name: str) -> Callable[[T], T]:
     """
 
     def deco(cls: T) -> T:
+        taken = [a for a in getattr(cls, "aliases", ()) for c in _SPACES.values() if a in getattr(c, "aliases", ())]
+        if taken:
+            raise SpaceError(f"space {name!r}: alias(es) {taken} already name another space")
         if name in _SPACES:
             raise SpaceError(f"space {name!r} is already registered (by {_SPACES[name].__qualname__})")
         cls.name = name  # type: ignore[attr-defined]
@@ -27,6 +30,28 @@ def register_space(name: str) -> Callable[[T], T]:
         return cls
 
     return deco
+
+
+def resolve_space(name: str) -> str:
+    """The registered space named ``name``, or whose ``aliases`` hold it (``prune`` -> ``prune.channel``).
+
+    A unique ``<name>.`` prefix also resolves (``decompose`` -> ``decompose.tucker``).
+
+    Raises:
+        SpaceError: unknown or ambiguous name (the message lists the known names and aliases).
+    """
+    if name in _SPACES:
+        return name
+    owners = [n for n, cls in _SPACES.items() if name in getattr(cls, "aliases", ())]
+    if len(owners) == 1:
+        return owners[0]
+    prefixed = [n for n in _SPACES if n.startswith(name + ".")]
+    if len(prefixed) == 1 and not owners:
+        return prefixed[0]
+    aliases = sorted(a for cls in _SPACES.values() for a in getattr(cls, "aliases", ()))
+    why = f"ambiguous method {name!r} (it names {', '.join(owners or prefixed)})" if owners or prefixed else \
+        f"unknown method {name!r}"
+    raise SpaceError(f"{why}; known: {', '.join(aliases + list_spaces())}")
 
 
 def list_spaces() -> list[str]:

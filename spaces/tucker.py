@@ -98,6 +98,9 @@ class TuckerDecomposition(Space):
             one ``step`` below ``max_fraction``, so that scaling can move every stage.
     """
 
+    aliases = ("tucker",)
+    binnable = True
+
     def __init__(self, *, min_fraction: float = 0.1, max_fraction: float = 1.0, step: float = 0.05,
                  min_channels: int = 16, decompose_fc: bool = True, n_iter_max: int = 2,
                  round_to: int = 8, bins: int | None = None) -> None:

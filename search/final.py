@@ -1,0 +1,198 @@
+"""The end of a search: fine-tune the Pareto set longer, test it, ship it, and write the front.
+
+The final stage runs the same trial function as the trials (one compress path), with more
+epochs, no early stop, and the test split, which nothing before it touches. Each final model is
+written as files a user deploys (plan file + ONNX) and logged to MLflow; the front goes to
+``<study>/pareto/`` (CSV, JSON, PNG, HTML) and to the parent run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from search.config import SearchConfig
+from search.executors import TrialFn
+from search.report import SearchResult
+
+__all__ = ["front_row", "spread_pick", "final_stage", "write_artifacts"]
+
+
+def front_row(t: Any, base_costs: Mapping[str, float]) -> dict[str, Any]:
+    """A finished trial as a row of the front: its OA, its costs, its compression rate."""
+    from rsc.cost import budget_metrics
+
+    costs = dict(t.user_attrs.get("costs") or {})
+    row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": t.values[0],
+           "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+    row.update({c.name: costs[c.name] for c in budget_metrics().values() if c.name in costs})
+    if costs.get("params"):
+        row["compression_rate"] = base_costs["params"] / costs["params"]
+    return row
+
+
+def spread_pick(front: Sequence[Any], k: int | None, accuracy: Callable[[Any], float] = lambda t: t.values[0]) -> list[Any]:
+    """``k`` models of a front sorted by cost (cheapest first), spread evenly along it.
+
+    The cheapest and the most accurate models are kept, the rest evenly spaced between, so a
+    capped final stage still shows the whole trade-off and its best model.
+    """
+    n = len(front)
+    if k is None or k >= n:
+        return list(front)
+    if k <= 0:
+        return []
+    best = max(range(n), key=lambda i: accuracy(front[i]))
+    if k == 1:
+        return [front[best]]
+    picks = {round(i * (n - 1) / (k - 1)) for i in range(k)}
+    if best not in picks:
+        picks.remove(min(picks - {0}, key=lambda i: abs(i - best)))
+        picks.add(best)
+    return [front[i] for i in sorted(picks)]
+
+
+def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
+                trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None]) -> None:
+    """Fine-tune the Pareto set longer and evaluate it - and the base model - on the test split."""
+    from rsc.checkpoint import load_checkpoint, model_from_checkpoint
+    from rsc.cost import CostSettings, budget_metrics, measure
+    from rsc.data import make_loaders
+    from rsc.evaluation import evaluate
+
+    base = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
+    settings = CostSettings(image_size=data.image_size)
+    cost_keys = [c.name for c in budget_metrics().values() if c.name != "nonzero_params"]
+    result.base = {"trial": "base", "method": config.model,
+                   "val_oa": evaluate(base, val, num_classes=data.num_classes).oa,
+                   "test_oa": evaluate(base, test, num_classes=data.num_classes).oa,
+                   **measure(base, cost_keys, settings), "compression_rate": 1.0, "speedup": 1.0}
+    tracker.log_metrics(result.parent_run_id, {"base_val_oa": result.base["val_oa"], "base_test_oa": result.base["test_oa"]})
+    chosen = spread_pick(front, config.final_max)
+    if not chosen:
+        return
+    say(f"final stage: fine-tuning {len(chosen)} Pareto model(s) for {config.final_epochs} epochs, then the test split")
+    keep_model = _accepts_return_model(trial_fn)
+    for t in chosen:
+        request = {**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": config.final_epochs,
+                   "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
+        try:
+            request = json.loads(json.dumps(request))
+            out = trial_fn(request, return_model=True) if keep_model else trial_fn(request)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            say(f"final stage: trial {t.number} failed: {type(exc).__name__}: {exc}")
+            continue
+        model = out.pop("model", None)
+        costs = out.get("costs") or {}
+        row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": out.get("val_oa"),
+               "test_oa": out.get("test_oa"), **{k: costs.get(k) for k in cost_keys},
+               "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
+               "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+        result.final.append(row)
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
+                                         if isinstance(v, (int, float)) and k not in ("trial",)})
+        if model is not None:
+            _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
+
+
+def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: dict[str, Any], model: Any,
+                plan: Mapping[str, Any] | None, number: int, image_size: int, say: Callable[[str], None]) -> None:
+    """Write a final model as files a user deploys, and log it to MLflow.
+
+    ``<study>/models/trial-N.pt`` (base + plan + state dict; :func:`spaces.load_compressed`,
+    ``weights_only``) always, ``trial-N.onnx`` where the exporter takes the model; both go to the
+    parent run's ``models/`` artifacts. With ``log_models`` the model is also an MLflow model:
+    the ``pytorch`` flavour where MLflow can serialise it (not a post-training step's packed int8
+    weights), else a pyfunc over the plan file.
+    """
+    import torch
+
+    from spaces import Plan, export_onnx, save_compressed
+    from spaces.compose import split_plan
+
+    plan = Plan.from_dict(plan)
+    folder = config.study_dir / "models"
+    path = save_compressed(folder / f"trial-{number}.pt", model, plan,
+                           extra={k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+    row["file"] = str(path.resolve())
+    why = export_onnx(model, path.with_suffix(".onnx"), image_size=image_size)
+    if why is None:
+        row["onnx"] = str(path.with_suffix(".onnx").resolve())
+    else:
+        result.notes.append(f"note: trial {number} has no ONNX file ({why}); its .pt file rebuilds it")
+    for f in (path, path.with_suffix(".onnx")):
+        if f.exists():
+            tracker.log_artifact(result.parent_run_id, f, "models")
+    if not config.log_models:
+        return
+    example = torch.zeros(1, 3, image_size, image_size).numpy()
+    meta = {"trial": number, "plan": json.dumps(plan.to_dict())}
+    name = f"pareto-trial-{number}"
+    first = "int8 packed weights"
+    if not split_plan(plan)[1].steps:
+        try:
+            row["model_uri"] = tracker.log_model(result.parent_run_id, model, name, input_example=example,
+                                                 metadata=meta)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever MLflow cannot serialise: fall back to the plan file
+            first = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        row["model_uri"] = tracker.log_compressed_model(result.parent_run_id, path, name, input_example=example,
+                                                        metadata={**meta, "flavor_note": first})
+    except Exception as exc:  # noqa: BLE001
+        note = (f"note: could not log trial {number} as an MLflow model ({type(exc).__name__}: {exc}); "
+                f"{path} rebuilds it")
+        result.notes.append(note)
+        say(note)
+
+
+def _accepts_return_model(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "return_model" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tuple[str, str, str]],
+                    base_costs: Mapping[str, float], budget_limits: Mapping[str, float], tracker: Any,
+                    out_dir: Path) -> None:
+    """Pareto set as CSV/JSON, plots (PNG + HTML) and the summary: on disk and on the parent run."""
+    import csv
+
+    from tracking.plots import plot_front_html, plot_front_png
+
+    folder = out_dir / "pareto"
+    folder.mkdir(parents=True, exist_ok=True)
+    front_ids = {r["trial"] for r in result.front}
+    records = []
+    for t in engine.complete():
+        records.append({"number": t.number, "values": {n: v for (n, _, _), v in zip(objectives, t.values)},
+                        "feasible": bool(t.user_attrs.get("feasible", True)), "pareto": t.number in front_ids,
+                        "method": t.user_attrs.get("method", "")})
+    rows = result.final or result.front
+    with open(folder / "front.csv", "w", newline="") as fh:
+        keys = list(dict.fromkeys(k for r in ([result.base] if result.base else []) + rows for k in r))
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        for r in ([result.base] if result.base else []) + rows:
+            writer.writerow(r)
+    summary = {"study": result.study, "objectives": result.objectives, "hypervolume": result.hypervolume,
+               "counts": result.counts, "base": result.base, "front": result.front, "final": result.final,
+               "timing": result.timing, "interrupted": result.interrupted}
+    (folder / "front.json").write_text(json.dumps(summary, indent=1, default=str))
+    base_point = {n: (result.base.get("val_oa") if k == "val_oa" else base_costs.get(k)) for n, k, _ in objectives}
+    base_point = {k: v for k, v in base_point.items() if v is not None}
+    obj = [(n, d) for n, _, d in objectives]
+    title = f"{result.study}: {len(result.front)} Pareto model(s), HV {result.hypervolume:.4f}"
+    base = base_point if len(base_point) == len(obj) else None
+    plot_front_png(records, obj, folder / "front.png", base=base, title=title)
+    plot_front_html(records, obj, folder / "front.html", base=base, title=title)
+    tracker.log_artifacts(result.parent_run_id, folder, "pareto")

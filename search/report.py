@@ -1,0 +1,187 @@
+"""What a search tells its user: progress while it runs, the result it leaves, the final tables.
+
+:class:`Reporter` is the seam between the pure ``search.driver.run`` and a terminal (or a test,
+or a benchmark): the driver reports through it and prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+__all__ = ["Reporter", "TerminalReporter", "SearchResult", "cost_columns", "render", "render_table"]
+
+QUALITY_KEYS = ("val_oa", "test_oa", "search_val_oa")
+RATIO_KEYS = ("compression_rate", "speedup")
+
+
+class Reporter:
+    """What ``run`` tells the outside world; the default says nothing."""
+
+    def message(self, text: str) -> None:
+        """A line of progress worth showing (banner, base model, resume)."""
+
+    def start(self, total: int, done: int) -> None:
+        """The trial loop starts with ``done`` of ``total`` trials already finished."""
+
+    def trial(self, row: Mapping[str, Any]) -> None:
+        """A trial finished (any state)."""
+
+    def close(self) -> None:
+        """The trial loop ended."""
+
+
+class TerminalReporter(Reporter):
+    """A tqdm bar over trials (with ETA) and plain lines above it."""
+
+    def __init__(self, *, progress: bool = True, stream: Any = None) -> None:
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, total: int, done: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=self.stream,
+                        disable=not self.progress, dynamic_ncols=True)
+
+    def trial(self, row: Mapping[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        post = {"last": f"#{row['number']} {row['state']}"}
+        if row.get("hypervolume") is not None:
+            post["hv"] = f"{row['hypervolume']:.4f}"
+        if row.get("front") is not None:
+            post["front"] = row["front"]
+        self.bar.set_postfix(post, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves behind, and where."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    out_dir: str
+    artifact_uri: str
+    objectives: list[tuple[str, str]]
+    counts: dict[str, int] = field(default_factory=dict)
+    front: list[dict[str, Any]] = field(default_factory=list)
+    final: list[dict[str, Any]] = field(default_factory=list)
+    base: dict[str, Any] = field(default_factory=dict)
+    base_costs: dict[str, float] = field(default_factory=dict)
+    hypervolume: float = 0.0
+    interrupted: bool = False
+    timing: dict[str, float] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    min_accuracy: float | None = None
+
+
+def _fmt(v: Any, key: str) -> str:
+    """A table cell: OAs to 4 digits, ratios as 1.23x, costs in their registered unit."""
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if key in QUALITY_KEYS:
+        return f"{v:.4f}"
+    if key in RATIO_KEYS:
+        return f"{v:.2f}x"
+    unit = _cost_unit(key)
+    if unit is None:
+        return str(v) if isinstance(v, int) else f"{v:.4g}"
+    if unit == "ms":
+        return f"{v:.2f}"
+    return _human(v) + ("B" if unit == "byte" else "")
+
+
+def _cost_unit(key: str) -> str | None:
+    from rsc.cost import get_cost, list_costs
+
+    return get_cost(key).unit if key in list_costs() else None
+
+
+def _human(v: float) -> str:
+    for unit, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= f:
+            return f"{v / f:.2f}{unit}"
+    return f"{v:.4g}"
+
+
+def cost_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cost columns of a front table: params and the compression rate, then every other budgetable
+    cost of :mod:`rsc.cost`'s registry the rows carry; non-zero params only where weights were zeroed."""
+    from rsc.cost import budget_metrics
+
+    keys = ["params", "compression_rate"]
+    for cost in budget_metrics().values():
+        if cost.name in keys or not any(cost.name in r for r in rows):
+            continue
+        if cost.name == "nonzero_params" and all(r.get("nonzero_params", r.get("params")) == r.get("params") for r in rows):
+            continue
+        keys.append(cost.name)
+    return keys
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    cells = [[k for k in keys]] + [[_fmt(r.get(k), k) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(result: SearchResult, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    c = result.counts
+    print(f"\nstudy {result.study}: {c.get('finished', 0)} finished trial(s) "
+          f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned/infeasible, {c.get('fail', 0)} failed"
+          + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
+          + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget"
+          + (f", {c['above_floor']} of them at or above the accuracy floor {result.min_accuracy:g}"
+             if "above_floor" in c else "")
+          + f"; hypervolume {result.hypervolume:.4f}", file=stream)
+    if result.final:
+        keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final]), "speedup"]
+        print("\nPareto set after final fine-tuning (test split), beside the base model:", file=stream)
+        print(render_table([result.base, *result.final], keys), file=stream)
+    elif result.front:
+        keys = ["trial", "method", "val_oa", *cost_columns(result.front)]
+        print("\nPareto set (validation split; no final stage run):", file=stream)
+        print(render_table(result.front, keys), file=stream)
+    elif c.get("inside_budget") and c.get("above_floor") == 0:
+        best = max((t["val_oa"] for t in result.trials if t.get("state") == "complete"), default=float("nan"))
+        print(f"no trial reached the accuracy floor (validation OA >= {result.min_accuracy:g}; best {best:.3f}): "
+              "lower --min-accuracy, or raise --fidelity-epochs so trials train longer", file=stream)
+    else:
+        print("no complete trial inside the budget yet", file=stream)
+    if "overhead_share" in result.timing:
+        print(f"\nbookkeeping outside model compute: {100 * result.timing['overhead_share']:.1f}% of trial wall time",
+              file=stream)
+    for note in result.notes:
+        print(note, file=stream)
+    if result.interrupted:
+        print("interrupted: completed trials are stored; rerun with --resume to continue", file=stream)
+    print(f"MLflow: {result.tracking_uri}  experiment {result.experiment_id}  parent run {result.parent_run_id}", file=stream)
+    print(f"artifacts: {result.artifact_uri}  (local copy: {result.out_dir}/pareto)", file=stream)
+    if any(r.get("file") for r in result.final):
+        print(f"models: {result.out_dir}/models  (trial-N.pt: spaces.load_compressed(path); trial-N.onnx where "
+              "the exporter takes the model)", file=stream)
+    print(f"Optuna storage: {result.storage}  study {result.study}", file=stream)

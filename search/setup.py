@@ -1,0 +1,163 @@
+"""Everything a search needs before its first trial, checked before any training where it can be.
+
+:func:`prepare` parses the budgets and objectives, reaches the tracking store (and the Ray
+address), builds the joint space, loads the data and its split, measures the base model's
+costs, drops the method combinations that cannot reach the budget, opens the Optuna study,
+trains (or loads) the base model, and starts or resumes the MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from search.config import SearchConfig
+from search.driver import Search
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` leaves for the trial loop."""
+
+    search: Search
+    engine: Any
+    tracker: Any
+    joint: Any
+    budgets: Any
+    uri: str
+    device: str
+    data: Any
+    split: Any
+    ckpt: Path
+    arch: dict[str, Any]
+    skeleton: Any
+    context: Any
+    base_costs: dict[str, float]
+    floors: dict[str, dict[str, float]]
+    target_key: str | None
+    target_ceiling: float | None
+    request_base: dict[str, Any]
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
+    """Check the input and set up study, tracking, data and base model (see the module docstring).
+
+    Raises:
+        UserError: bad input, found before any training where possible.
+    """
+    import torch
+
+    from rsc.cost import CostSettings, analytic_costs, measure
+    from rsc.data import load_scene_data, make_split
+    from rsc.models import create_model
+    from rsc.training import resolve_device
+    from search.base_model import obtain_base_checkpoint
+    from search.budget import parse_budgets
+    from search.engines.optuna_engine import OptunaEngine
+    from search.space import JointSpace
+    from search.targets import check_reachable, objective_specs, target_key
+    from spaces.base import Context
+    from tracking.mlflow_log import Tracker, check_tracking_uri, default_tracking_uri
+
+    device = str(resolve_device(config.device))
+    # 1. everything that can be wrong with the input, before any training
+    budgets = parse_budgets(config.budgets)
+    objectives = objective_specs(config.objectives)
+    uri = config.tracking_uri or default_tracking_uri(config.out)
+    check_tracking_uri(uri)
+    if config.backend == "ray" and config.ray_address:
+        from search.executors import check_ray_address
+
+        check_ray_address(config.ray_address)
+    joint = JointSpace(config.methods, max_combo=config.max_combo, bins=config.depth_bins or None)
+    torch.manual_seed(config.seed)
+
+    if config.data is None:
+        say(f"*** no --data: running on the built-in SYNTHETIC scene set ({config.image_size}px) - "
+            "a demo, not a result ***")
+    data = load_scene_data(config.data, dataset=config.dataset, image_size=config.image_size, progress=config.progress)
+    split = make_split(data, train_ratio=config.train_ratio, val_ratio=config.val_ratio, seed=config.data_seed)
+    say(f"data: {data.summary()}; split {split.digest}: train {len(split.train)}, val {len(split.val)}, "
+        f"test {len(split.test)} (test untouched until the final stage)")
+    arch = {"model": config.model, "num_classes": data.num_classes, "image_size": data.image_size}
+    context = Context(num_classes=data.num_classes, image_size=data.image_size, device="cpu", seed=config.seed)
+    skeleton = create_model(config.model, data.num_classes, image_size=data.image_size).eval()
+    settings = CostSettings(image_size=data.image_size)
+    base_costs = measure(skeleton, analytic_costs(), settings)
+    measured = [b.spec.cost_key for b in budgets if b.spec.kind == "measured"]
+    measured += [k for _, k, _ in objectives if k not in base_costs and k != "val_oa"]
+    if measured:
+        base_costs.update(measure(skeleton, list(dict.fromkeys(measured)), settings))
+    budgets = budgets.resolve(base_costs)
+    limits = {k: v for k, v in budgets.limits().items() if k in {b.spec.cost_key for b in budgets.analytic}}
+    key = target_key(objectives) if config.min_target < 1.0 else None  # trials aim at a fraction of its ceiling
+    floors = check_reachable(joint, budgets, skeleton, arch, context, data.image_size, say,
+                             extra_keys=[key] if key else [])
+    ceiling = limits.get(key, base_costs.get(key)) if key else None
+    if budgets:
+        say(f"budget: {budgets} -> " + ", ".join(f"{k} <= {v:.4g}" for k, v in budgets.limits().items())
+            + f" (base: {', '.join(f'{k} {base_costs[k]:.4g}' for k in budgets.limits())})")
+
+    # 2. storage, tracking, base model
+    config.study_dir.mkdir(parents=True, exist_ok=True)
+    engine = OptunaEngine(storage=config.storage_url, study_name=config.study_name,
+                          directions=[d for _, _, d in objectives], sampler=config.sampler, seed=config.seed,
+                          resume=config.resume, population_size=config.population_size,
+                          startup_trials=config.startup_trials, timeout=config.storage_timeout)
+    tracker = Tracker(uri=uri, experiment=config.experiment, artifact_location=None if uri.startswith("http")
+                      else (Path(config.out).resolve() / "mlartifacts").as_uri())
+    ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
+                                     epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
+                                     seed=config.data_seed, device=device, progress=config.progress, say=say)
+
+    parent_id = engine.get_attr("mlflow_parent_run_id")
+    if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:
+        tracker.resume_parent(parent_id)
+        stale = engine.recover()
+        for t in engine.study.get_trials(deepcopy=False):
+            if t.number in stale and t.user_attrs.get("mlflow_run_id"):
+                tracker.finish_trial(t.user_attrs["mlflow_run_id"], tags={"state": "INTERRUPTED"}, status="KILLED")
+        say(f"resuming study {config.study_name}: {len(engine.finished())} finished trial(s) kept"
+            + (f", {len(stale)} interrupted trial(s) marked failed" if stale else ""))
+    else:
+        engine.recover()
+        params = {"budget": str(budgets), "space": ",".join(joint.combos), "methods": ",".join(config.methods),
+                  "dataset": data.name, "data_path": config.data or "synthetic", "split_hash": split.digest,
+                  "sampler": config.sampler, "objectives": ",".join(config.objectives), "model": config.model,
+                  "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
+                  "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
+                  "bn_batches": config.bn_batches, "final_epochs": config.final_epochs,
+                  "image_size": data.image_size, "device": device,
+                  "min_target": config.min_target if key else 1.0, "target_key": key or "",
+                  "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
+        parent_id = tracker.start_parent(config.study_name, params=params,
+                                         tags={"study": config.study_name, "git_sha": _git_sha(), "kind": "search"})
+        tracker.log_text(parent_id, config.to_json(), "config.json")
+        tracker.log_metrics(parent_id, {f"base_{k}": v for k, v in base_costs.items()})
+        engine.set_attr("mlflow_parent_run_id", parent_id)
+        engine.set_attr("mlflow_tracking_uri", uri)
+
+    request_base = {
+        "data": config.data_request(split.digest),
+        "base_checkpoint": str(Path(ckpt).resolve()), "limits": limits, "base_costs": base_costs,
+        "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
+        "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
+        "latency": config.latency,
+    }
+    search = Search(config, engine, tracker, parent_id, joint, budgets, objectives, base_costs)
+    return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,
+                    device=device, data=data, split=split, ckpt=Path(ckpt), arch=arch, skeleton=skeleton,
+                    context=context, base_costs=base_costs, floors=floors, target_key=key, target_ceiling=ceiling,
+                    request_base=request_base)
