@@ -27,7 +27,7 @@ bench-data: setup
 	$(BIN)/python benchmarks/bench_data.py
 
 bench-spaces: setup
-	$(BIN)/python benchmarks/bench_spaces.py --finetune
+	$(BIN)/python benchmarks/bench_spaces.py --finetune --tucker-fc
 
 bench-search: setup
 	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse

@@ -28,14 +28,16 @@ sys.path.insert(0, str(ROOT))
 COMBOS = ("prune", "sparse", "tucker", "distill", "prune+quant", "tucker+distill", "prune+distill")
 
 
-def _plan(combo: str, model, context) -> list[dict]:
+def _plan(combo: str, model, context) -> tuple[list[dict], bool]:
+    """Mid-range steps of ``combo`` as plain JSON, and whether a step zeroes weights (keeps sparsity)."""
     from search.space import JointSpace, _MidTrial
 
     methods = combo.split("+")
     joint = JointSpace(methods, max_combo=len(methods))
     trial = _MidTrial()
     params = [joint.space(m).suggest(trial, model, context) for m in methods]
-    return joint.steps_of(combo, params)
+    return ([s.to_dict() for s in joint.steps_of(combo, params)],
+            any(joint.space(m).keeps_sparsity for m in methods))
 
 
 def main(argv=None) -> int:
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rsc.cost import CostSettings, measure
+    from rsc.cost import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, make_loaders, make_split
     from rsc.models import create_model
     from rsc.training import fit, resolve_device, seed_everything
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
 
     skeleton = create_model(args.model, data.num_classes, image_size=data.image_size).eval()
     context = Context(num_classes=data.num_classes, image_size=data.image_size, device="cpu", seed=0)
-    base_costs = measure(skeleton, ["params", "nonzero_params", "macs", "size"], CostSettings(image_size=data.image_size))
+    base_costs = measure(skeleton, analytic_costs(), CostSettings(image_size=data.image_size))
     limits = parse_budgets([args.budget]).resolve(base_costs).limits()
     data_req = {"path": str(Path(args.data).resolve()) if args.data else None, "dataset": None,
                 "image_size": data.image_size, "train_ratio": 0.8, "val_ratio": 0.1, "split_seed": 0,
@@ -117,16 +119,16 @@ def main(argv=None) -> int:
 
     # 2. one trial per combination on the device and (for some) on the CPU
     for combo in args.combos.split(","):
-        steps = _plan(combo, skeleton, context)
+        steps, sparse = _plan(combo, skeleton, context)
         # magnitude pruning zeroes weights without removing them: its budget is on nonzero params
-        trial_limits = ({"nonzero_params": v for k, v in limits.items() if k == "params"}
-                        if "sparse" in combo.split("+") else limits)
+        trial_limits = {"nonzero_params": v for k, v in limits.items() if k == "params"} if sparse else limits
         for dev in [str(device)] + (["cpu"] if combo in cpu_combos and device.type != "cpu" else []):
             request = {"data": data_req, "base_checkpoint": str(ckpt),
-                       "model": {"model": args.model, "num_classes": data.num_classes, "image_size": data.image_size},
+                       "plan": {"base": {"model": args.model, "num_classes": data.num_classes,
+                                         "image_size": data.image_size}, "steps": steps},
                        "limits": trial_limits, "base_costs": base_costs, "epochs": args.epochs, "lr": 0.01,
                        "batch_size": 64, "device": dev, "calibration_batches": 2, "latency": True,
-                       "steps": steps, "seed": 7, "early_stop": None, "evaluate_test": False}
+                       "seed": 7, "early_stop": None, "evaluate_test": False}
             t = time.perf_counter()
             try:
                 out = evaluate_trial(json.loads(json.dumps(request)))

@@ -60,15 +60,15 @@ def uniform_l1(config, *, budget_key: str, limit: float) -> dict:
     ctx = Context(num_classes=data.num_classes, image_size=data.image_size)
     groups = prunable_groups(skeleton, ctx)
     steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8,
-                                                   "ratios": {g.name: 0.3 for g in groups}}, "options": {}}]
+                                                   "ratios": {g.name: 0.3 for g in groups}}}]
     request = {
-        "data": config.data_request(split.digest),
-        "base_checkpoint": str(ckpt), "model": {"model": config.model, "num_classes": data.num_classes,
-                                                "image_size": data.image_size},
+        "data": config.data_request(split.digest), "base_checkpoint": str(ckpt),
+        "plan": {"base": {"model": config.model, "num_classes": data.num_classes, "image_size": data.image_size},
+                 "steps": steps},
         "limits": {budget_key: limit}, "base_costs": None, "epochs": config.final_epochs, "lr": config.finetune_lr,
         "batch_size": config.batch_size, "device": config.device, "calibration_batches": 2,
         "bn_batches": config.bn_batches, "latency": True,
-        "steps": steps, "seed": config.seed, "early_stop": None, "evaluate_test": True,
+        "seed": config.seed, "early_stop": None, "evaluate_test": True,
     }
     return evaluate_trial(request)
 

@@ -82,6 +82,7 @@ def main() -> int:
     from rsc.cost import CostSettings, compare, count_macs, count_nonzero_params
     from rsc.models import create_model
     from spaces import Context, Plan, Step, compress, get_space
+    from spaces.project import cost_gap, project_plan
 
     settings = CostSettings(image_size=args.image_size, threads=args.threads, repeats=args.repeats,
                             warmup=3, batch_size=args.batch_size, memory_format=args.memory_format)
@@ -135,8 +136,10 @@ def main() -> int:
                     s = min(0.99, max(0.0, 1 - (base_nnz / target - (base_nnz - prunable)) / prunable))
                     params = {"sparsity": dict.fromkeys(layers, round(s, 6))}
                 else:
-                    fits = lambda m, t=target: count_macs(m, image_size=args.image_size) <= base_macs / t  # noqa: E731
-                    params = space.project(start_params(method, space, base, ctx), base, ctx, fits)
+                    start = Plan(base=plan_base, steps=(Step(space=method, params=start_params(method, space, base, ctx),
+                                                             options=options),))
+                    gap = cost_gap({"macs": base_macs / target}, args.image_size)
+                    params = project_plan(base, start, ctx, gap, tolerance=0.005, max_probes=12)[0].steps[0].params
                 print(f"{model_name} {method} x{target:g}: projected in {time.perf_counter() - t0:.1f}s",
                       flush=True)
                 jobs.append((method, target, [Step(space=method, params=params)]))

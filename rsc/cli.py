@@ -1,16 +1,60 @@
-"""What every command-line entry point shares: error mapping and interrupt handling."""
+"""What every command-line entry point shares: error mapping, interrupt handling, quiet third parties."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 from rsc.errors import UserError
 
+# Known third-party noise a command-line run does not show (what, from where, why not fixed at source):
+_QUIET_ENV = {
+    # MLflow's INFO lines ("Creating initial MLflow database tables...", "Inferring model signature
+    # from input example", ...); its warnings still show. Read when mlflow is imported, and inherited
+    # by worker processes.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # tqdm bars of artifact up/downloads ("Downloading artifacts: 100%|...") while a model is logged
+    # (MLflow reloads it to check the input example); read at each transfer.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+_QUIET_WARNINGS = [
+    # torch.load of int8 weights (spaces.load_compressed, e.g. when MLflow loads a logged model to
+    # check its input example): torch's own _rebuild_qtensor reads ``storage.device`` of a
+    # TypedStorage, and (once per process) rebuilding a quantised tensor repeats torch.ao's
+    # deprecation, which spaces.quant already hides where it quantises. Nothing a caller changes.
+    dict(message=r"TypedStorage is deprecated", category=UserWarning, module=r"torch\._utils"),
+    dict(message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor",
+         category=UserWarning, module=r"torch\._utils"),
+]
+
+
+def quiet_third_party() -> None:
+    """Silence known third-party noise for a command-line run: MLflow's INFO lines and artifact
+    progress bars, torch's deprecations (TypedStorage, quantised tensors) on loading int8 weights.
+
+    Narrow on purpose: our warnings and any other third-party warning still show, and a user's
+    own ``MLFLOW_LOGGING_LEVEL`` / ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` win. Idempotent;
+    :func:`run_cli` calls it, library callers (tests, notebooks) keep the libraries' defaults.
+    """
+    import logging
+    import warnings
+
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if "mlflow" in sys.modules:  # already configured its loggers on import: apply the level now
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    for spec in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", **spec)  # an identical filter is replaced, not stacked
+
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run ``main``; bad input becomes one line on stderr and exit code 2, Ctrl-C exit code 130."""
+    """Run ``main``; bad input becomes one line on stderr and exit code 2, Ctrl-C exit code 130.
+
+    Known third-party noise is silenced first (:func:`quiet_third_party`).
+    """
+    quiet_third_party()
     try:
         return main()
     except UserError as exc:

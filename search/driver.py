@@ -296,6 +296,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                           interrupted=interrupted, trials=search.rows, base_costs=dict(s.base_costs))
     result.counts = search.counts()
     result.min_accuracy = config.min_accuracy
+    result.searched = list(dict.fromkeys([*search.cost_keys, *s.budgets.limits()]))
     front_trials = sorted([t for t, m in zip(done, mask) if m], key=lambda t: tuple(t.values[1:]))
     result.front = [front_row(t, s.base_costs) for t in front_trials]
     if timing["wall"]:  # driver work (Optuna, MLflow, bookkeeping) as a share of the loop's wall time

@@ -92,6 +92,7 @@ class SearchResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     min_accuracy: float | None = None
+    searched: list[str] = field(default_factory=list)  # cost keys budgeted or optimised
 
 
 def _fmt(v: Any, key: str) -> str:
@@ -125,16 +126,17 @@ def _human(v: float) -> str:
     return f"{v:.4g}"
 
 
-def cost_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def cost_columns(rows: Sequence[Mapping[str, Any]], searched: Sequence[str] = ()) -> list[str]:
     """The cost columns of a front table: params and the compression rate, then every other budgetable
-    cost of :mod:`rsc.cost`'s registry the rows carry; non-zero params only where weights were zeroed."""
+    cost of :mod:`rsc.cost`'s registry the rows carry; non-zero params only when ``searched`` (the
+    budgeted and objective cost keys) holds it, as a search of weight-zeroing methods does."""
     from rsc.cost import budget_metrics
 
     keys = ["params", "compression_rate"]
     for cost in budget_metrics().values():
         if cost.name in keys or not any(cost.name in r for r in rows):
             continue
-        if cost.name == "nonzero_params" and all(r.get("nonzero_params", r.get("params")) == r.get("params") for r in rows):
+        if cost.name == "nonzero_params" and cost.name not in searched:
             continue
         keys.append(cost.name)
     return keys
@@ -159,11 +161,12 @@ def render(result: SearchResult, stream: Any = None) -> None:
              if "above_floor" in c else "")
           + f"; hypervolume {result.hypervolume:.4f}", file=stream)
     if result.final:
-        keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final]), "speedup"]
+        keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final], result.searched),
+                "speedup"]
         print("\nPareto set after final fine-tuning (test split), beside the base model:", file=stream)
         print(render_table([result.base, *result.final], keys), file=stream)
     elif result.front:
-        keys = ["trial", "method", "val_oa", *cost_columns(result.front)]
+        keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)
         print(render_table(result.front, keys), file=stream)
     elif c.get("inside_budget") and c.get("above_floor") == 0:

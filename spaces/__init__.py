@@ -2,15 +2,18 @@
 
 The search engine needs only this surface:
 
-* ``get_space(name, **options) -> Space`` / ``list_spaces()`` / ``register_space(name)``;
+* ``get_space(name, **options) -> Space`` / ``list_spaces()`` / ``register_space(name)`` /
+  ``resolve_space(name_or_alias)``;
 * ``Space.suggest(trial, model, context) -> params`` (define-by-run, cheap),
   ``Space.transform(model, params, context, record=None, structure_only=False) -> Transformed``
-  (``apply`` = the model only), ``Space.scale(params, factor)`` and
-  ``Space.project(params, model, context, fits)`` to move a sample onto a params/MACs budget
-  before training, ``Space.reference_params`` / ``Space.trial_params`` for enqueuing points;
+  (``apply`` = the model only), ``Space.scale(params, factor)``, ``Space.reference_params`` /
+  ``Space.trial_params`` for enqueuing points, ``Space.finetune_loss``; the capabilities
+  ``aliases``, ``post_training``, ``distill``, ``keeps_sparsity``, ``binnable`` (class attributes);
 * ``Plan`` / ``Step`` (plain JSON) and ``Context``;
-* ``compress(model, plan, context) -> (model, plan with records)``, ``apply_plan``,
-  ``build_from_plan(plan, state_dict)``;
+* ``compress(model, plan, context) -> (model, plan with records)`` (the one compress path),
+  ``split_plan``, ``apply_plan``, ``build_from_plan(plan, state_dict)``;
+* ``project_plan(model, plan, context, gap)`` / ``cost_gap(limits, image_size)``: move a sample
+  onto a params/MACs budget before training;
 * ``finetune``, ``finetune_plan``, ``recalibrate_bn``; ``save_compressed`` / ``load_compressed``;
 * errors: ``SpaceError`` (a ``rsc.errors.UserError``) and ``BudgetInfeasible``.
 
@@ -27,15 +30,16 @@ from spaces import prune as _prune  # noqa: F401 - registers prune.channel
 from spaces import quant as _quant  # noqa: F401 - registers quant.int8
 from spaces import tucker as _tucker  # noqa: F401 - registers decompose.tucker
 from spaces.base import Context, Plan, Space, Step, Transformed
-from spaces.compose import apply_plan, build_from_plan, check_plan, compress, create_base
+from spaces.compose import apply_plan, build_from_plan, check_plan, compress, create_base, split_plan
 from spaces.errors import BudgetInfeasible, SpaceError
 from spaces.export import export_onnx, export_torchscript, load_compressed, save_compressed
 from spaces.finetune import finetune, finetune_plan, recalibrate_bn
-from spaces.registry import get_space, list_spaces, register_space
+from spaces.project import cost_gap, project_plan
+from spaces.registry import get_space, list_spaces, register_space, resolve_space
 
 __all__ = [
     "BudgetInfeasible", "Context", "Plan", "Space", "SpaceError", "Step", "Transformed",
-    "apply_plan", "build_from_plan", "check_plan", "compress", "create_base", "export_onnx",
+    "apply_plan", "build_from_plan", "check_plan", "compress", "cost_gap", "create_base", "export_onnx",
     "export_torchscript", "finetune", "finetune_plan", "get_space", "list_spaces", "load_compressed",
-    "recalibrate_bn", "register_space", "save_compressed",
+    "project_plan", "recalibrate_bn", "register_space", "resolve_space", "save_compressed", "split_plan",
 ]

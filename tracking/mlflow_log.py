@@ -213,10 +213,16 @@ class Tracker:
 
         MLflow's ``log_model`` only knows the fluent active run, so the run is entered briefly
         with the tracking URI of this tracker (and the global URI restored afterwards).
+
+        MLflow saves the model with ``torch.export``, traced on ``input_example``; a batch of one
+        would fix the batch size of the saved graph to 1 (torch specialises size-1 dimensions),
+        so such an example is logged repeated to a batch of two.
         """
         import mlflow
         import mlflow.pytorch
 
+        if getattr(input_example, "ndim", 0) >= 1 and input_example.shape[0] == 1:
+            input_example = input_example[[0, 0]]  # numpy array or tensor alike
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         try:
@@ -234,17 +240,22 @@ class Tracker:
         """Log a compressed-model file (plan + state dict) as a pyfunc MLflow model; returns its URI.
 
         For models ``mlflow.pytorch`` cannot serialise (int8): see :mod:`tracking.compressed_model`.
+        The model is logged as code (a script that builds :class:`CompressedModel`), not pickled.
         """
+        import tempfile
+
         import mlflow
 
-        from tracking.compressed_model import CODE_PATHS, CompressedModel
+        from tracking.compressed_model import CODE_PATHS, MODEL_CODE
 
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         try:
-            with mlflow.start_run(run_id=run_id, nested=True):
+            with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=True):
+                code = Path(tmp) / "compressed_model_code.py"
+                code.write_text(MODEL_CODE)
                 info = mlflow.pyfunc.log_model(
-                    name=name, python_model=CompressedModel(), artifacts={"model": str(path)},
+                    name=name, python_model=code, artifacts={"model": str(path)},
                     code_paths=CODE_PATHS, input_example=input_example, metadata=dict(metadata or {}),
                     pip_requirements=["torch", "torchvision", "torch-pruning", "tensorly", "numpy"],
                 )

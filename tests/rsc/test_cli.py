@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -110,3 +112,87 @@ def test_help_is_fast_and_lists_flags():
         assert result.returncode == 0 and "--data" in result.stdout
         assert "torch " not in result.stderr.replace("|", " ").split()  # torch is not imported for --help
         assert not any(line.rstrip().endswith(" torch") for line in result.stderr.splitlines())
+
+
+# What the final stage of a search shows without quiet_third_party: torch rebuilding int8 weights,
+# MLflow creating its database and downloading artifacts (it reloads a logged model) - and ours.
+_NOISY_MAIN = """
+import sys
+import warnings
+from pathlib import Path
+
+
+def main():
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    tmp = Path(sys.argv[1])
+    torch.load(tmp.parent / "int8.pt", weights_only=True)
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("e", artifact_location=(tmp / "art").as_uri()))
+    client.log_text(run.info.run_id, "x", "d/a.txt")
+    mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="d", dst_path=str(tmp / "dl"),
+                                        tracking_uri=client.tracking_uri)
+    warnings.warn("our own warning", UserWarning)
+    warnings.warn_explicit("an unknown torch warning", UserWarning, "torch/_utils.py", 1, module="torch._utils")
+    return 0
+
+
+if sys.argv[2] == "cli":
+    from rsc.cli import run_cli
+
+    sys.exit(run_cli(main))
+sys.exit(main())
+"""
+_KNOWN_NOISE = ("TypedStorage is deprecated", "other quantized tensor creation functions",
+                "INFO mlflow", "Creating initial MLflow database tables", "Downloading artifacts")
+
+
+def test_run_cli_silences_known_third_party_noise_only(tmp_path):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation, here where the int8 tensor is made
+        q = torch.quantize_per_channel(torch.randn(4, 2), torch.ones(4), torch.zeros(4, dtype=torch.long), 0,
+                                       torch.qint8)
+    torch.save({"w": q}, tmp_path / "int8.pt")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS")}
+    err = {}
+    for mode in ("plain", "cli"):
+        (tmp_path / mode).mkdir()
+        result = subprocess.run([sys.executable, "-c", _NOISY_MAIN, str(tmp_path / mode), mode], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        err[mode] = result.stderr.replace("\n", " ")  # long warnings may wrap
+    for noise in _KNOWN_NOISE:
+        assert noise in err["plain"], noise  # else the check below proves nothing
+        assert noise not in err["cli"], err["cli"]
+    for real in ("UserWarning: our own warning", "UserWarning: an unknown torch warning"):
+        assert real in err["plain"] and real in err["cli"], err["cli"]
+
+
+def test_quiet_third_party_is_idempotent_and_a_user_setting_wins(monkeypatch):
+    import logging
+
+    import mlflow  # noqa: F401 - already imported: its logger level is set directly
+
+    from rsc.cli import quiet_third_party
+
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "ERROR")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "unset")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")  # recorded, so undone after the test
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    try:
+        with warnings.catch_warnings():
+            quiet_third_party()
+            once = list(warnings.filters)
+            quiet_third_party()
+            assert warnings.filters == once
+        assert logger.level == logging.ERROR
+        assert os.environ["MLFLOW_LOGGING_LEVEL"] == "ERROR"
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    finally:
+        logger.setLevel(level)

@@ -4,18 +4,17 @@ import math
 
 import pytest
 
-from rsc.errors import UserError
+from rsc.cost import register_cost
+from rsc.errors import ConfigError, UserError
 from search.budget import (
     GRAMMAR,
     BudgetConflict,
     BudgetError,
     BudgetInfeasible,
-    MetricSpec,
     get_metric,
     list_metrics,
     parse_budget,
     parse_budgets,
-    register_metric,
 )
 
 BASE = {"params": 11_000_000, "nonzero_params": 11_000_000, "macs": 150e6, "size": 44e6, "latency_ms": 20.0}
@@ -147,12 +146,13 @@ def test_same_bound_inclusive_is_not_a_conflict():
 
 def test_registry_is_pluggable_and_refuses_duplicates():
     assert {"params", "nonzero_params", "macs", "size", "latency"} <= set(list_metrics())
-    assert get_metric("latency").kind == "measured"
-    with pytest.raises(ValueError, match="already registered"):
-        register_metric(MetricSpec("params", "params", "analytic", {"": 1.0}))
+    assert get_metric("latency").kind == "measured" and get_metric("latency").cost_key == "latency_ms"
+    with pytest.raises(ConfigError, match="already registered"):
+        register_cost("params_again", unit="count", budget="params")(lambda m, s: 0.0)
     name = "energy_test_only"
-    if name not in list_metrics():
-        register_metric(MetricSpec(name, "energy_mj", "measured", {"": 1.0, "mj": 1.0, "j": 1e3}))
+    if name not in list_metrics():  # a cost registered once is a budget metric, with its unit grammar
+        register_cost("energy_mj", unit="mJ", measured=True, budget=name,
+                      units={"": 1.0, "mj": 1.0, "j": 1e3})(lambda m, s: 0.0)
     b = parse_budget(f"{name}<2J")
     assert b.value == 2000.0 and b.check({"energy_mj": 1500.0})
     assert not b.check({"energy_mj": 2500.0})

@@ -84,9 +84,9 @@ def test_same_seed_same_plans(tmp_path):
     from search.run import run
 
     def fake_trial(request):
-        steps = request["steps"]
+        steps = request["plan"]["steps"]
         kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
-        return {"status": "ok", "val_oa": 0.5 + 0.1 * kept, "plan": {"base": request["model"], "steps": steps},
+        return {"status": "ok", "val_oa": 0.5 + 0.1 * kept, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
     def plans(sub):
@@ -104,11 +104,12 @@ def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
     """--targets spread: trial i aims at spread_target(i) under any sampler; --targets sampler
     lets the sampler pick (measured: TPE then put 0 of 16 guided trials above 0.6 of the budget)."""
     from search.engines.optuna_engine import OptunaEngine
-    from search.run import run, spread_target
+    from search.run import run
+    from search.targets import spread_target
 
     def fake_trial(request):
-        steps = request["steps"]
-        return {"status": "ok", "val_oa": 0.5, "plan": {"base": request["model"], "steps": steps},
+        steps = request["plan"]["steps"]
+        return {"status": "ok", "val_oa": 0.5, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
     def targets(sub, **kw):
@@ -127,7 +128,7 @@ def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
 
 
 def test_spread_targets_cover_the_log_range_evenly():
-    from search.run import spread_target
+    from search.targets import spread_target
 
     for seed in (0, 1, 7):
         u = [math.log(spread_target(i, min_target=0.1, seed=seed)) / math.log(0.1) for i in range(7)]
@@ -157,10 +158,10 @@ def test_accuracy_floor_keeps_weak_models_off_the_front(tmp_path):
     from search.run import run
 
     def fake_trial(request):
-        steps = request["steps"]
+        steps = request["plan"]["steps"]
         kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
         oa = 0.3 + 0.6 * kept  # smaller is worse; the smallest fall below the floor
-        return {"status": "ok", "val_oa": oa, "plan": {"base": request["model"], "steps": steps},
+        return {"status": "ok", "val_oa": oa, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
     cfg = tiny_config(tmp_path, trials=8, final_max=0, sampler="random", min_accuracy=0.6)
@@ -205,8 +206,8 @@ def test_a_floor_no_trial_reaches_says_so(tmp_path):
     from search.run import render, run
 
     def weak(request):
-        steps = request["steps"]
-        return {"status": "ok", "val_oa": 0.2, "plan": {"base": request["model"], "steps": steps},
+        steps = request["plan"]["steps"]
+        return {"status": "ok", "val_oa": 0.2, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
     result = run(tiny_config(tmp_path, trials=2, final_max=0, min_accuracy=0.5), trial_fn=weak)
@@ -229,10 +230,10 @@ def test_early_stop_fronts_hold_each_epochs_own_oa(tmp_path):
 
     def fake_trial(request):
         seen.append(request.get("early_stop"))
-        steps = request["steps"]
+        steps = request["plan"]["steps"]
         kept = 1.0 - sum(steps[0]["params"]["sparsity"].values()) / max(1, len(steps[0]["params"]["sparsity"]))
         history = [{"epoch": 1, "val_oa": 0.2 + 0.1 * kept}, {"epoch": 2, "val_oa": 0.8}]
-        return {"status": "ok", "val_oa": 0.8, "history": history, "plan": {"base": request["model"], "steps": steps},
+        return {"status": "ok", "val_oa": 0.8, "history": history, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 1e6 * kept, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
     result = run(tiny_config(tmp_path, trials=4, final_max=0, fidelity_epochs=2, early_stop_margin=0.05),
@@ -261,7 +262,7 @@ def test_early_stop_fronts_hold_each_epochs_own_oa(tmp_path):
 def test_epoch_fronts_keep_the_non_dominated_points_of_each_epoch():
     from types import SimpleNamespace
 
-    from search.run import epoch_fronts
+    from search.driver import epoch_fronts
 
     def t(history, cost):
         return SimpleNamespace(user_attrs={"val_history": history}, values=[history[-1] if history else 0.5, cost])

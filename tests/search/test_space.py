@@ -13,6 +13,9 @@ from search.space import JointSpace
 from spaces import Context, SpaceError
 
 
+BASE = {"model": "resnet18", "num_classes": 4, "image_size": 32}
+
+
 @pytest.fixture(scope="module")
 def model():
     return create_model("resnet18", 4, image_size=32).eval()
@@ -41,7 +44,7 @@ def test_every_trial_suggests_every_method_so_the_search_space_is_static(model):
         trial = study.ask()
         combo, steps = joint.suggest(trial, model, ctx)
         combos.add(combo)
-        assert [s["space"] for s in steps] == [joint.methods[m].space_name for m in combo.split("+")]
+        assert [s.space for s in steps] == [joint.methods[m].space_name for m in combo.split("+")]
         study.tell(trial, [0.5, 1.0])
     assert len(combos) > 1
     keys = [set(t.params) for t in study.trials]
@@ -58,13 +61,13 @@ def test_post_training_steps_run_on_a_cpu_copy_when_the_search_trains_elsewhere(
     Found on an H200: every quant combination failed there with "int8 kernels run on CPU only".
     The context here names a CUDA device; the model stays on the CPU, so this runs anywhere.
     """
-    from search.objective import build_steps
+    from spaces import Plan, Step, compress
 
     ctx = Context(num_classes=4, image_size=32, device="cuda")
-    steps = [{"space": "quant.int8", "params": {}, "options": {}}]
+    plan = Plan(base=BASE, steps=(Step(space="quant.int8", params={}),))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    built, records = build_steps(model, steps, ctx, structure_only=True)
-    assert built is not model and [r["space"] for r in records] == ["quant.int8"]
+    built, done = compress(model, plan, ctx, structure_only=True)
+    assert built is not model and [s.space for s in done.steps] == ["quant.int8"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
 
 
@@ -78,7 +81,7 @@ class _FixedTrial:
 
 
 def test_trial_target_spans_the_ceiling_but_never_goes_below_a_combination_floor():
-    from search.run import trial_target
+    from search.targets import trial_target
 
     floors = {"prune": {"params": 100.0}, "tucker": {"params": 400.0}}
     kw = dict(key="params", ceiling=1000.0, floors=floors, min_target=0.1)
@@ -90,7 +93,7 @@ def test_trial_target_spans_the_ceiling_but_never_goes_below_a_combination_floor
 
 
 def test_a_capped_final_stage_keeps_the_cheapest_and_the_most_accurate_models():
-    from search.run import spread_pick
+    from search.final import spread_pick
 
     class T:
         def __init__(self, acc):
@@ -111,7 +114,7 @@ def test_a_target_deeper_than_the_sample_can_reach_keeps_its_most_compressed_for
     """Layers sampled at ratio 0 stay at 0 under any scaling: such a sample saturates above a deep
     trial target. It then keeps its most compressed form if that meets the hard budget, instead of
     wasting the trial (18% of the benchmark's trials before this)."""
-    from search.objective import project_steps
+    from spaces import Plan, Step, project_plan
     from spaces.errors import BudgetInfeasible
     from spaces.prune import prunable_groups
 
@@ -120,34 +123,35 @@ def test_a_target_deeper_than_the_sample_can_reach_keeps_its_most_compressed_for
     groups = prunable_groups(model, ctx)
     ratios = {g.name: 0.0 for g in groups}
     ratios[groups[-1].name] = 0.1  # one group only
-    steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8, "ratios": ratios}, "options": {}}]
+    plan = Plan(base=BASE, steps=(Step(space="prune.channel",
+                                       params={"criterion": "l1", "round_to": 8, "ratios": ratios}),))
     never = lambda built: 1.0  # noqa: E731 - a target no plan reaches
     with pytest.raises(BudgetInfeasible):
-        project_steps(model, steps, ctx, never)
-    out, factor = project_steps(model, steps, ctx, never, fallback=lambda built: -1.0)
-    projected = out[0]["params"]["ratios"]
+        project_plan(model, plan, ctx, never)
+    out, factor = project_plan(model, plan, ctx, never, fallback=lambda built: -1.0)
+    projected = out.steps[0].params["ratios"]
     assert factor > 1 and projected[groups[-1].name] > 0.1
     assert all(v == 0.0 for k, v in projected.items() if k != groups[-1].name)
     with pytest.raises(BudgetInfeasible):  # nor does it meet the hard budget: infeasible after all
-        project_steps(model, steps, ctx, never, fallback=never)
+        project_plan(model, plan, ctx, never, fallback=never)
 
 
 def test_int8_never_raises_the_counts_that_projection_probes_skip_it_for(model):
     """Projection leaves int8 out of its probes unless ``size`` is budgeted; that is sound only
     while quantising never raises params, nonzero params or MACs (BN folding lowers params)."""
     from rsc.cost import CostSettings, measure
-    from search.objective import build_steps
+    from spaces import Plan, Step, compress, split_plan
     from spaces.prune import prunable_groups
 
     torch.set_num_threads(1)
     ctx = Context(num_classes=4, image_size=32)
     ratios = {g.name: 0.5 for g in prunable_groups(model, ctx)}
-    steps = [{"space": "prune.channel", "params": {"criterion": "l1", "round_to": 8, "ratios": ratios}, "options": {}},
-             {"space": "quant.int8", "params": {}, "options": {}}]
+    plan = Plan(base=BASE, steps=(Step(space="prune.channel", params={"criterion": "l1", "round_to": 8, "ratios": ratios}),
+                                  Step(space="quant.int8", params={})))
     keys = ["params", "nonzero_params", "macs"]
     settings = CostSettings(image_size=32)
-    float_costs = measure(build_steps(model, steps, ctx, structure_only=True, post_training=False)[0], keys, settings)
-    int8_costs = measure(build_steps(model, steps, ctx, structure_only=True)[0], keys, settings)
+    float_costs = measure(compress(model, split_plan(plan)[0], ctx, structure_only=True)[0], keys, settings)
+    int8_costs = measure(compress(model, plan, ctx, structure_only=True)[0], keys, settings)
     assert all(int8_costs[k] <= float_costs[k] for k in keys)
     assert int8_costs["macs"] == float_costs["macs"]
 
@@ -173,7 +177,7 @@ def test_depth_bins_shrink_the_space_to_one_value_per_stage(model):
     assert len({tuple(v) for n, v in conv.items() if n.startswith("layer4")}) == 1
     # the plan's options carry the bins, so a worker rebuilds the same space
     combo, steps = binned.suggest(study.ask(), model, ctx)
-    assert all(s["options"].get("bins") == 4 for s in steps if s["space"] != "quant.int8")
+    assert all(s.options.get("bins") == 4 for s in steps if s.space != "quant.int8")
 
 
 def test_a_binned_stage_is_never_sampled_uncompressed_so_every_sample_reaches_the_budget(model):
@@ -182,7 +186,7 @@ def test_a_binned_stage_is_never_sampled_uncompressed_so_every_sample_reaches_th
     trials infeasible; Tucker ranks sampled at [1, 1] for layer4 made 1 more). Binned ratios start
     one grid step up instead, binned rank fractions stop one step below full rank."""
     from rsc.cost import count_params
-    from search.objective import project_steps
+    from spaces import Plan, Step, project_plan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
@@ -198,6 +202,6 @@ def test_a_binned_stage_is_never_sampled_uncompressed_so_every_sample_reaches_th
              "prune.channel/ratio/bin3": space.step}  # the last stage barely sampled
     ratios = space.suggest(optuna.trial.FixedTrial(fixed), model, ctx)
     limit = 0.25 * count_params(model)
-    steps = [{"space": "prune.channel", "params": ratios, "options": {"bins": 4}}]
-    out, factor = project_steps(model, steps, ctx, lambda built: math.log(count_params(built) / limit))
-    assert factor > 1 and out[0]["params"]["ratios"]["layer4.0.conv1"] > space.step
+    plan = Plan(base=BASE, steps=(Step(space="prune.channel", params=ratios, options={"bins": 4}),))
+    out, factor = project_plan(model, plan, ctx, lambda built: math.log(count_params(built) / limit))
+    assert factor > 1 and out.steps[0].params["ratios"]["layer4.0.conv1"] > space.step

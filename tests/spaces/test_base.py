@@ -73,8 +73,6 @@ def test_context_validates_and_gives_deterministic_inputs():
 class _Halve(Space):
     """A toy space with one knob, to test the budget projection."""
 
-    name = "toy.halve"
-
     def suggest(self, trial, model, context):
         return {"r": 0.1}
 
@@ -85,17 +83,29 @@ class _Halve(Space):
         return Transformed(torch.nn.Linear(100, int(round(100 * (1 - params["r"])))))
 
 
-def test_project_scales_just_enough_or_raises():
-    from spaces import BudgetInfeasible
+@pytest.fixture
+def toy_halve():
+    """``toy.halve`` registered for one test only (the contract tests run over the registry)."""
+    from spaces import registry
 
-    space = _Halve()
+    register_space("toy.halve")(_Halve)
+    yield
+    registry._SPACES.pop("toy.halve", None)
+
+
+def test_project_scales_just_enough_or_raises(toy_halve):
+    import math
+
+    from spaces import BudgetInfeasible, Plan, Step, project_plan
+
     ctx = Context(num_classes=2, image_size=16)
+    plan = Plan(base={"model": "toy", "num_classes": 2, "image_size": 16}, steps=(Step(space="toy.halve", params={"r": 0.1}),))
 
     def fits_under(n):
-        return lambda m: m.out_features <= n
+        return lambda m: math.log(m.out_features / n)
 
-    assert space.project({"r": 0.1}, None, ctx, fits_under(95)) == {"r": 0.1}  # already fits
-    p = space.project({"r": 0.1}, None, ctx, fits_under(60))
-    assert 0.39 <= p["r"] <= 0.42 and space.transform(None, p, ctx).model.out_features <= 60
+    assert project_plan(None, plan, ctx, fits_under(95)) == (plan, 1.0)  # already fits
+    p = project_plan(None, plan, ctx, fits_under(60))[0].steps[0].params
+    assert 0.39 <= p["r"] <= 0.42 and _Halve().transform(None, p, ctx).model.out_features <= 60
     with pytest.raises(BudgetInfeasible, match="toy.halve"):
-        space.project({"r": 0.1}, None, ctx, fits_under(5))
+        project_plan(None, plan, ctx, fits_under(5))

@@ -65,3 +65,29 @@ def test_parent_children_and_pareto_tags(tmp_path):
     tr2 = Tracker(uri=uri, experiment="t")
     tr2.resume_parent(parent)
     assert tr2.update_pareto({kids[0]: False, kids[1]: True, kids[2]: True}) == 0
+
+
+def test_pytorch_model_logged_with_a_batch_of_one_takes_any_batch(tmp_path, capfd, monkeypatch):
+    import mlflow
+    import numpy as np
+    import torch
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2)).eval()
+    tr = Tracker(uri=default_tracking_uri(tmp_path), experiment="t", artifact_location=(tmp_path / "art").as_uri())
+    parent = tr.start_parent("study", params={})
+    uri = tr.log_model(parent, model, "m", input_example=np.zeros((1, 3, 16, 16), np.float32))
+    # torch.export specialises a batch of one (and says so): the saved graph would take only that
+    assert "specialized" not in capfd.readouterr().err
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tr.uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-5, atol=1e-5)
