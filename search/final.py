@@ -175,7 +175,8 @@ def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tupl
     records = []
     for t in engine.complete():
         records.append({"number": t.number, "values": {n: v for (n, _, _), v in zip(objectives, t.values)},
-                        "feasible": bool(t.user_attrs.get("feasible", True)), "pareto": t.number in front_ids,
+                        "feasible": bool(t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True)),
+                        "pareto": t.number in front_ids,
                         "method": t.user_attrs.get("method", "")})
     rows = result.final or result.front
     with open(folder / "front.csv", "w", newline="") as fh:
@@ -193,6 +194,8 @@ def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tupl
     obj = [(n, d) for n, _, d in objectives]
     title = f"{result.study}: {len(result.front)} Pareto model(s), HV {result.hypervolume:.4f}"
     base = base_point if len(base_point) == len(obj) else None
-    plot_front_png(records, obj, folder / "front.png", base=base, title=title)
-    plot_front_html(records, obj, folder / "front.html", base=base, title=title)
+    marks = dict(base=base, title=title, budgets=dict(budget_limits), final=result.final,
+                 keys={n: k for n, k, _ in objectives})
+    plot_front_png(records, obj, folder / "front.png", **marks)
+    plot_front_html(records, obj, folder / "front.html", **marks)
     tracker.log_artifacts(result.parent_run_id, folder, "pareto")

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from rsc.errors import UserError
 
-__all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "FINISHED"]
+__all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "INTERRUPTED"]
 
 INTERRUPTED = "interrupted"
 
