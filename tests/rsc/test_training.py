@@ -32,9 +32,14 @@ def test_fit_learns_the_synthetic_scenes_deterministically():
         train, val, test = make_loaders(data, split, batch_size=16, seed=0)
         seed_everything(0)  # the initialisation is part of what the seed fixes
         model = create_model("resnet18", data.num_classes, image_size=32)
-        history = fit(model, train, epochs=4, lr=0.05, val_loader=val, num_classes=4, seed=0, progress=False)
+        # lr 0.005: 16 steady steps. At lr 0.05 the loss spiked mid-schedule and the test OA ended
+        # anywhere in 0.11-0.67 depending on the CPU's float kernels and the thread count.
+        history = fit(model, train, epochs=4, lr=0.005, val_loader=val, num_classes=4, seed=0, progress=False)
         results.append((history[-1]["loss"], evaluate(model, test, num_classes=4).oa))
-    assert results[0] == results[1]
+    assert results[0] == results[1]  # same process, same threads: bit-identical (across CPUs it is not)
+    # Thresholds with a wide margin, since the exact values differ between CPUs and thread counts:
+    # over 10 seeds x {AVX2, generic + SSE4.1 kernels} and 1 or 2 threads the test OA was 0.86-0.97
+    # and the last epoch's loss 0.50-0.72, at most 0.56 of the first epoch's.
     assert history[-1]["loss"] < history[0]["loss"]
     assert results[0][1] > 0.5  # chance is 0.25
     assert "val_oa" in history[-1]
