@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from spaces.finetune import StopFinetune
 

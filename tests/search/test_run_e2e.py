@@ -108,7 +108,6 @@ def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
     from search.targets import spread_target
 
     def fake_trial(request):
-        steps = request["plan"]["steps"]
         return {"status": "ok", "val_oa": 0.5, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
@@ -206,7 +205,6 @@ def test_a_floor_no_trial_reaches_says_so(tmp_path):
     from search.run import render, run
 
     def weak(request):
-        steps = request["plan"]["steps"]
         return {"status": "ok", "val_oa": 0.2, "plan": request["plan"],
                 "costs": {"params": 1e6, "nonzero_params": 5e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
 
