@@ -7,8 +7,9 @@
          [--data ../shared/datasets/UCMerced_LandUse]]
 
 For each model and method, the method's choices are moved onto the target with the same hook the
-search uses (``Space.project``: one global strength factor, bisected until the structurally built
-model fits ``base MACs / target``; for magnitude pruning one sparsity computed analytically to hit
+search uses (``spaces.project_plan``: one global strength factor, found by regula falsi until the
+structurally built model fits ``base MACs / target`` to within 0.5%; the recorded results were made
+with the bisection it replaced; for magnitude pruning one sparsity computed analytically to hit
 ``base non-zero params / target``), starting from a uniform
 setting: channel pruning of every group (L1, multiples of 8), Tucker-2 of every eligible conv,
 a thinned copy of the teacher for KD, and per-layer sparsity for magnitude pruning. Int8 runs
