@@ -72,7 +72,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     from rsc.evaluation import evaluate
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
-    from spaces.compose import _to_cpu, split_plan
+    from spaces.compose import split_plan, to_cpu
     from spaces.finetune import finetune_plan
     from spaces.project import cost_gap, project_plan
     from tracking.pareto import dominated_by
@@ -122,7 +122,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     if aim and plan.steps:
         # structures and their counts do not depend on the device: probe on the CPU, where small
         # builds are faster (a pruning trial's projection on an H200 machine: 1.7 s on CUDA, 1.1 s)
-        probe_base, probe_ctx = _to_cpu(base, context, copy_model=True)
+        probe_base, probe_ctx = to_cpu(base, context, copy_model=True)
         plan, factor = project_plan(probe_base, plan, probe_ctx, cost_gap(aim, image_size),
                                     probe_post_training="size" in aim,
                                     fallback=None if aim == limits else

@@ -38,7 +38,7 @@ def split_plan(plan: Plan) -> tuple[Plan, Plan]:
             Plan(base=plan.base, steps=tuple(s for s, p in zip(plan.steps, post) if p)))
 
 
-def _to_cpu(model: nn.Module, context: Context, *, copy_model: bool) -> tuple[nn.Module, Context]:
+def to_cpu(model: nn.Module, context: Context, *, copy_model: bool) -> tuple[nn.Module, Context]:
     """``model`` and ``context`` on the CPU; ``copy_model``: never move the caller's model in place."""
     import copy
     import dataclasses
@@ -86,7 +86,7 @@ def compress(model: nn.Module, plan: Plan, context: Context | None = None, *,
     for i, step in enumerate(plan.steps):
         space = space_of(step)
         if space.post_training:
-            current, ctx = _to_cpu(current, ctx, copy_model=current is model)
+            current, ctx = to_cpu(current, ctx, copy_model=current is model)
         try:
             done = space.transform(current, step.params, ctx, record=step.record, structure_only=structure_only)
         except SpaceError as exc:

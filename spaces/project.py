@@ -91,8 +91,7 @@ def project_plan(model: nn.Module, plan: Plan, context: Context, gap: Gap, *, to
     def probe(cand: Plan) -> float:
         return probe_with(cand, gap)
 
-    base = Plan(base=plan.base, steps=tuple(Step(space=s.space, params=s.params, options=s.options)
-                                            for s in plan.steps))
+    base = scaled(1.0)  # the sample itself (``scale``'s contract: factor 1 returns equal params)
     g_lo = probe(base)
     if g_lo <= 0:
         return base, 1.0

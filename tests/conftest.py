@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def _private_cache(tmp_path_factory):
     torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
                           else max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+@contextlib.contextmanager
+def registered_space(name: str, cls: type):
+    """``cls`` registered as space ``name`` for the ``with`` block only (contract tests run over the registry)."""
+    from spaces import registry
+
+    registry.register_space(name)(cls)
+    try:
+        yield cls
+    finally:
+        registry._SPACES.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from spaces import Space, Transformed, register_space
+from spaces import Space, Transformed
+from tests.conftest import registered_space
 from tests.search.conftest import tiny_config
 
 NAME = "toy.zero_filters"
@@ -53,11 +54,8 @@ class ZeroFilters(Space):
 
 @pytest.fixture
 def zero_filters():
-    from spaces import registry
-
-    register_space(NAME)(ZeroFilters)
-    yield
-    registry._SPACES.pop(NAME, None)
+    with registered_space(NAME, ZeroFilters):
+        yield
 
 
 def test_a_space_registered_in_a_test_file_is_searched_projected_finetuned_and_shipped(tmp_path, zero_filters):

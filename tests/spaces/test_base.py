@@ -8,6 +8,7 @@ import torch
 from rsc.errors import UserError
 from spaces import Context, Plan, Space, SpaceError, Step, get_space, list_spaces, register_space
 from spaces.base import Transformed
+from tests.conftest import registered_space
 
 BASE = {"model": "resnet18", "num_classes": 21, "image_size": 64}
 
@@ -85,12 +86,8 @@ class _Halve(Space):
 
 @pytest.fixture
 def toy_halve():
-    """``toy.halve`` registered for one test only (the contract tests run over the registry)."""
-    from spaces import registry
-
-    register_space("toy.halve")(_Halve)
-    yield
-    registry._SPACES.pop("toy.halve", None)
+    with registered_space("toy.halve", _Halve):
+        yield
 
 
 def test_project_scales_just_enough_or_raises(toy_halve):
