@@ -134,11 +134,7 @@ def load_scene_data(data: str | os.PathLike | None, *, dataset: str | None = Non
     cache_file = cache_dir() / f"{name}-{image_size}px-{key}.pt"
     if use_cache and cache_file.is_file():
         try:
-            blob = torch.load(cache_file, weights_only=True)
-            return SceneData(images=blob["images"], labels=blob["labels"], classes=list(blob["classes"]),
-                             files=list(blob["files"]), name=name, root=str(layout.root),
-                             skipped=[tuple(s) for s in blob["skipped"]], sha256=list(blob["sha256"]),
-                             warnings=list(layout.warnings), folds=blob.get("folds"))
+            return load_scene_file(cache_file, name=name, root=str(layout.root), warnings=layout.warnings)
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             print(f"warning: ignoring unreadable cache {cache_file}: {exc}", file=sys.stderr)
 
@@ -192,14 +188,52 @@ def _decode_all(paths: list[tuple[str, int]], *, workers: int, progress: bool, l
     return results
 
 
+def save_scene_file(data: SceneData, path: str | os.PathLike | None = None) -> bytes | None:
+    """Write ``data`` as one file (atomically), or return those bytes when ``path`` is None.
+
+    The file is what :func:`load_scene_file` reads: the decode cache, and what a Ray worker
+    without the image folder receives instead of it.
+    """
+    blob = {"images": data.images, "labels": data.labels, "classes": data.classes, "name": data.name,
+            "files": data.files, "skipped": [list(s) for s in data.skipped], "sha256": data.sha256,
+            "folds": data.folds}
+    if path is None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        return buffer.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return None
+
+
+def load_scene_file(path: str | os.PathLike, *, name: str | None = None, root: str | None = None,
+                    warnings: list[str] | None = None) -> SceneData:
+    """A data set written by :func:`save_scene_file` (``name`` overrides the one it holds).
+
+    Raises:
+        DataError: the file is missing or is not such a file.
+    """
+    try:
+        blob = torch.load(path, weights_only=True)
+        return SceneData(images=blob["images"], labels=blob["labels"], classes=list(blob["classes"]),
+                         files=list(blob["files"]), name=name or blob.get("name") or "custom",
+                         root=root, skipped=[tuple(s) for s in blob["skipped"]],
+                         sha256=list(blob["sha256"]) if blob.get("sha256") is not None else None,
+                         warnings=list(warnings or []), folds=blob.get("folds"))
+    except FileNotFoundError:
+        raise DataError(f"data file {path} does not exist") from None
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a scene data file: {type(exc).__name__}: {exc}") from None
+
+
 def _write_cache(path: Path, data: SceneData) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": data.images, "labels": data.labels, "classes": data.classes,
-                    "files": data.files, "skipped": [list(s) for s in data.skipped],
-                    "sha256": data.sha256, "folds": data.folds}, tmp)
-        os.replace(tmp, path)
+        save_scene_file(data, path)
     except OSError as exc:  # a read-only home must not stop training
         print(f"warning: could not write cache {path}: {exc}", file=sys.stderr)
 

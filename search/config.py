@@ -17,6 +17,7 @@ from rsc.errors import ConfigError
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
+RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data and the base checkpoint
 TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
@@ -111,10 +112,18 @@ class SearchConfig:
     device: str | None = opt(None, "training device: cpu, cuda, cuda:N (default: cuda when available); latency is "
                                    "always measured on this machine's CPU")
     backend: str = opt("local", "where trials run: local (this process, one at a time; default) or ray (several at "
-                                "once on a Ray cluster; data and checkpoints must be at the same paths on every "
-                                "node)", choices=BACKENDS)
+                                "once on a Ray cluster)", choices=BACKENDS)
     ray_address: str | None = opt(None, "Ray cluster to join: auto, host:port or ray://host:10001 (default: start "
                                         "a private local instance)")
+    ray_timeout: float = opt(60.0, "seconds to join the Ray cluster and hear from every node before failing "
+                                   "(default {default})")
+    ray_data: str = opt("auto", "how Ray workers get the data set and the base checkpoint: object-store (sent once "
+                                "through Ray's object store, cached on each node: no shared disk), shared (read by "
+                                "path: the same files at the same paths on every node), auto (object-store when "
+                                "joining a cluster by --ray-address, else shared) (default {default})",
+                        choices=RAY_DATA)
+    trial_retries: int = opt(2, "times a Ray trial is run again when its worker process or node is lost (not when "
+                                "the trial itself fails) (default {default})")
     workers: int | None = opt(None, "trials in flight on Ray (default: cluster CPUs / --trial-cpus)")
     trial_cpus: float = opt(1.0, "CPUs reserved per Ray trial, also its torch threads (default {default})")
     trial_gpus: float = opt(0.0, "GPUs per Ray trial (default {default}; >0 trains trials on CUDA)")
@@ -144,12 +153,19 @@ class SearchConfig:
             raise ConfigError(f"min_accuracy must lie in [0, 1), got {self.min_accuracy!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.ray_data not in RAY_DATA:
+            raise ConfigError(f"unknown ray_data {self.ray_data!r}; choose one of {', '.join(RAY_DATA)}")
+        if int(self.trial_retries) < 0 or not float(self.ray_timeout) > 0:
+            raise ConfigError(f"trial_retries must be >= 0 and ray_timeout > 0, got {self.trial_retries!r}, "
+                              f"{self.ray_timeout!r}")
         if self.workers is not None and int(self.workers) < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers!r}")
         if not float(self.trial_cpus) > 0 or float(self.trial_gpus) < 0:
             raise ConfigError(f"trial_cpus must be > 0 and trial_gpus >= 0, got {self.trial_cpus!r}, {self.trial_gpus!r}")
         if self.backend == "local" and (self.ray_address or self.workers):
             raise ConfigError("--ray-address and --workers need --backend ray")
+        if self.ray_data == "object-store" and self.backend != "ray":
+            raise ConfigError("--ray-data object-store needs --backend ray")
         if self.targets not in TARGETS:
             raise ConfigError(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
         if not 0.0 < float(self.min_target) <= 1.0:

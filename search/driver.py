@@ -17,17 +17,18 @@ from typing import Any, Mapping, Sequence
 
 from rsc.errors import BudgetInfeasible
 from search.config import SearchConfig
-from search.executors import TrialFn
+from search.executors import TrialFn, TrialLost
 from search.report import Reporter, SearchResult
 
-__all__ = ["run", "Search", "Outcome", "epoch_fronts"]
+__all__ = ["run", "Search", "Outcome", "epoch_fronts", "ship_inputs"]
 
 
 @dataclass
 class Outcome:
     """How a trial ended, as Optuna, MLflow and the report row all need to know it.
 
-    ``state``: complete, pruned (stopped early), infeasible, or failed.
+    ``state``: complete, pruned (stopped early), infeasible, failed, or lost (its worker or node died
+    on every attempt: not the trial's fault, so it does not count towards ``--trials``).
     """
 
     state: str
@@ -40,6 +41,8 @@ class Outcome:
            objectives: Sequence[tuple[str, str, str]]) -> "Outcome":
         if isinstance(error, BudgetInfeasible):
             return cls("infeasible", error=str(error))
+        if isinstance(error, TrialLost):
+            return cls("lost", error=str(error))
         if error is not None or result is None:
             return cls("failed", error=f"{type(error).__name__}: {error}")
         if result.get("status") == "pruned":
@@ -143,6 +146,11 @@ class Search:
             tracker.finish_trial(p.run_id, plan=plan, tags={"state": "FAIL", "feasible": "false",
                                                             "error": outcome.error[:5000]}, status="FAILED")
             row["error"] = outcome.error
+        elif outcome.state == "lost":
+            self.engine.tell_failed(trial, lost=outcome.error)
+            tracker.finish_trial(p.run_id, plan=plan, tags={"state": "LOST", "feasible": "unknown",
+                                                            "reason": outcome.error[:5000]}, status="KILLED")
+            row["error"] = outcome.error
         elif outcome.state == "pruned":
             self.engine.tell_pruned(trial)
             tracker.finish_trial(p.run_id, plan=plan,
@@ -171,6 +179,8 @@ class Search:
         if result.get("worker"):
             trial.set_user_attr("worker", result["worker"])
             tags["worker"] = f"{result['worker'].get('host')}:{result['worker'].get('pid')}"
+            if result["worker"].get("node_id"):
+                tags["ray_node"] = str(result["worker"]["node_id"])
         constraints = list(self.budgets.violations(costs)) if self.budgets.constraints else []
         if c.min_accuracy is not None:  # an OA floor: infeasible below it, off the front
             above = result["val_oa"] >= c.min_accuracy
@@ -200,6 +210,8 @@ class Search:
             key = t.state.name.lower()
             if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
                 key = "interrupted"
+            elif t.state == TrialState.FAIL and t.user_attrs.get("lost"):
+                key = "lost"
             counts[key] = counts.get(key, 0) + 1
         complete = engine.complete()
         counts["inside_budget"] = sum(1 for t in complete if t.user_attrs.get("feasible", True))
@@ -207,6 +219,17 @@ class Search:
             counts["above_floor"] = sum(1 for t in complete
                                         if t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True))
         return counts
+
+
+def ship_inputs(executor: Any, s: Any) -> dict[str, Any]:
+    """The trial request with the data set and the base checkpoint sent through the executor's object
+    store instead of by path (the synthetic set is rebuilt from its seed on the worker)."""
+    from rsc.data import save_scene_file
+
+    files: dict[tuple[str, ...], tuple[str, Any]] = {("base_checkpoint",): ("base.pt", s.ckpt)}
+    if s.data.root is not None:
+        files[("data", "file")] = (f"{s.data.name}-{s.data.image_size}px.pt", save_scene_file(s.data))
+    return executor.ship(s.request_base, files)
 
 
 def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: TrialFn | None = None) -> SearchResult:
@@ -232,21 +255,36 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     s = prepare(config, rep.message)
     search, engine, tracker, joint = s.search, s.engine, s.tracker, s.joint
     trial_fn = trial_fn or evaluate_trial
+    in_flight: dict[int, Pending] = {}
+
+    def on_retry(number: int, attempt: int, reason: str) -> None:
+        p = in_flight[number]
+        tracker.set_tags(p.run_id, {"attempts": str(attempt + 1), f"lost_{attempt}": reason[:5000]})
+        rep.message(f"trial {number}: its worker was lost ({reason[:200]}); running it again "
+                    f"({attempt} of {config.trial_retries})")
+
     executor = make_executor(config.backend, trial_fn, **({} if config.backend == "local" else dict(
-        address=config.ray_address, workers=config.workers, cpus=config.trial_cpus, gpus=config.trial_gpus)))
+        address=config.ray_address, workers=config.workers, cpus=config.trial_cpus, gpus=config.trial_gpus,
+        retries=config.trial_retries, timeout=config.ray_timeout, on_retry=on_retry, nodes=s.ray_nodes)))
+    request_base = s.request_base
     if config.backend != "local":
         rep.message(f"trials run on {executor.describe()}")
+        if config.ray_data == "object-store" or (config.ray_data == "auto" and executor.ships):
+            request_base = ship_inputs(executor, s)
+            rep.message("trials get the data set and the base model through Ray's object store "
+                        "(written once to each node's cache); no shared disk needed")
     trial_device = s.device if config.backend == "local" else ("cuda" if config.trial_gpus > 0 else "cpu")
     timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0, "driver": 0.0}
     interrupted = False
     finished = len(engine.finished())
+    lost: list[str] = []
     rep.start(config.trials, min(finished, config.trials))
-    in_flight: dict[int, Pending] = {}
     t_loop = time.perf_counter()
     try:
         while True:
             t_driver = time.perf_counter()
-            while len(in_flight) < executor.capacity and finished + len(in_flight) < config.trials:
+            while (len(in_flight) < executor.capacity and finished + len(in_flight) < config.trials
+                   and len(lost) < config.trials):  # as many lost as asked for: the cluster is broken
                 fixed = None
                 if s.target_key and config.targets == "spread":
                     fixed = {"target": spread_target(engine.trial_count(), min_target=config.min_target,
@@ -263,7 +301,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 trial.set_user_attr("mlflow_run_id", run_id)
                 trial.set_user_attr("method", combo)
                 plan = {"base": s.arch, "steps": [st.to_dict() for st in steps]}
-                request = {**s.request_base, "plan": plan, "target": aim, "device": trial_device,
+                request = {**request_base, "plan": plan, "target": aim, "device": trial_device,
                            "seed": config.seed * 100003 + trial.number, "early_stop": search.early_stop()}
                 in_flight[trial.number] = Pending(trial, run_id, combo, plan, aim)
                 executor.submit(trial.number, json.loads(json.dumps(request)))
@@ -274,7 +312,10 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
             number, result, error = executor.next()
             timing["trial_fn"] += time.perf_counter() - t_fn
             t_driver = time.perf_counter()
-            row = search.record(in_flight.pop(number), Outcome.of(result, error, search.objectives))
+            outcome = Outcome.of(result, error, search.objectives)
+            row = search.record(in_flight.pop(number), outcome)
+            if outcome.state == "lost":
+                lost.append(f"trial {number}: {outcome.error}")
             finished = len(engine.finished())
             timing["trials"] += 1
             timing["driver"] += time.perf_counter() - t_driver
@@ -295,6 +336,9 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                           objectives=[(n, d) for n, _, d in search.objectives], hypervolume=hv,
                           interrupted=interrupted, trials=search.rows, base_costs=dict(s.base_costs))
     result.counts = search.counts()
+    if lost:
+        result.notes.append(f"{len(lost)} trial(s) lost with their workers, not counted towards --trials:\n  "
+                            + "\n  ".join(lost))
     result.min_accuracy = config.min_accuracy
     result.searched = list(dict.fromkeys([*search.cost_keys, *s.budgets.limits()]))
     front_trials = sorted([t for t, m in zip(done, mask) if m], key=lambda t: tuple(t.values[1:]))

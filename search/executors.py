@@ -1,39 +1,63 @@
 """Where trials run: in the driver's process, or on a Ray cluster, several at a time.
 
 The driver (``search.run``) keeps the Optuna study, MLflow and the progress bar; an executor only
-turns JSON trial requests into JSON results. A request carries everything a trial needs (data
-by path, the base checkpoint by path, the plan), so a Ray worker needs this package and the files
-at the same paths (a shared volume; ``docker-compose.yml`` mounts one), not the driver's memory.
+turns JSON trial requests into JSON results.
 
-    executor.submit(key, request)      # start a trial
+    executor.submit(key, request)          # start a trial
     key, result, error = executor.next()   # the first trial to finish (blocks)
 
 ``capacity`` says how many trials may be in flight; the serial executor runs one, in ``next``.
+
+On Ray (:class:`RayExecutor`):
+
+* **Joining** a cluster is bounded in time (:func:`probe_cluster`, in a child process: a head whose
+  GCS advertises an address this machine cannot reach makes ``ray.init`` retry for ever), and
+  every node must run the same code as the driver (:func:`code_version`), or the search stops
+  before any training with one line naming the node.
+* **Lost workers** are retried: a trial whose worker process or node dies (not one whose own code
+  raised) is submitted again, up to ``retries`` times, and lands wherever the cluster has room
+  (another node when its own is gone). Its Optuna trial stays open meanwhile, so it is counted
+  once; after the last attempt the driver gets a :class:`TrialLost`.
+* **No shared disk**: :meth:`RayExecutor.ship` puts files (the decoded data set, the base
+  checkpoint) into Ray's object store once; each node writes them to its own cache the first
+  time a trial there needs them and the request is rewritten to those node-local paths.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
+import os
 import socket
 import time
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-from rsc.errors import ConfigError, UserError
+from rsc.errors import ConfigError
+from search.cluster import RayUnavailable, check_ray_address, code_version, probe_cluster
 from search.config import BACKENDS
 
-__all__ = ["SerialExecutor", "RayExecutor", "RayUnavailable", "make_executor", "check_ray_address", "BACKENDS"]
+__all__ = ["SerialExecutor", "RayExecutor", "RayUnavailable", "TrialLost", "make_executor", "check_ray_address",
+           "probe_cluster", "code_version", "BACKENDS"]
 
 TrialFn = Callable[[Mapping[str, Any]], dict]
 
 
-class RayUnavailable(UserError):
-    """The Ray cluster named by ``--ray-address`` cannot be reached, or Ray is not installed."""
+class TrialLost(Exception):
+    """A trial whose worker or node was lost on every attempt (not an error of the trial itself)."""
+
+    def __init__(self, attempts: int, reasons: Sequence[str]) -> None:
+        self.attempts, self.reasons = attempts, list(reasons)
+        super().__init__(f"lost {attempts} time(s): " + "; ".join(self.reasons))
 
 
 class SerialExecutor:
     """One trial at a time, in this process (the default)."""
 
     capacity = 1
+    ships = False
 
     def __init__(self, trial_fn: TrialFn) -> None:
         self.trial_fn = trial_fn
@@ -60,21 +84,13 @@ class SerialExecutor:
         return "local, one trial at a time"
 
 
-def check_ray_address(address: str, timeout: float = 3.0) -> None:
-    """Fail fast, with the address in the message, when nothing listens at ``host:port``."""
-    if address in ("auto", "local"):
-        return
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    try:
-        port_n = int(port)
-    except ValueError:
-        raise ConfigError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto") from None
-    try:
-        with socket.create_connection((host or "127.0.0.1", port_n), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+@dataclass
+class _Job:
+    """A trial in flight on Ray: its request, and the attempts lost so far."""
+
+    key: Any
+    request: dict[str, Any]
+    lost: list[str] = field(default_factory=list)
 
 
 class RayExecutor:
@@ -84,28 +100,35 @@ class RayExecutor:
         trial_fn: the trial function; it is shipped to the workers by reference to its module,
             so it must be importable there (``search.objective.evaluate_trial`` is).
         address: ``None`` starts a private local Ray instance; ``auto`` joins the cluster this
-            machine belongs to; ``host:port`` or ``ray://host:10001`` joins a remote one.
+            machine belongs to; ``host:port`` or ``ray://host:10001`` joins a remote one (first
+            checked by :func:`probe_cluster` within ``timeout`` seconds).
         workers: trials in flight (default: what the cluster's CPUs allow at ``cpus`` each).
         cpus, gpus: resources reserved per trial; each trial sets torch's threads to ``cpus``.
+        retries: attempts after the first for a trial whose worker or node is lost.
+        on_retry: called as ``on_retry(key, attempt, reason)`` before a lost trial is resubmitted.
+        nodes: what :func:`probe_cluster` answered for ``address`` already (not probed again).
         init_kwargs: extra ``ray.init`` arguments for a private instance (``num_cpus``,
             ``_node_ip_address``...).
     """
 
     def __init__(self, trial_fn: TrialFn, *, address: str | None = None, workers: int | None = None,
-                 cpus: float = 1.0, gpus: float = 0.0, init_kwargs: Mapping[str, Any] | None = None) -> None:
+                 cpus: float = 1.0, gpus: float = 0.0, retries: int = 2, timeout: float = 60.0,
+                 on_retry: Callable[[Any, int, str], None] | None = None, nodes: Mapping[str, Any] | None = None,
+                 init_kwargs: Mapping[str, Any] | None = None) -> None:
         try:
             import ray
         except ImportError:
-            raise RayUnavailable("the ray backend needs Ray: pip install 'ray[tune]'") from None
+            raise RayUnavailable("the ray backend needs Ray: pip install 'ray[default]'") from None
         self.address = address
-        self._pending: dict[Any, Any] = {}  # ObjectRef -> key
-        if address:
-            check_ray_address(address)
+        self.retries, self.on_retry = int(retries), on_retry
+        self._pending: dict[Any, _Job] = {}  # ObjectRef -> job
+        self._shipped: dict[str, tuple[str, str, Any]] = {}  # request key path -> (sha256, name, ObjectRef)
         self._ray = ray
         self._started = False
+        self.nodes: dict[str, Any] = dict(nodes or {})
         if not ray.is_initialized():
-            import os
-
+            if address and not self.nodes:
+                self.nodes = probe_cluster(address, timeout)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
             if not address:  # a private instance: trial requests and results are small JSON
@@ -113,6 +136,7 @@ class RayExecutor:
             kwargs.update(init_kwargs or {})
             if address:
                 kwargs["address"] = address
+                kwargs.pop("include_dashboard")
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -129,28 +153,65 @@ class RayExecutor:
             raise ConfigError(f"--trial-cpus {cpus:g}: the Ray cluster has {total_cpus:g} CPU(s)")
         self.capacity = int(workers or max(1, total_cpus // cpus))
         self.cpus, self.gpus = cpus, gpus
+        # retries are the driver's (counted, reported, bounded), never Ray's behind its back
         self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_trial)
         self._fn_ref = trial_fn
+        self._code = code_version()
         self._resources = (total_cpus, total_gpus)
+        ex = ray.exceptions
+        self._lost_errors = tuple(getattr(ex, n) for n in (
+            "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError", "RaySystemError",
+            "LocalRayletDiedError") if hasattr(ex, n))
+
+    @property
+    def ships(self) -> bool:
+        """Whether trials should get files through the object store (a cluster joined by address)."""
+        return bool(self.address)
+
+    def ship(self, request: Mapping[str, Any], files: Mapping[tuple[str, ...], tuple[str, bytes | str | Path]]
+             ) -> dict[str, Any]:
+        """Put files into the object store; each trial finds them at node-local paths.
+
+        ``files`` maps a key path of the request (``("data", "file")``) to ``(name, content)``,
+        content being bytes or a local path. Returns the request with those keys set to a
+        placeholder, which :func:`_run_trial` replaces by the node-local file.
+        """
+        out = json.loads(json.dumps(request))
+        for keys, (name, content) in files.items():
+            blob = content if isinstance(content, bytes) else Path(content).read_bytes()
+            sha = hashlib.sha256(blob).hexdigest()
+            self._shipped["/".join(keys)] = (sha, name, self._ray.put(blob))
+            _set_path(out, keys, f"shipped:{sha[:16]}-{name}")
+        return out
 
     def submit(self, key: Any, request: Mapping[str, Any]) -> None:
         request = {**request, "threads": request.get("threads") or max(1, int(self.cpus))}
-        ref = self._remote.remote(self._fn_ref, dict(request))
-        self._pending[ref] = key
+        self._submit(_Job(key, dict(request)))
+
+    def _submit(self, job: _Job) -> None:
+        ref = self._remote.remote(self._fn_ref, job.request, self._shipped, self._code)
+        self._pending[ref] = job
 
     def next(self) -> tuple[Any, dict | None, BaseException | None]:
         ray = self._ray
-        done, _ = ray.wait(list(self._pending), num_returns=1)
-        ref = done[0]
-        key = self._pending.pop(ref)
-        try:
-            return key, ray.get(ref), None
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            return key, None, cause
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.RayError) as exc:
-            return key, None, exc
+        while True:
+            done, _ = ray.wait(list(self._pending), num_returns=1)
+            ref = done[0]
+            job = self._pending.pop(ref)
+            try:
+                return job.key, ray.get(ref), None
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                return job.key, None, cause
+            except self._lost_errors as exc:
+                job.lost.append(f"{type(exc).__name__}: {_first_line(exc)}")
+                if len(job.lost) > self.retries:
+                    return job.key, None, TrialLost(len(job.lost), job.lost)
+                if self.on_retry is not None:
+                    self.on_retry(job.key, len(job.lost), job.lost[-1])
+                self._submit(job)
+            except ray.exceptions.RayError as exc:
+                return job.key, None, exc
 
     def cancel(self) -> None:
         for ref in list(self._pending):
@@ -162,6 +223,7 @@ class RayExecutor:
 
     def close(self) -> None:
         self.cancel()
+        self._shipped.clear()
         if self._started:
             self._ray.shutdown()
             self._started = False
@@ -169,18 +231,57 @@ class RayExecutor:
     def describe(self) -> str:
         cpus, gpus = self._resources
         where = self.address or "a local Ray instance"
-        return (f"ray at {where} ({cpus:g} CPUs, {gpus:g} GPUs): up to {self.capacity} trials at once, "
-                f"{self.cpus:g} CPU / {self.gpus:g} GPU each")
+        nodes = f", {len(self.nodes['nodes'])} node(s)" if self.nodes.get("nodes") else ""
+        return (f"ray at {where} ({cpus:g} CPUs, {gpus:g} GPUs{nodes}): up to {self.capacity} trials at once, "
+                f"{self.cpus:g} CPU / {self.gpus:g} GPU each, {self.retries} retries for a lost worker")
 
 
-def _run_trial(fn: TrialFn, request: Mapping[str, Any]) -> dict:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _set_path(obj: dict[str, Any], keys: Sequence[str], value: Any) -> None:
+    for k in keys[:-1]:
+        obj = obj.setdefault(k, {})
+    obj[keys[-1]] = value
+
+
+def _materialise(shipped: Mapping[str, tuple[str, str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """On a worker: write shipped files to this node's cache once, and point the request at them."""
+    import ray
+
+    from rsc.data import cache_dir
+
+    folder = cache_dir() / "shipped"
+    for keypath, (sha, name, ref) in shipped.items():
+        path = folder / f"{sha[:16]}-{name}"
+        if not path.is_file():
+            blob = ray.get(ref)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)  # atomic: trials of the same node may race to write it
+        _set_path(request, keypath.split("/"), str(path))
+    return request
+
+
+def _run_trial(fn: TrialFn, request: Mapping[str, Any], shipped: Mapping[str, Any] | None = None,
+               code: str | None = None) -> dict:
     """The Ray task: one trial, with where and when it ran."""
-    import os
+    import ray
 
+    if code is not None and code_version() != code:
+        raise RayUnavailable(f"node {socket.gethostname()} runs rscompress {code_version()}, the driver {code}")
     start, t = time.time(), time.perf_counter()
+    request = _materialise(shipped or {}, json.loads(json.dumps(request)))
+    fetched = time.perf_counter() - t
     result = fn(request)
     result.setdefault("seconds", {})["worker"] = time.perf_counter() - t
-    result["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "start": start, "end": time.time()}
+    result["seconds"]["ship"] = fetched
+    ctx = ray.get_runtime_context()
+    result["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "node_id": ctx.get_node_id(),
+                        "start": start, "end": time.time()}
     return result
 
 

@@ -49,7 +49,8 @@ def _load_base(path: str, device: str) -> Any:
 def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) -> dict[str, Any]:
     """Run one trial described by a JSON ``request``; returns a JSON result (see the module docstring).
 
-    Request keys: ``data`` {path, dataset, image_size, train_ratio, val_ratio, split_seed, digest},
+    Request keys: ``data`` {path, dataset, image_size, train_ratio, val_ratio, split_seed, digest, and
+    optionally file: the decoded set as :func:`rsc.data.save_scene_file` writes it, read instead of path},
     ``base_checkpoint``, ``plan`` {base: {model, num_classes, image_size}, steps: [...]} (a
     :class:`spaces.Plan`), ``limits`` (analytic ceilings by cost key), ``target`` (optional, tighter
     ceilings the plan aims at; a plan that cannot reach them keeps its most compressed form within
@@ -68,7 +69,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     import torch
 
     from rsc.cost import CostSettings, analytic_costs, compare_latency, measure
-    from rsc.data import load_scene_data, make_loaders, make_split
+    from rsc.data import load_scene_data, load_scene_file, make_loaders, make_split
     from rsc.evaluation import evaluate
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
@@ -86,7 +87,11 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     seed_everything(seed)
 
     d = request["data"]
-    data = load_scene_data(d.get("path"), dataset=d.get("dataset"), image_size=int(d["image_size"]), progress=False)
+    if d.get("file"):  # the decoded set itself, shipped to a worker without the image folder
+        data = load_scene_file(d["file"], root=d.get("path"))
+    else:
+        data = load_scene_data(d.get("path"), dataset=d.get("dataset"), image_size=int(d["image_size"]),
+                               progress=False)
     split = make_split(data, train_ratio=float(d["train_ratio"]), val_ratio=float(d["val_ratio"]),
                        seed=int(d.get("split_seed", 0)))
     if d.get("digest") and split.digest != d["digest"]:

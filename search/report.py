@@ -55,7 +55,8 @@ class TerminalReporter(Reporter):
     def trial(self, row: Mapping[str, Any]) -> None:
         if self.bar is None:
             return
-        self.bar.update(1)
+        if row["state"] != "lost":  # a lost trial is run again as another: it does not count
+            self.bar.update(1)
         post = {"last": f"#{row['number']} {row['state']}"}
         if row.get("hypervolume") is not None:
             post["hv"] = f"{row['hypervolume']:.4f}"
@@ -156,6 +157,7 @@ def render(result: SearchResult, stream: Any = None) -> None:
     print(f"\nstudy {result.study}: {c.get('finished', 0)} finished trial(s) "
           f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned/infeasible, {c.get('fail', 0)} failed"
           + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
+          + (f", {c['lost']} lost with their workers" if c.get("lost") else "")
           + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget"
           + (f", {c['above_floor']} of them at or above the accuracy floor {result.min_accuracy:g}"
              if "above_floor" in c else "")

@@ -41,6 +41,7 @@ class Prepared:
     target_key: str | None
     target_ceiling: float | None
     request_base: dict[str, Any]
+    ray_nodes: dict[str, Any]
 
 
 def _git_sha() -> str:
@@ -77,10 +78,13 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     objectives = objective_specs(config.objectives)
     uri = config.tracking_uri or default_tracking_uri(config.out)
     check_tracking_uri(uri)
-    if config.backend == "ray" and config.ray_address:
-        from search.executors import check_ray_address
+    ray_nodes: dict[str, Any] = {}
+    if config.backend == "ray" and config.ray_address:  # joined within --ray-timeout, same code on every node
+        from search.executors import probe_cluster
 
-        check_ray_address(config.ray_address)
+        ray_nodes = probe_cluster(config.ray_address, config.ray_timeout)
+        say(f"ray cluster at {config.ray_address}: {len(ray_nodes['nodes'])} node(s), "
+            f"{ray_nodes['resources'].get('CPU', 0):g} CPUs, Ray {ray_nodes['ray']}, every node on this code")
     joint = JointSpace(config.methods, max_combo=config.max_combo, bins=config.depth_bins or None)
     torch.manual_seed(config.seed)
 
@@ -160,4 +164,4 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,
                     device=device, data=data, split=split, ckpt=Path(ckpt), arch=arch, skeleton=skeleton,
                     context=context, base_costs=base_costs, floors=floors, target_key=key, target_ceiling=ceiling,
-                    request_base=request_base)
+                    request_base=request_base, ray_nodes=ray_nodes)

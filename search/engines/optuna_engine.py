@@ -15,10 +15,15 @@ import math
 from typing import Any, Mapping, Sequence
 
 from rsc.errors import UserError
+from tracking.mlflow_log import open_store
 
-__all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "INTERRUPTED"]
+__all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "INTERRUPTED", "LOST"]
 
 INTERRUPTED = "interrupted"
+# a new sqlite file whose tables another driver is creating; "database is locked" is not here:
+# the sqlite timeout (``timeout``) already waits for a lock, as long as the user asked
+_TABLE_RACE = ("already exists", "unique constraint failed: alembic_version")
+LOST = "lost"
 
 
 class StorageError(UserError):
@@ -85,8 +90,14 @@ class OptunaEngine:
         self.study_name = study_name
         try:
             engine_kwargs = {"connect_args": {"timeout": timeout}} if storage.startswith("sqlite") else {}
-            self.storage = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
-            existing = [s.study_name for s in self.storage.get_all_studies()]
+
+            def open_storage() -> tuple[Any, list[str]]:
+                rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+                return rdb, [s.study_name for s in rdb.get_all_studies()]
+
+            # several drivers on one new sqlite file race on creating its tables (create_all and
+            # the alembic version row are not serialised across processes): one at a time
+            self.storage, existing = open_store(storage, open_storage, patterns=_TABLE_RACE)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             raise _storage_error(storage, exc) from None
         except Exception as exc:  # noqa: BLE001 - alembic/sqlite errors of a damaged file come in many types
@@ -125,14 +136,15 @@ class OptunaEngine:
         return stale
 
     def finished(self) -> list[Any]:
-        """Trials that count towards the budget: complete, pruned, or failed by the trial itself."""
+        """Trials that count towards the budget: complete, pruned, or failed by the trial itself (not
+        interrupted, not lost with its worker)."""
         from optuna.trial import TrialState
 
         out = []
         for t in self.study.get_trials(deepcopy=False):
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 out.append(t)
-            elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED):
+            elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED) and not t.user_attrs.get(LOST):
                 out.append(t)
         return out
 
@@ -169,9 +181,13 @@ class OptunaEngine:
 
         self.study.tell(trial, state=TrialState.PRUNED)
 
-    def tell_failed(self, trial: Any, *, interrupted: bool = False) -> None:
+    def tell_failed(self, trial: Any, *, interrupted: bool = False, lost: str | None = None) -> None:
+        """A failed trial; ``interrupted`` (Ctrl-C) and ``lost`` (its worker died: the reason) ones do
+        not count towards the budget."""
         from optuna.trial import TrialState
 
         if interrupted:
             trial.set_user_attr(INTERRUPTED, True)
+        if lost:
+            trial.set_user_attr(LOST, lost[:2000])
         self.study.tell(trial, state=TrialState.FAIL)
