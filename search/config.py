@@ -106,8 +106,8 @@ class SearchConfig:
     storage: str | None = opt(None, "Optuna RDB URL (default sqlite:///<out>/<study>/optuna.db)")
     storage_timeout: float = opt(10.0, "seconds to wait for a locked sqlite storage before failing "
                                        "(default {default})")
-    tracking_uri: str | None = opt(None, "MLflow URI (default sqlite:///<out>/mlflow.db; http://host:port for a "
-                                         "server)")
+    tracking_uri: str | None = opt(None, "MLflow URI (default $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db; "
+                                         "http://host:port for a server)")
     experiment: str = opt("rsc-search", "MLflow experiment (default {default})")
     device: str | None = opt(None, "training device: cpu, cuda, cuda:N (default: cuda when available); latency is "
                                    "always measured on this machine's CPU")

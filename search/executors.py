@@ -137,6 +137,8 @@ class RayExecutor:
             if address:
                 kwargs["address"] = address
                 kwargs.pop("include_dashboard")
+            else:  # a new instance even when another one runs on this machine (ray.init() would join it)
+                kwargs["address"] = "local"
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:

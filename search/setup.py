@@ -8,6 +8,7 @@ trains (or loads) the base model, and starts or resumes the MLflow parent run.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     # 1. everything that can be wrong with the input, before any training
     budgets = parse_budgets(config.budgets)
     objectives = objective_specs(config.objectives)
-    uri = config.tracking_uri or default_tracking_uri(config.out)
+    uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(config.out)
     check_tracking_uri(uri)
     ray_nodes: dict[str, Any] = {}
     if config.backend == "ray" and config.ray_address:  # joined within --ray-timeout, same code on every node

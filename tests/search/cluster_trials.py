@@ -26,3 +26,12 @@ def marked_trial(request: Mapping[str, Any]) -> dict:
     (folder / f"{request['seed']}-{os.getpid()}.json").write_text(json.dumps(mark))
     time.sleep(float(os.environ.get("RSC_TEST_TRIAL_SLEEP", "0")))  # time for the test to act
     return evaluate_trial(request)
+
+
+def dies_on_trial_one(request: Mapping[str, Any]) -> dict:
+    """Trial 1's worker process dies on every attempt (as if killed by the OOM killer); the rest run."""
+    from search.objective import evaluate_trial
+
+    if request["seed"] == 1:
+        os._exit(1)
+    return evaluate_trial(request)

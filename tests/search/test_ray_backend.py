@@ -65,3 +65,35 @@ def test_ctrl_c_on_ray_marks_the_trials_in_flight_interrupted_and_resume_finishe
     monkeypatch.setattr(RayExecutor, "next", real_next)
     second = run(tiny_config(tmp_path, trials=3, backend="ray", workers=2, trial_cpus=1, final_epochs=0, resume=True))
     assert not second.interrupted and second.counts["complete"] == 3 and second.counts["interrupted"] == 2
+
+
+@pytest.mark.timeout(600)
+def test_a_trial_lost_on_every_attempt_is_named_and_replaced(tmp_path):
+    """Trial 1's worker dies on both attempts: it is marked lost (not counted, not on the front), the
+    search asks another trial and still ends with --trials finished, and the summary names it."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from search.run import render, run
+    from tests.search.cluster_trials import dies_on_trial_one
+
+    config = tiny_config(tmp_path, trials=3, backend="ray", workers=2, trial_cpus=1, final_epochs=0,
+                         trial_retries=1)
+    result = run(config, trial_fn=dies_on_trial_one)
+    assert result.counts["finished"] == 3 and result.counts["complete"] == 3 and result.counts["lost"] == 1
+
+    study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
+    lost = [t for t in study.trials if t.user_attrs.get("lost")]
+    assert [t.number for t in lost] == [1] and lost[0].state.name == "FAIL"
+    assert "lost 2 time(s)" in lost[0].user_attrs["lost"] and "WorkerCrashedError" in lost[0].user_attrs["lost"]
+    assert sorted(t.number for t in study.trials if t.state.name == "COMPLETE") == [0, 2, 3]
+
+    run1 = MlflowClient(tracking_uri=result.tracking_uri).get_run(lost[0].user_attrs["mlflow_run_id"])
+    assert run1.info.status == "KILLED" and run1.data.tags["state"] == "LOST" and run1.data.tags["attempts"] == "2"
+
+    import io
+
+    out = io.StringIO()
+    render(result, out)
+    text = out.getvalue()
+    assert "1 lost with their workers" in text and "trial 1: lost 2 time(s)" in text
