@@ -48,21 +48,26 @@ def _wait_for_jobs_api(url: str, timeout: float = 90.0) -> None:
     raise AssertionError(f"the dashboard's Jobs API at {url} did not answer within {timeout:g} s: {error}")
 
 
-@pytest.fixture
-def head(monkeypatch):
-    """A one-node Ray head (2 CPUs) with its dashboard; yields the Jobs API's URL."""
+@pytest.fixture(scope="module")
+def head():
+    """A one-node Ray head (2 CPUs) with its dashboard, shared by this module's tests; yields the Jobs API's URL."""
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the same for the head and this client
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # the same for the head and this client
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        yield from _start_head(Cluster)
+
+
+def _start_head(Cluster):
     temp_dir = tempfile.mkdtemp(prefix="rsc-rj-", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = _free_port()
     c = None
     try:
-        c = Cluster(initialize_head=True, connect=False, head_node_args=dict(
-            num_cpus=2, node_ip_address=LOOPBACK, object_store_memory=100 * 1024**2, temp_dir=temp_dir,
-            include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
-            dashboard_agent_listen_port=_free_port()))
+        c = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 2, "node_ip_address": LOOPBACK, "object_store_memory": 100 * 1024**2, "temp_dir": temp_dir,
+            "include_dashboard": True, "dashboard_host": LOOPBACK, "dashboard_port": port,
+            "dashboard_agent_listen_port": _free_port()})
         url = f"http://{LOOPBACK}:{port}"
         _wait_for_jobs_api(url)
         yield url
@@ -108,6 +113,8 @@ def test_a_search_submitted_as_a_ray_job_runs_its_trials_on_the_cluster(tmp_path
 
     status, info, logs = _submit_and_wait(head, _search_argv(tmp_path, "nonzero_params<60%"), cache_dir)
     assert status == "SUCCEEDED", f"job {status} ({info.message}):\n{logs[-6000:]}"
+    # the probe joined the job's cluster and found the uploaded code on its node; the trials ran there
+    assert "ray cluster at auto: 1 node(s), 2 CPUs" in logs and "every node on this code" in logs, logs[-6000:]
     assert "trials run on ray at auto (2 CPUs" in logs, logs[-6000:]
     assert "Traceback" not in logs, logs[-6000:]
 
