@@ -474,3 +474,4 @@ register_cost("latency_ms", unit="ms", measured=True, budget="latency", units=TI
     lambda m, s: measure_latency(m, settings=s, batch_size=1))
 register_cost("latency_ms_batch", unit="ms", measured=True)(
     lambda m, s: measure_latency(m, settings=s, batch_size=s.batch_size))
+from rsc import energy as _energy  # noqa: F401 - registers energy_mj (analytic energy per image, rsc/energy.py)

@@ -23,7 +23,7 @@ from typing import Any
 
 from rsc.errors import ConfigError, UserError
 
-__all__ = ["RayUnavailable", "check_ray_address", "code_version", "probe_cluster"]
+__all__ = ["RayUnavailable", "check_ray_address", "code_version", "probe_cluster", "join_for_target"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rsc", "spaces", "search", "tracking")
@@ -136,3 +136,28 @@ def _last_error(stderr: str) -> str:
         if ln.split(":")[0].endswith(("Error", "Exception")):
             return ln
     return lines[-1] if lines else "the probe exited without a word"
+
+
+def join_for_target(address: str | None, spec: str) -> bool:
+    """Connect this process to the Ray cluster at ``address`` for a ``ray:`` latency target.
+
+    Nothing to do when Ray is initialised already (a test's private instance, a Ray job's driver).
+    Returns whether this call connected (the caller then shuts Ray down at the end). Call
+    :func:`probe_cluster` first: a join that cannot reach the GCS would hang here.
+
+    Raises:
+        ConfigError: no ``address`` to join.
+        RayUnavailable: Ray refused the join.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if not address:
+        raise ConfigError(f"--target {spec} measures on a Ray node: pass --ray-address of the cluster it joined")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayUnavailable(f"cannot join Ray at {address}: {_last_error(str(exc))}") from None
+    return True

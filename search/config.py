@@ -90,6 +90,12 @@ class SearchConfig:
                              "every fine-tune epoch, so a short fine-tune is scored with statistics of its final "
                              "weights (default {default}; 0: off)")
     latency: bool = opt(True, "skip latency/speed-up measurement per trial", flag="--no-latency")
+    hardware: str = opt("cpu", "where latency and speed-up are measured: DEVICE[:N][,KEY=VALUE...] with DEVICE cpu, "
+                               "cuda, cuda:N or ray:RESOURCE (the Ray node offering that custom resource) and keys "
+                               "threads, runtime (eager, torchscript, onnxruntime), provider, format "
+                               "(channels_last, contiguous), batch, device (ray: only); e.g. "
+                               "cpu:threads=4,runtime=onnxruntime (default {default}: this CPU, 1 thread, eager, "
+                               "channels-last, batch 1)", flag="--target", metavar="SPEC")
 
     # -- final stage
     final_epochs: int = opt(20, "fine-tune epochs of the Pareto set (default {default})")
@@ -110,7 +116,7 @@ class SearchConfig:
                                          "http://host:port for a server)")
     experiment: str = opt("rsc-search", "MLflow experiment (default {default})")
     device: str | None = opt(None, "training device: cpu, cuda, cuda:N (default: cuda when available); latency is "
-                                   "always measured on this machine's CPU")
+                                   "measured on --target")
     backend: str = opt("local", "where trials run: local (this process, one at a time; default) or ray (several at "
                                 "once on a Ray cluster)", choices=BACKENDS)
     ray_address: str | None = opt(None, "Ray cluster to join: auto, host:port or ray://host:10001 (default: start "
@@ -162,8 +168,12 @@ class SearchConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers!r}")
         if not float(self.trial_cpus) > 0 or float(self.trial_gpus) < 0:
             raise ConfigError(f"trial_cpus must be > 0 and trial_gpus >= 0, got {self.trial_cpus!r}, {self.trial_gpus!r}")
-        if self.backend == "local" and (self.ray_address or self.workers):
-            raise ConfigError("--ray-address and --workers need --backend ray")
+        from rsc.targets import parse_target
+
+        remote = parse_target(self.hardware).remote is not None
+        if self.backend == "local" and (self.workers or (self.ray_address and not remote)):
+            raise ConfigError("--ray-address and --workers need --backend ray (--ray-address also joins the "
+                              "cluster of a --target ray:RESOURCE)")
         if self.ray_data == "object-store" and self.backend != "ray":
             raise ConfigError("--ray-data object-store needs --backend ray")
         if self.targets not in TARGETS:

@@ -296,8 +296,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                     aim = {s.target_key: trial_target(trial, combo, key=s.target_key, ceiling=s.target_ceiling,
                                                       floors=s.floors, min_target=config.min_target)}
                     trial.set_user_attr("target", aim)
-                run_id = tracker.start_trial(search.parent_id, trial.number,
-                                             tags={"method": combo, "study": config.study_name})
+                run_id = tracker.start_trial(search.parent_id, trial.number, tags={
+                    "method": combo, "study": config.study_name, "hardware": s.hardware.spec})
                 trial.set_user_attr("mlflow_run_id", run_id)
                 trial.set_user_attr("method", combo)
                 plan = {"base": s.arch, "steps": [st.to_dict() for st in steps]}
@@ -334,7 +334,9 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                           experiment_id=tracker.experiment_id, parent_run_id=search.parent_id,
                           out_dir=str(config.study_dir.resolve()), artifact_uri=tracker.artifact_uri(search.parent_id),
                           objectives=[(n, d) for n, _, d in search.objectives], hypervolume=hv,
-                          interrupted=interrupted, trials=search.rows, base_costs=dict(s.base_costs))
+                          interrupted=interrupted, trials=search.rows, base_costs=dict(s.base_costs),
+                          hardware=s.hardware.spec, hardware_fingerprint=dict(s.hardware_fingerprint or {}),
+                          hardware_note=s.hardware.describe())
     result.counts = search.counts()
     if lost:
         result.notes.append(f"{len(lost)} trial(s) lost with their workers, not counted towards --trials:\n  "
@@ -357,5 +359,9 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     except KeyboardInterrupt:
         result.interrupted = True
     tracker.end_parent(search.parent_id, status="KILLED" if result.interrupted else "FINISHED")
+    if s.ray_joined:  # connected for a ray: latency target (search.cluster.join_for_target)
+        import ray
+
+        ray.shutdown()
     result.timing["total"] = time.perf_counter() - t_start
     return result

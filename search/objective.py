@@ -27,7 +27,11 @@ from typing import Any, Mapping
 
 from spaces.finetune import StopFinetune
 
-__all__ = ["evaluate_trial", "EarlyStopped"]
+__all__ = ["evaluate_trial", "EarlyStopped", "POST_TRAINING_COSTS"]
+
+#: Costs that post-training steps (int8) change: a plan aimed at them is projected with those steps
+#: applied; others are probed without them, which is faster (int8 conversion per probe).
+POST_TRAINING_COSTS = frozenset({"size", "energy_mj"})
 
 
 class EarlyStopped(StopFinetune):
@@ -56,7 +60,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     ceilings the plan aims at; a plan that cannot reach them keeps its most compressed form within
     ``limits``), ``base_costs``, ``epochs``, ``lr``, ``batch_size``, ``seed``, ``device``,
     ``calibration_batches``, ``bn_batches`` (BatchNorm re-estimation after every fine-tune epoch;
-    0: off), ``latency`` (bool), ``early_stop`` (or null: {fronts, directions, cost_keys, margin};
+    0: off), ``latency`` (bool), ``hardware`` (the :mod:`rsc.targets` spec latency is measured on;
+    default ``cpu``), ``early_stop`` (or null: {fronts, directions, cost_keys, margin};
     ``fronts`` maps an epoch, as a string, to the points [val OA after that epoch, costs...] of
     finished trials, so a trial is only ever compared with others at the same point of the same
     schedule), ``evaluate_test`` (bool), ``threads`` (or null).
@@ -68,9 +73,10 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     """
     import torch
 
-    from rsc.cost import CostSettings, analytic_costs, compare_latency, measure
+    from rsc.cost import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, load_scene_file, make_loaders, make_split
     from rsc.evaluation import evaluate
+    from rsc.targets import compare_latency_on
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
     from spaces.compose import split_plan, to_cpu
@@ -129,7 +135,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
         # builds are faster (a pruning trial's projection on an H200 machine: 1.7 s on CUDA, 1.1 s)
         probe_base, probe_ctx = to_cpu(base, context, copy_model=True)
         plan, factor = project_plan(probe_base, plan, probe_ctx, cost_gap(aim, image_size),
-                                    probe_post_training="size" in aim,
+                                    probe_post_training=bool(POST_TRAINING_COSTS & set(aim)),
                                     fallback=None if aim == limits else
                                     cost_gap(limits, image_size) if limits else (lambda _model: -1.0))
     seconds["project"] = time.perf_counter() - t
@@ -190,10 +196,12 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     result: dict[str, Any] = {"status": "ok", "val_oa": float(val_oa), "epochs_run": len(history), "history": history}
     if request.get("latency", True):
         base_cpu = base.cpu()
-        lat = compare_latency({"base": base_cpu, "model": model.cpu()}, settings=settings)
+        lat = compare_latency_on(request.get("hardware") or "cpu", {"base": base_cpu, "model": model.cpu()},
+                                 image_size)
         costs["latency_ms"] = lat["model"]
         result["speedup"] = lat["base"] / lat["model"] if lat["model"] else math.inf
         result["base_latency_ms"] = lat["base"]
+        result["hardware"] = request.get("hardware") or "cpu"
     seconds["cost"] = time.perf_counter() - t
     if request.get("evaluate_test"):
         t = time.perf_counter()

@@ -94,6 +94,9 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     min_accuracy: float | None = None
     searched: list[str] = field(default_factory=list)  # cost keys budgeted or optimised
+    hardware: str = "cpu"  # the rsc.targets spec latency and speed-up were measured on
+    hardware_fingerprint: dict[str, Any] = field(default_factory=dict)
+    hardware_note: str = ""  # Target.describe()
 
 
 def _fmt(v: Any, key: str) -> str:
@@ -165,7 +168,8 @@ def render(result: SearchResult, stream: Any = None) -> None:
     if result.final:
         keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final], result.searched),
                 "speedup"]
-        print("\nPareto set after final fine-tuning (test split), beside the base model:", file=stream)
+        print("\nPareto set after final fine-tuning (test split), beside the base model "
+              f"(latency_ms and speedup on --target {result.hardware}):", file=stream)
         print(render_table([result.base, *result.final], keys), file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
@@ -177,6 +181,11 @@ def render(result: SearchResult, stream: Any = None) -> None:
               "lower --min-accuracy, or raise --fidelity-epochs so trials train longer", file=stream)
     else:
         print("no complete trial inside the budget yet", file=stream)
+    if result.hardware_note or result.hardware_fingerprint:
+        device = result.hardware_fingerprint.get("device_name")
+        print(f"\nlatency and speed-up measured on {result.hardware_note or result.hardware} (--target "
+              f"{result.hardware}" + (f"; {device}" if device and device not in result.hardware_note else "") + ")",
+              file=stream)
     if "overhead_share" in result.timing:
         print(f"\nbookkeeping outside model compute: {100 * result.timing['overhead_share']:.1f}% of trial wall time",
               file=stream)

@@ -8,6 +8,7 @@ trains (or loads) the base model, and starts or resumes the MLflow parent run.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ class Prepared:
     target_ceiling: float | None
     request_base: dict[str, Any]
     ray_nodes: dict[str, Any]
+    hardware: Any = None  # the rsc.targets.Target latency is measured on
+    hardware_fingerprint: dict[str, Any] | None = None
+    ray_joined: bool = False  # this search connected to Ray for a ray: target (and disconnects at the end)
 
 
 def _git_sha() -> str:
@@ -64,6 +68,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     from rsc.cost import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, make_split
     from rsc.models import create_model
+    from rsc.targets import compare_latency_on, parse_target
     from rsc.training import resolve_device
     from search.base_model import obtain_base_checkpoint
     from search.budget import parse_budgets
@@ -80,13 +85,15 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(config.out)
     check_tracking_uri(uri)
     ray_nodes: dict[str, Any] = {}
-    if config.backend == "ray" and config.ray_address:  # joined within --ray-timeout, same code on every node
+    hardware = parse_target(config.hardware)
+    if config.ray_address and (config.backend == "ray" or hardware.remote):  # joined within --ray-timeout, same code
         from search.executors import probe_cluster
 
         ray_nodes = probe_cluster(config.ray_address, config.ray_timeout)
         say(f"ray cluster at {config.ray_address}: {len(ray_nodes['nodes'])} node(s), "
             f"{ray_nodes['resources'].get('CPU', 0):g} CPUs, Ray {ray_nodes['ray']}, every node on this code")
     joint = JointSpace(config.methods, max_combo=config.max_combo, bins=config.depth_bins or None)
+    ray_joined = _check_hardware(config, hardware, joint, say)
     torch.manual_seed(config.seed)
 
     if config.data is None:
@@ -103,8 +110,13 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     base_costs = measure(skeleton, analytic_costs(), settings)
     measured = [b.spec.cost_key for b in budgets if b.spec.kind == "measured"]
     measured += [k for _, k, _ in objectives if k not in base_costs and k != "val_oa"]
-    if measured:
-        base_costs.update(measure(skeleton, list(dict.fromkeys(measured)), settings))
+    if config.latency:
+        measured.append("latency_ms")
+    measured = list(dict.fromkeys(measured))
+    if "latency_ms" in measured:  # on the target; every other measured cost as rsc.cost defines it
+        base_costs["latency_ms"] = compare_latency_on(hardware, {"model": skeleton}, data.image_size)["model"]
+    if [k for k in measured if k != "latency_ms"]:
+        base_costs.update(measure(skeleton, [k for k in measured if k != "latency_ms"], settings))
     budgets = budgets.resolve(base_costs)
     limits = {k: v for k, v in budgets.limits().items() if k in {b.spec.cost_key for b in budgets.analytic}}
     key = target_key(objectives) if config.min_target < 1.0 else None  # trials aim at a fraction of its ceiling
@@ -121,6 +133,14 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                           directions=[d for _, _, d in objectives], sampler=config.sampler, seed=config.seed,
                           resume=config.resume, population_size=config.population_size,
                           startup_trials=config.startup_trials, timeout=config.storage_timeout)
+    measured_on = engine.get_attr("hardware", "cpu" if engine.finished() else hardware.spec)  # older studies: cpu
+    if measured_on != hardware.spec:
+        from rsc.errors import ConfigError
+
+        raise ConfigError(f"study {config.study_name} measured latency on --target {measured_on}; resuming it on "
+                          f"{hardware.spec} would mix the two (start another --study)")
+    engine.set_attr("hardware", hardware.spec)
+    fingerprint = hardware.fingerprint()
     tracker = Tracker(uri=uri, experiment=config.experiment, artifact_location=None if uri.startswith("http")
                       else (Path(config.out).resolve() / "mlartifacts").as_uri())
     ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
@@ -144,12 +164,15 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                   "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
                   "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
                   "bn_batches": config.bn_batches, "final_epochs": config.final_epochs,
-                  "image_size": data.image_size, "device": device,
+                  "image_size": data.image_size, "device": device, "hardware": hardware.spec,
+                  "hardware_device": fingerprint.get("device_name", ""),
                   "min_target": config.min_target if key else 1.0, "target_key": key or "",
                   "base_checkpoint": str(ckpt), "study": config.study_name, "storage": config.storage_url}
         parent_id = tracker.start_parent(config.study_name, params=params,
-                                         tags={"study": config.study_name, "git_sha": _git_sha(), "kind": "search"})
+                                         tags={"study": config.study_name, "git_sha": _git_sha(), "kind": "search",
+                                               "hardware": hardware.spec})
         tracker.log_text(parent_id, config.to_json(), "config.json")
+        tracker.log_text(parent_id, json.dumps(fingerprint, indent=1, sort_keys=True), "hardware.json")
         tracker.log_metrics(parent_id, {f"base_{k}": v for k, v in base_costs.items()})
         engine.set_attr("mlflow_parent_run_id", parent_id)
         engine.set_attr("mlflow_tracking_uri", uri)
@@ -159,10 +182,40 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         "base_checkpoint": str(Path(ckpt).resolve()), "limits": limits, "base_costs": base_costs,
         "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
         "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
-        "latency": config.latency,
+        "latency": config.latency, "hardware": hardware.spec,
     }
     search = Search(config, engine, tracker, parent_id, joint, budgets, objectives, base_costs)
     return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,
                     device=device, data=data, split=split, ckpt=Path(ckpt), arch=arch, skeleton=skeleton,
                     context=context, base_costs=base_costs, floors=floors, target_key=key, target_ceiling=ceiling,
-                    request_base=request_base, ray_nodes=ray_nodes)
+                    request_base=request_base, ray_nodes=ray_nodes, hardware=hardware,
+                    hardware_fingerprint=fingerprint, ray_joined=ray_joined)
+
+
+def _check_hardware(config: SearchConfig, hardware: Any, joint: Any, say: Callable[[str], None]) -> bool:
+    """The latency target exists (joining Ray for a ``ray:`` one) and can time every method's models.
+
+    Returns whether Ray was joined here. Raises ConfigError before any training otherwise.
+    """
+    from rsc.errors import ConfigError
+
+    int8 = [m.name for m in joint.methods.values() if joint.space(m.name).post_training]
+    if int8 and config.latency and not hardware.runs_int8:
+        raise ConfigError(f"--target {hardware.spec} cannot time int8 models (their kernels run on the CPU only and "
+                          f"do not export to ONNX): drop {', '.join(int8)} from --methods, or measure on the cpu "
+                          "with runtime eager or torchscript")
+    joined = False
+    if hardware.remote:
+        from search.cluster import join_for_target
+
+        joined = join_for_target(config.ray_address, hardware.spec)
+    try:
+        hardware.check()
+    except BaseException:
+        if joined:
+            import ray
+
+            ray.shutdown()
+        raise
+    say(f"latency measured on {hardware.describe()} (--target {hardware.spec})")
+    return joined

@@ -151,8 +151,8 @@ def test_registry_is_pluggable_and_refuses_duplicates():
         register_cost("params_again", unit="count", budget="params")(lambda m, s: 0.0)
     name = "energy_test_only"
     if name not in list_metrics():  # a cost registered once is a budget metric, with its unit grammar
-        register_cost("energy_mj", unit="mJ", measured=True, budget=name,
+        register_cost("energy_test_only_mj", unit="mJ", measured=True, budget=name,
                       units={"": 1.0, "mj": 1.0, "j": 1e3})(lambda m, s: 0.0)
     b = parse_budget(f"{name}<2J")
-    assert b.value == 2000.0 and b.check({"energy_mj": 1500.0})
-    assert not b.check({"energy_mj": 2500.0})
+    assert b.value == 2000.0 and b.check({"energy_test_only_mj": 1500.0})
+    assert not b.check({"energy_test_only_mj": 2500.0})

@@ -50,6 +50,13 @@ def test_help_is_fast():
         (["--budget", "params<5M", "--workers", "2"], "need --backend ray"),
         (["--budget", "params<5M", "--backend", "ray", "--ray-address", "nowhere"], "expected host:port"),
         (["--budget", "params<5M", "--backend", "ray", "--trial-cpus", "0"], "trial_cpus must be > 0"),
+        (["--budget", "params<5M", "--target", "tpu"], "target 'tpu': unknown device 'tpu'"),
+        (["--budget", "params<5M", "--target", "cpu:speed=9"], "unknown key 'speed'; allowed keys: threads"),
+        (["--budget", "params<5M", "--target", "cuda:99"], "target cuda:99: "),
+        (["--budget", "params<5M", "--target", "cpu:threads=4096"], "threads=4096, but this machine has"),
+        (["--budget", "params<5M", "--methods", "sparse,quant", "--target", "cpu:runtime=onnxruntime"],
+         "cannot time int8 models"),
+        (["--budget", "params<5M", "--target", "ray:target-jetson"], "pass --ray-address"),
     ],
 )
 def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
