@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-data bench-spaces bench-search bench-device clean
+.PHONY: setup demo test bench-data bench-spaces bench-search bench-cluster bench-device clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench-spaces: setup
 
 bench-search: setup
 	$(BIN)/python benchmarks/bench_search.py --data ../shared/datasets/UCMerced_LandUse
+
+# The same search on a 2-node and a 1-node Ray cluster on loopback, side by side (about 6 min)
+bench-cluster: setup
+	$(BIN)/python benchmarks/bench_ray_cluster.py --data ../shared/datasets/UCMerced_LandUse --trials 12 --fidelity-epochs 2
 
 # Trials on CUDA beside the CPU, same plans and seeds (needs a GPU; about 2 min on an H200)
 bench-device: setup
