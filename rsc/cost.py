@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # torch loads on first use, so that CLIs answer --help at onc
 __all__ = [
     "CostSettings", "CostMetric", "register_cost", "list_costs", "get_cost", "budget_metrics", "analytic_costs",
     "measure", "compare", "COUNT_UNITS", "BYTE_UNITS", "TIME_UNITS",
-    "count_params", "count_nonzero_params", "count_macs", "serialized_size", "sparse_size",
+    "count_params", "count_nonzero_params", "count_macs", "layer_kind", "serialized_size", "sparse_size",
     "measure_latency", "compare_latency",
 ]
 
@@ -267,6 +267,16 @@ def _model_device(model: nn.Module, default: str) -> torch.device:
     return torch.device(default)
 
 
+def layer_kind(m: nn.Module) -> str | None:
+    """``"conv"`` or ``"linear"`` for a module that computes like one (float, quantised or a custom
+    wrapper with the same attributes), else None."""
+    if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
+        return "conv"
+    if hasattr(m, "in_features") and hasattr(m, "out_features"):
+        return "linear"
+    return None
+
+
 def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, device: str = "cpu") -> int:
     """Multiply-accumulates of Conv and Linear layers for one image (see the module docstring)."""
     import torch
@@ -284,19 +294,12 @@ def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, devic
         nonlocal total
         total += out.numel() * m.in_features
 
-    def kind(m: nn.Module) -> str | None:
-        if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
-            return "conv"
-        if hasattr(m, "in_features") and hasattr(m, "out_features"):
-            return "linear"
-        return None
-
     handles = []
     for m in model.modules():
-        k = kind(m)
+        k = layer_kind(m)
         # innermost only (a wrapper that copies its conv's attributes must not count twice);
         # quantised Linear is not a leaf: it holds a parameter-less packed-params child
-        if k is None or any(kind(c) for c in m.modules() if c is not m):
+        if k is None or any(layer_kind(c) for c in m.modules() if c is not m):
             continue
         handles.append(m.register_forward_hook(conv_hook if k == "conv" else linear_hook))
     dev = _model_device(model, device)

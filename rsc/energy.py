@@ -269,14 +269,6 @@ def _layer(em: EnergyModel, name: str, kind: str, bits: int, macs: int, weights:
         dram_pj=dram_words * em.dram_pj * r)
 
 
-def _kind(m: nn.Module) -> str | None:
-    if all(hasattr(m, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
-        return "conv"
-    if hasattr(m, "in_features") and hasattr(m, "out_features"):
-        return "linear"
-    return None
-
-
 def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
                      energy_model: EnergyModel | None = None) -> list[LayerEnergy]:
     """Per-layer energy of one image (batch 1) through ``model``, in execution order.
@@ -288,7 +280,7 @@ def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
     """
     import torch
 
-    from rsc.cost import _eval_mode, _model_device
+    from rsc.cost import _eval_mode, _model_device, layer_kind
 
     em = energy_model or EnergyModel()
     if not isinstance(image_size, int) or image_size < 1 or not isinstance(in_channels, int) or in_channels < 1:
@@ -322,9 +314,9 @@ def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
 
     handles = []
     for name, m in model.named_modules():
-        kind = _kind(m)
+        kind = layer_kind(m)
         # innermost only, as count_macs: quantised Linear holds a parameter-less packed-params child
-        if kind is None or any(_kind(c) for c in m.modules() if c is not m):
+        if kind is None or any(layer_kind(c) for c in m.modules() if c is not m):
             continue
         handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, kind)))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -75,3 +75,27 @@ def image_folder(tmp_path) -> Path:
         for i in range(10):
             write_image(root / name / f"{name}{i:02d}.jpg", seed=100 * c + i)
     return root
+
+
+@pytest.fixture
+def private_ray():
+    """A private one-CPU Ray instance on loopback (127.0.0.2: Ray rewrites 127.0.0.1 to the host's address)
+    offering the custom resource ``target-test``; shut down after the test."""
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is initialised in this process already")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    temp_dir = tempfile.mkdtemp(prefix="rsc-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(address="local", num_cpus=1, resources={"target-test": 1}, include_dashboard=False,
+             _node_ip_address="127.0.0.2", _temp_dir=temp_dir, object_store_memory=100 * 1024**2,
+             logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        mp.undo()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,8 +4,6 @@ this CPU (structure only: no timing asserts), refusals, and a ray: target on a p
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -158,26 +156,6 @@ def test_ray_target_without_ray_says_how_to_join():
         pytest.skip("Ray is initialised in this process")
     with pytest.raises(ConfigError, match=r"needs a Ray cluster with a node that offers 'target-test'"):
         parse_target("ray:target-test").check()
-
-
-@pytest.fixture(scope="module")
-def private_ray():
-    """A private one-CPU Ray instance on loopback offering the custom resource ``target-test``."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is initialised in this process already")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    temp_dir = tempfile.mkdtemp(prefix="rsc-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=1, resources={"target-test": 1}, include_dashboard=False,
-             _node_ip_address="127.0.0.2", _temp_dir=temp_dir, object_store_memory=100 * 1024**2,
-             logging_level="ERROR", log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        mp.undo()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_target_measures_on_the_node_that_offers_the_resource(private_ray):

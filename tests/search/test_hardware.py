@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 
 import pytest
 
@@ -69,24 +67,6 @@ def test_search_on_onnxruntime_records_the_target_everywhere(tmp_path):
         run(config.replace(resume=True, hardware="cpu"))
 
 
-@pytest.fixture
-def private_ray():
-    """A private one-CPU Ray instance on loopback offering the custom resource ``target-test``."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is initialised in this process already")
-    temp_dir = tempfile.mkdtemp(prefix="rsc-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=1, resources={"target-test": 1}, include_dashboard=False,
-             _node_ip_address="127.0.0.2", _temp_dir=temp_dir, object_store_memory=100 * 1024**2,
-             logging_level="ERROR", log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.mark.timeout(600)
 def test_search_with_a_ray_target_measures_there(tmp_path, private_ray, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     from search.run import run
