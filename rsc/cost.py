@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # torch loads on first use, so that CLIs answer --help at onc
 __all__ = [
     "CostSettings", "CostMetric", "register_cost", "list_costs", "get_cost", "budget_metrics", "analytic_costs",
     "measure", "compare", "COUNT_UNITS", "BYTE_UNITS", "TIME_UNITS",
-    "count_params", "count_nonzero_params", "count_macs", "layer_kind", "serialized_size", "sparse_size",
+    "count_params", "count_nonzero_params", "count_macs", "layer_kind", "hooked_forward", "eval_mode", "serialized_size", "sparse_size",
     "measure_latency", "compare_latency",
 ]
 
@@ -249,7 +249,8 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; every module's own training flag restored after."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -279,8 +280,6 @@ def layer_kind(m: nn.Module) -> str | None:
 
 def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, device: str = "cpu") -> int:
     """Multiply-accumulates of Conv and Linear layers for one image (see the module docstring)."""
-    import torch
-
     total = 0
 
     def conv_hook(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -294,23 +293,35 @@ def count_macs(model: nn.Module, *, image_size: int, in_channels: int = 3, devic
         nonlocal total
         total += out.numel() * m.in_features
 
+    hooked_forward(model, lambda _name, kind: conv_hook if kind == "conv" else linear_hook,
+                   image_size=image_size, in_channels=in_channels, device=device)
+    return int(total)
+
+
+def hooked_forward(model: nn.Module, hook_for: Callable[[str, str], Callable[..., None]], *, image_size: int,
+                   in_channels: int = 3, device: str = "cpu", dtype: Any = None) -> None:
+    """One forward of a zero image (batch 1) through ``model`` in eval mode (restored after), with
+    ``hook_for(name, kind)``'s forward hook on each innermost Conv/Linear layer (:func:`layer_kind`).
+
+    Innermost only: a wrapper that copies its conv's attributes must not count twice; quantised
+    Linear is not a leaf (it holds a parameter-less packed-params child). The counters of MACs and
+    energy both walk the layers this way.
+    """
+    import torch
+
     handles = []
-    for m in model.modules():
-        k = layer_kind(m)
-        # innermost only (a wrapper that copies its conv's attributes must not count twice);
-        # quantised Linear is not a leaf: it holds a parameter-less packed-params child
-        if k is None or any(layer_kind(c) for c in m.modules() if c is not m):
+    for name, m in model.named_modules():
+        kind = layer_kind(m)
+        if kind is None or any(layer_kind(c) for c in m.modules() if c is not m):
             continue
-        handles.append(m.register_forward_hook(conv_hook if k == "conv" else linear_hook))
-    dev = _model_device(model, device)
-    x = torch.zeros(1, in_channels, image_size, image_size, device=dev)
+        handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, kind)))
+    x = torch.zeros(1, in_channels, image_size, image_size, device=_model_device(model, device), dtype=dtype)
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return int(total)
 
 
 def serialized_size(model: nn.Module) -> int:
@@ -392,7 +403,7 @@ def compare_latency(models: Mapping[str, nn.Module], *, settings: CostSettings |
     for name, m in models.items():
         inputs[name] = settings.example_input(batch_size).to(_model_device(m, settings.device))
     with _threads(settings.threads), torch.inference_mode():
-        modes = [_eval_mode(m) for m in models.values()]
+        modes = [eval_mode(m) for m in models.values()]
         for ctx in modes:
             ctx.__enter__()
         try:

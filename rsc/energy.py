@@ -280,7 +280,7 @@ def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
     """
     import torch
 
-    from rsc.cost import _eval_mode, _model_device, layer_kind
+    from rsc.cost import hooked_forward
 
     em = energy_model or EnergyModel()
     if not isinstance(image_size, int) or image_size < 1 or not isinstance(in_channels, int) or in_channels < 1:
@@ -312,21 +312,8 @@ def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
                                  int(out.numel()), density))
         return hook
 
-    handles = []
-    for name, m in model.named_modules():
-        kind = layer_kind(m)
-        # innermost only, as count_macs: quantised Linear holds a parameter-less packed-params child
-        if kind is None or any(layer_kind(c) for c in m.modules() if c is not m):
-            continue
-        handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, kind)))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.zeros(1, in_channels, image_size, image_size, device=_model_device(model, "cpu"), dtype=dtype)
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(model, hook_for, image_size=image_size, in_channels=in_channels, dtype=dtype)
     return layers
 
 

@@ -448,19 +448,17 @@ def _export_onnx(target: Target, name: str, model: nn.Module, x: Any, path: Path
                                 f"target {target.spec} cannot time it (use runtime=eager or torchscript on the cpu)")
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()
-    modes = {m: m.training for m in model.modules()}
+    from rsc.cost import eval_mode
+
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(),
+              eval_mode(model)):
             warnings.simplefilter("ignore")
-            model.eval()
             torch.onnx.export(model, (x,), str(path), opset_version=ONNX_OPSET, input_names=["image"],
                               output_names=["logits"], external_data=False, verbose=False)
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways
         raise TargetUnsupported(f"model {name!r} does not export to ONNX for target {target.spec}: "
                                 f"{_first_line(exc)}") from None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _onnxruntime_latency(target: Target, models: Mapping[str, nn.Module], settings: Any) -> dict[str, float]:

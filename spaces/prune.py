@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rsc.cost import eval_mode
 from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
                           depth_bins, expand_bins, find_head, is_positive_int, round_channels)
 from spaces.base import Context, Params, Record, Space, Transformed
@@ -58,17 +59,12 @@ def _trace(model: nn.Module, example: torch.Tensor) -> Any:
     """torch-pruning's dependency graph of ``model`` (traced in eval mode: BN with batch 1)."""
     import torch_pruning as tp
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:  # noqa: BLE001 - tracing errors come in every type
         raise _err(f"torch-pruning cannot trace {type(model).__name__}: "
                           f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _err(msg: str) -> SpaceError:
