@@ -100,12 +100,14 @@ class CostSettings:
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"cost settings: warmup must be an integer >= 0, got {self.warmup!r}")
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+    def example_input(self, batch_size: int = 1, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """A seeded random input: ``(batch, in_channels, image_size, image_size)``, or ``(batch, *shape)``."""
         import torch
 
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, self.in_channels, self.image_size, self.image_size, generator=gen)
-        return x.to(self.device).contiguous(memory_format=_memory_format(self.memory_format))
+        dims = tuple(shape) if shape is not None else (self.in_channels, self.image_size, self.image_size)
+        x = torch.randn(batch_size, *dims, generator=gen).to(self.device)
+        return x.contiguous(memory_format=_memory_format(self.memory_format)) if x.dim() == 4 else x
 
 
 CostFn = Callable[["nn.Module", CostSettings], float]
@@ -388,11 +390,12 @@ def _sync(device: torch.device) -> None:
 
 
 def compare_latency(models: Mapping[str, nn.Module], *, settings: CostSettings | None = None,
-                    batch_size: int = 1) -> dict[str, float]:
+                    batch_size: int = 1, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
     """Median forward latency (ms) of each model, with the models' runs interleaved.
 
     Interleaving (A, B, A, B, ...) rather than timing A then B means a burst of load from other
     processes slows both alike, so their ratio (the speed-up) stays meaningful on a shared machine.
+    ``shapes`` gives a model its own input shape (without the batch), e.g. a layer of a latency table.
     """
     import torch
 
@@ -401,7 +404,8 @@ def compare_latency(models: Mapping[str, nn.Module], *, settings: CostSettings |
     times: dict[str, list[float]] = {k: [] for k in models}
     inputs = {}
     for name, m in models.items():
-        inputs[name] = settings.example_input(batch_size).to(_model_device(m, settings.device))
+        shape = (shapes or {}).get(name)
+        inputs[name] = settings.example_input(batch_size, shape).to(_model_device(m, settings.device))
     with _threads(settings.threads), torch.inference_mode():
         modes = [eval_mode(m) for m in models.values()]
         for ctx in modes:

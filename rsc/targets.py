@@ -3,7 +3,7 @@
 A target is one string on the command line (``--target``)::
 
     SPEC    = DEVICE [ (":" | ",") OPTION { "," OPTION } ]
-    DEVICE  = "cpu" | "cuda" | "cuda:" INDEX | "ray:" RESOURCE
+    DEVICE  = "cpu" | "cuda" | "cuda:" INDEX | "ray:" RESOURCE | "lut:" FILE (no options)
     OPTION  = KEY "=" VALUE
     KEY     = threads (int >= 1, default 1)        torch / onnxruntime intra-op threads
             | runtime (eager | torchscript | onnxruntime, default eager)
@@ -26,6 +26,12 @@ models interleaved (A, B, A, B...: load from other processes hits all alike), af
 reports the median. A model a runtime cannot take (int8 ``torch.ao`` models: no ONNX export, no
 CUDA kernels) raises :class:`TargetUnsupported` naming the model and the target.
 
+``lut:FILE`` predicts instead of measuring: latency is read from a per-kernel latency table
+(:mod:`rsc.latency_table`, built by ``python -m search.profile``) measured on the target the
+table names, which must be this one (:meth:`Target.check` refuses a table measured elsewhere,
+naming what differs). Kernels the table lacks are measured on the fly on that target.
+:attr:`Target.measured` is the target the table was measured on: where final models are timed.
+
 ``ray:RESOURCE`` measures on the Ray node that offers the custom resource ``RESOURCE`` (an edge
 device joined with ``ray start --address HEAD --num-cpus 0 --resources '{"RESOURCE": 1}'``): the
 models are put into Ray's object store and a task with ``resources={RESOURCE: 1}, num_cpus=0``
@@ -47,7 +53,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +72,7 @@ KEYS = ("threads", "runtime", "provider", "format", "batch", "device")
 DEFAULT_SPEC = "cpu"
 GRAMMAR = ("DEVICE[:N][,KEY=VALUE...] with DEVICE cpu, cuda, cuda:N or ray:RESOURCE and keys threads, "
            "runtime (eager, torchscript, onnxruntime), provider, format (channels_last, contiguous), batch, "
-           "device (ray: only)")
+           "device (ray: only); or lut:FILE, a latency table from python -m search.profile")
 #: The lowest opset torch 2.14's ONNX exporter implements: asked for 17 it exports 18 and converts down,
 #: which fails on ResNet-18 (onnx's version converter: "No initializer or constant input to node").
 ONNX_OPSET = 18
@@ -96,6 +102,8 @@ class Target:
         memory_format: ``channels_last`` or ``contiguous`` (always ``contiguous`` on onnxruntime).
         batch: images per timed forward.
         remote: the Ray custom resource of the node that measures, or None (this process).
+        table: a latency table file (``lut:FILE``): latency is predicted from it; the other fields are
+            those of the target it was measured on.
     """
 
     device: str = "cpu"
@@ -105,6 +113,7 @@ class Target:
     memory_format: str = "channels_last"
     batch: int = 1
     remote: str | None = None
+    table: str | None = None
 
     def __post_init__(self) -> None:
         if not _DEVICE.match(str(self.device)):
@@ -138,6 +147,8 @@ class Target:
     @property
     def spec(self) -> str:
         """The canonical one-string form (``parse_target(t.spec) == t``); ``cpu`` for the default."""
+        if self.table is not None:
+            return f"lut:{self.table}"
         opts = []
         if self.remote is not None and self.device != "cpu":
             opts.append(f"device={self.device}")
@@ -162,7 +173,20 @@ class Target:
     @property
     def local(self) -> Target:
         """The part the measuring node applies (this target without ``remote``)."""
-        return replace(self, remote=None)
+        return replace(self, remote=None, table=None)
+
+    @property
+    def measured(self) -> Target:
+        """Where latency is timed: a ``lut:`` target's table was measured there; any other is itself."""
+        return replace(self, table=None)
+
+    def load_table(self) -> Any:
+        """The :class:`rsc.latency_table.LatencyTable` of a ``lut:`` target (ConfigError if unreadable)."""
+        from rsc.latency_table import load_table
+
+        if self.table is None:
+            raise ConfigError(f"target {self.spec} has no latency table")
+        return load_table(self.table)
 
     @property
     def is_default(self) -> bool:
@@ -184,6 +208,8 @@ class Target:
         else:
             where = f"this machine's {self.device}"
         layout = "NCHW input" if self.runtime == "onnxruntime" else self.memory_format.replace("_", "-")
+        if self.table is not None:
+            return f"latency table {self.table} (predicted; measured on {self.measured.describe()})"
         return (f"{where}, {self.threads} thread{'s' if self.threads != 1 else ''}, {runtime}, {layout}, "
                 f"batch {self.batch}")
 
@@ -202,8 +228,16 @@ class Target:
         Raises:
             ConfigError: no CUDA or no such CUDA device, onnxruntime missing or without the provider,
                 more threads than CPUs, no Ray connection, or a Ray cluster without the resource
-                (the message says what this machine, or the cluster, has).
+                (the message says what this machine, or the cluster, has); a ``lut:`` table measured on
+                another target (:class:`rsc.latency_table.TableMismatch`, naming what differs).
         """
+        if self.table is not None:
+            from rsc.latency_table import check_table
+
+            table = self.load_table()
+            self.measured.check()
+            check_table(table, fingerprint=self.measured.fingerprint())
+            return self
         if self.remote is not None:
             _remote_call(self, "check")
             return self
@@ -229,8 +263,12 @@ class Target:
     def fingerprint(self) -> dict[str, Any]:
         """What the numbers were measured on: device name, runtime and library versions, settings.
 
-        For a ``ray:`` target the measuring node answers (its host, CPU or GPU, versions).
+        For a ``ray:`` target the measuring node answers (its host, CPU or GPU, versions); a ``lut:``
+        target gives its table's, with the table's path.
         """
+        if self.table is not None:
+            table = self.load_table()
+            return {**table.fingerprint, "spec": self.spec, "table": self.table, "measured_on": table.target}
         if self.remote is not None:
             return {**_remote_call(self, "fingerprint"), "spec": self.spec, "remote": self.remote}
         import torch
@@ -268,6 +306,17 @@ def parse_target(spec: str | Target | None) -> Target:
 
     if not text:
         raise bad("empty")
+    if text[:4].lower() == "lut:":  # the rest is a path (commas and colons included)
+        from rsc.latency_table import load_table
+
+        path = text[4:].strip()
+        if not path:
+            raise bad("lut: takes a latency table file, e.g. lut:lut.json (build one with python -m search.profile)")
+        try:
+            inner = parse_target(load_table(path).target)
+        except ConfigError as exc:
+            raise ConfigError(f"target {text!r}: {exc}") from None
+        return replace(inner, table=path)
     first, *rest = [p.strip() for p in text.split(",")]
     head, _, tail = first.partition(":")
     head = head.strip().lower()
@@ -292,7 +341,7 @@ def parse_target(spec: str | Target | None) -> Target:
             raise bad("ray: needs the custom resource of the measuring node, e.g. ray:target-jetson")
         kw["remote"] = arg
     else:
-        raise bad(f"unknown device {head!r}; allowed: cpu, cuda, cuda:N, ray:RESOURCE")
+        raise bad(f"unknown device {head!r}; allowed: cpu, cuda, cuda:N, ray:RESOURCE, lut:FILE")
     seen: set[str] = set()
     for option in options:
         key, eq, value = (s.strip() for s in option.partition("="))
@@ -338,31 +387,40 @@ def parse_target(spec: str | Target | None) -> Target:
 
 
 def compare_latency_on(target: Target | str, models: Mapping[str, nn.Module], image_size: int,
-                       in_channels: int = 3) -> dict[str, float]:
+                       in_channels: int = 3, *, shapes: Mapping[str, Sequence[int]] | None = None,
+                       repeats: int | None = None) -> dict[str, float]:
     """Median latency (ms per forward of ``target.batch`` images) of each model on ``target``.
 
     The models run interleaved, after warm-up; they are not changed. ``eager`` is
     :func:`rsc.cost.compare_latency` with :meth:`Target.cost_settings` (the default target is
     exactly what the search measured before targets existed); ``torchscript`` traces and freezes
     each model, then the same; ``onnxruntime`` exports each model to a temporary file and times
-    its inference session.
+    its inference session. ``shapes`` gives a model its own input shape (without the batch; the
+    layers of a latency table), ``repeats`` overrides the timed runs per model.
 
     Raises:
         TargetUnsupported: a model the runtime or device cannot take.
         ConfigError: a ``ray:`` target without Ray, or whose resource the cluster lacks.
     """
     target = parse_target(target)
+    if target.table is not None:  # predicted from the table (its misses measured on target.measured)
+        table = target.load_table()
+        return {name: table.predict(model) for name, model in models.items()}
     if target.remote is not None:
-        return _remote_call(target, "latency", models=models, image_size=image_size, in_channels=in_channels)
+        return _remote_call(target, "latency", models=models, image_size=image_size, in_channels=in_channels,
+                            shapes=shapes, repeats=repeats)
     from rsc.cost import compare_latency
 
     settings = target.cost_settings(image_size, in_channels)
+    if repeats is not None:
+        settings = replace(settings, repeats=int(repeats))
+    shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
     if target.runtime == "onnxruntime":
-        return _onnxruntime_latency(target, models, settings)
+        return _onnxruntime_latency(target, models, settings, shapes)
     models = {name: _on_device(target, name, m) for name, m in models.items()}
     if target.runtime == "torchscript":
-        models = {name: _traced(target, name, m, settings) for name, m in models.items()}
-    return compare_latency(models, settings=settings, batch_size=target.batch)
+        models = {name: _traced(target, name, m, settings, shapes.get(name)) for name, m in models.items()}
+    return compare_latency(models, settings=settings, batch_size=target.batch, **({"shapes": shapes} if shapes else {}))
 
 
 def _is_int8(model: nn.Module) -> bool:
@@ -379,14 +437,14 @@ def _on_device(target: Target, name: str, model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(target.device)
 
 
-def _traced(target: Target, name: str, model: nn.Module, settings: Any) -> Any:
+def _traced(target: Target, name: str, model: nn.Module, settings: Any, shape: Sequence[int] | None = None) -> Any:
     """``torch.jit.freeze(torch.jit.trace(model))`` in the target's memory format and batch."""
     import torch
 
     from rsc.cost import _in_format
 
     model = _in_format(model, target.memory_format)
-    x = settings.example_input(target.batch)
+    x = settings.example_input(target.batch, shape)
     modes = {m: m.training for m in model.modules()}
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -461,14 +519,16 @@ def _export_onnx(target: Target, name: str, model: nn.Module, x: Any, path: Path
                                 f"{_first_line(exc)}") from None
 
 
-def _onnxruntime_latency(target: Target, models: Mapping[str, nn.Module], settings: Any) -> dict[str, float]:
+def _onnxruntime_latency(target: Target, models: Mapping[str, nn.Module], settings: Any,
+                         shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
     ort = _onnxruntime(target)
-    x = settings.example_input(target.batch).cpu().contiguous()
-    feed = x.numpy()
+    feeds = {}
     sessions = {}
     with tempfile.TemporaryDirectory(prefix="rsc-target-") as tmp:
         for i, (name, model) in enumerate(models.items()):
             path = Path(tmp) / f"model-{i}.onnx"
+            x = settings.example_input(target.batch, (shapes or {}).get(name)).cpu().contiguous()
+            feeds[name] = x.numpy()
             _export_onnx(target, name, model, x, path)
             options = ort.SessionOptions()
             options.intra_op_num_threads = target.threads
@@ -479,12 +539,12 @@ def _onnxruntime_latency(target: Target, models: Mapping[str, nn.Module], settin
             sessions[name] = (session, session.get_inputs()[0].name)
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(settings.warmup):
-        for session, inp in sessions.values():
-            session.run(None, {inp: feed})
+        for name, (session, inp) in sessions.items():
+            session.run(None, {inp: feeds[name]})
     for _ in range(settings.repeats):
         for name, (session, inp) in sessions.items():
             t0 = time.perf_counter()
-            session.run(None, {inp: feed})  # outputs come back as host arrays: synchronised
+            session.run(None, {inp: feeds[name]})  # outputs come back as host arrays: synchronised
             times[name].append((time.perf_counter() - t0) * 1000.0)
     return {name: statistics.median(v) for name, v in times.items()}
 
@@ -535,7 +595,7 @@ def _here() -> str:
 
 
 def _remote_task(action: str, spec: str, refs: Mapping[str, Any] | None = None, image_size: int = 0,
-                 in_channels: int = 3) -> Any:
+                 in_channels: int = 3, shapes: Mapping[str, Any] | None = None, repeats: int | None = None) -> Any:
     """Runs on the node that offers the resource: check, fingerprint or measure the local part."""
     target = parse_target(spec)
     if action == "check":
@@ -547,7 +607,7 @@ def _remote_task(action: str, spec: str, refs: Mapping[str, Any] | None = None, 
 
     names = list(refs or {})
     models = dict(zip(names, ray.get([refs[n] for n in names])))
-    return compare_latency_on(target, models, image_size, in_channels)
+    return compare_latency_on(target, models, image_size, in_channels, shapes=shapes, repeats=repeats)
 
 
 def _custom_resources(resources: Mapping[str, float]) -> list[str]:
@@ -555,7 +615,8 @@ def _custom_resources(resources: Mapping[str, float]) -> list[str]:
 
 
 def _remote_call(target: Target, action: str, *, models: Mapping[str, nn.Module] | None = None,
-                 image_size: int = 0, in_channels: int = 3) -> Any:
+                 image_size: int = 0, in_channels: int = 3, shapes: Mapping[str, Any] | None = None,
+                 repeats: int | None = None) -> Any:
     """Run ``action`` of ``target.local`` as a Ray task on the node offering ``target.remote``."""
     try:
         import ray
@@ -582,7 +643,7 @@ def _remote_call(target: Target, action: str, *, models: Mapping[str, nn.Module]
                 raise TargetUnsupported(f"model {name!r} cannot be sent to target {target.spec}: "
                                         f"{_first_line(exc)}") from None
     task = ray.remote(num_cpus=0, resources={target.remote: 1}, max_retries=0)(_remote_task)
-    ref = task.remote(action, target.local.spec, refs, image_size, in_channels)
+    ref = task.remote(action, target.local.spec, refs, image_size, in_channels, shapes, repeats)
     try:
         return ray.get(ref, timeout=REMOTE_CHECK_TIMEOUT if models is None else None)
     except ray.exceptions.GetTimeoutError:

@@ -76,7 +76,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     from rsc.cost import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, load_scene_file, make_loaders, make_split
     from rsc.evaluation import evaluate
-    from rsc.targets import compare_latency_on
+    from rsc.targets import compare_latency_on, parse_target
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
     from spaces.compose import split_plan, to_cpu
@@ -130,14 +130,16 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     aim = {k: min(float(v), limits.get(k, math.inf)) for k, v in (request.get("target") or {}).items()}
     aim = {**limits, **aim}
     factor = 1.0
+    hardware = parse_target(request.get("hardware") or "cpu")
+    predictors = {"latency_ms": hardware.load_table().predict} if hardware.table is not None else {}
     if aim and plan.steps:
         # structures and their counts do not depend on the device: probe on the CPU, where small
         # builds are faster (a pruning trial's projection on an H200 machine: 1.7 s on CUDA, 1.1 s)
         probe_base, probe_ctx = to_cpu(base, context, copy_model=True)
-        plan, factor = project_plan(probe_base, plan, probe_ctx, cost_gap(aim, image_size),
+        plan, factor = project_plan(probe_base, plan, probe_ctx, cost_gap(aim, image_size, predictors),
                                     probe_post_training=bool(POST_TRAINING_COSTS & set(aim)),
                                     fallback=None if aim == limits else
-                                    cost_gap(limits, image_size) if limits else (lambda _model: -1.0))
+                                    cost_gap(limits, image_size, predictors) if limits else (lambda _model: -1.0))
     seconds["project"] = time.perf_counter() - t
 
     # 3. compress, fine-tune (stopping clearly dominated trials), post-training steps
@@ -195,13 +197,19 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     base_costs = request.get("base_costs") or measure(base, analytic_keys, settings)
     result: dict[str, Any] = {"status": "ok", "val_oa": float(val_oa), "epochs_run": len(history), "history": history}
     if request.get("latency", True):
-        base_cpu = base.cpu()
-        lat = compare_latency_on(request.get("hardware") or "cpu", {"base": base_cpu, "model": model.cpu()},
-                                 image_size)
+        models = {"base": base.cpu(), "model": model.cpu()}
+        if hardware.table is not None and request.get("evaluate_test"):
+            # the final stage: timed on the target the table was measured on, the prediction beside it
+            pred = compare_latency_on(hardware, models, image_size)
+            costs["latency_ms_predicted"] = pred["model"]
+            result["base_latency_ms_predicted"] = pred["base"]
+            lat = compare_latency_on(hardware.measured, models, image_size)
+        else:
+            lat = compare_latency_on(hardware, models, image_size)
         costs["latency_ms"] = lat["model"]
         result["speedup"] = lat["base"] / lat["model"] if lat["model"] else math.inf
         result["base_latency_ms"] = lat["base"]
-        result["hardware"] = request.get("hardware") or "cpu"
+        result["hardware"] = hardware.spec
     seconds["cost"] = time.perf_counter() - t
     if request.get("evaluate_test"):
         t = time.perf_counter()

@@ -168,8 +168,12 @@ def render(result: SearchResult, stream: Any = None) -> None:
     if result.final:
         keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final], result.searched),
                 "speedup"]
-        print("\nPareto set after final fine-tuning (test split), beside the base model "
-              f"(latency_ms and speedup on --target {result.hardware}):", file=stream)
+        table = result.hardware.startswith("lut:")
+        if table and "latency_ms" in keys:
+            keys.insert(keys.index("latency_ms") + 1, "latency_ms_predicted")
+        where = (f"latency_ms and speedup measured on the target the table {result.hardware[4:]} was measured on, "
+                 "latency_ms_predicted from the table" if table else f"latency_ms and speedup on --target {result.hardware}")
+        print(f"\nPareto set after final fine-tuning (test split), beside the base model ({where}):", file=stream)
         print(render_table([result.base, *result.final], keys), file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]

@@ -117,11 +117,21 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         base_costs["latency_ms"] = compare_latency_on(hardware, {"model": skeleton}, data.image_size)["model"]
     if [k for k in measured if k != "latency_ms"]:
         base_costs.update(measure(skeleton, [k for k in measured if k != "latency_ms"], settings))
+    predictors = {}
+    if hardware.table is not None:  # latency predicted from the table: projected like the counted costs
+        from rsc.latency_table import check_table
+
+        table = hardware.load_table()
+        check_table(table, model=config.model, image_size=data.image_size, num_classes=data.num_classes)
+        predictors["latency_ms"] = table.predict
+        say(table.summary())
     budgets = budgets.resolve(base_costs)
-    limits = {k: v for k, v in budgets.limits().items() if k in {b.spec.cost_key for b in budgets.analytic}}
+    projected = {b.spec.cost_key for b in budgets.analytic} | {b.spec.cost_key for b in budgets
+                                                               if b.is_upper and b.spec.cost_key in predictors}
+    limits = {k: v for k, v in budgets.limits().items() if k in projected}
     key = target_key(objectives) if config.min_target < 1.0 else None  # trials aim at a fraction of its ceiling
     floors = check_reachable(joint, budgets, skeleton, arch, context, data.image_size, say,
-                             extra_keys=[key] if key else [])
+                             extra_keys=[key] if key else [], predictors=predictors)
     ceiling = limits.get(key, base_costs.get(key)) if key else None
     if budgets:
         say(f"budget: {budgets} -> " + ", ".join(f"{k} <= {v:.4g}" for k, v in budgets.limits().items())

@@ -39,19 +39,22 @@ def target_key(objectives: Sequence[tuple[str, str, str]]) -> str | None:
 
 
 def check_reachable(joint: Any, budgets: Budgets, base_model: Any, base: Mapping[str, Any], context: Any,
-                    image_size: int, say: Callable[[str], None],
-                    extra_keys: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+                    image_size: int, say: Callable[[str], None], extra_keys: Sequence[str] = (),
+                    predictors: Mapping[str, Callable[[Any], float]] | None = None) -> dict[str, dict[str, float]]:
     """Drop method combinations that cannot reach the analytic budget; none left is an error.
 
     One structural build of each combination's strongest setting - seconds, before any training.
     Returns each kept combination's strongest costs (its floor) on the budgeted keys and
-    ``extra_keys``, which the per-trial targets must not go below.
+    ``extra_keys``, which the per-trial targets must not go below. ``predictors`` are costs
+    predicted before training (``latency_ms`` from a latency table), projected like the analytic ones.
     """
     from rsc.cost import CostSettings, measure
     from spaces.base import Plan
     from spaces.compose import compress
 
-    analytic = {b.spec.cost_key for b in budgets.analytic}
+    predictors = dict(predictors or {})
+    analytic = {b.spec.cost_key for b in budgets.analytic} | {b.spec.cost_key for b in budgets
+                                                              if b.is_upper and b.spec.cost_key in predictors}
     limits = {k: v for k, v in budgets.limits().items() if k in analytic}
     keys = list(dict.fromkeys([*limits, *extra_keys]))
     if not keys:
@@ -65,7 +68,8 @@ def check_reachable(joint: Any, budgets: Budgets, base_model: Any, base: Mapping
         except UserError as exc:
             say(f"note: {combo} cannot be built at full strength ({exc}); left out")
             continue
-        costs = measure(model, keys, settings)
+        costs = measure(model, [k for k in keys if k not in predictors], settings)
+        costs.update({k: float(fn(model)) for k, fn in predictors.items() if k in keys})
         floors[combo] = {k: float(costs[k]) for k in keys}
         for k in limits:
             best[k] = min(best[k], costs[k])

@@ -21,19 +21,24 @@ __all__ = ["cost_gap", "project_plan"]
 Gap = Callable[[nn.Module], float]
 
 
-def cost_gap(limits: Mapping[str, float], image_size: int) -> Gap:
+def cost_gap(limits: Mapping[str, float], image_size: int,
+             predictors: Mapping[str, Callable[[nn.Module], float]] | None = None) -> Gap:
     """``gap(model)``: the largest ``log(cost / limit)`` over the ceilings (``<= 0`` fits).
 
     Counted costs only (no timing; no serialisation unless ``size`` is limited), so a probe is cheap.
+    ``predictors`` give costs that are predicted rather than counted, by cost key (``latency_ms``
+    from a latency table: :meth:`rsc.latency_table.LatencyTable.predict`).
     """
     from rsc.cost import CostSettings, measure
 
     settings = CostSettings(image_size=image_size)
-    names = list(limits)
+    predictors = dict(predictors or {})
+    names = [k for k in limits if k not in predictors]
 
     def gap(model: nn.Module) -> float:
         costs = measure(model, names, settings)
-        return max(math.log(max(costs[k], 1e-12) / limits[k]) for k in names)
+        costs.update({k: float(fn(model)) for k, fn in predictors.items() if k in limits})
+        return max(math.log(max(costs[k], 1e-12) / limits[k]) for k in limits)
 
     return gap
 

@@ -1,0 +1,124 @@
+"""How well a latency table predicts whole models: predicted vs measured on random candidates of the spaces.
+
+For each model and batch: build a table with ``search.profile`` (seed 0), draw ``--candidates``
+random plans of the search's space with another seed (none of them was in the table's profiling
+or calibration), predict each from the table and measure it whole on the same target twice, in
+two passes of interleaved runs. Reports the share of candidates whose prediction is within
++-10% of the measured latency (the mean of the two passes), the median and 95th-percentile
+errors, the measurement's own spread (pass 1 vs pass 2), and the time to predict a candidate
+(graph trace + lookup) against the time to measure it. Run on a quiet machine::
+
+    python benchmarks/bench_latency_table.py --out benchmarks/results/bench_latency_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
+    from rsc.latency_table import kernels_of
+    from rsc.models import create_model
+    from rsc.targets import compare_latency_on, parse_target
+    from search.profile import profile_table, sample_plans, structural_model
+    from search.space import JointSpace
+    from spaces.base import Context
+    from spaces.errors import SpaceError
+
+    spec = f"cpu:batch={batch}" if batch != 1 else "cpu"
+    if args.threads != 1:
+        spec += ("," if ":" in spec else ":") + f"threads={args.threads}"
+    target = parse_target(spec).check()
+    methods = args.methods.split(",")
+    t0 = time.perf_counter()
+    table = profile_table(target=target, model=model, image_size=args.image_size, num_classes=args.num_classes,
+                          methods=methods, plans=args.plans, points=args.points, calibration=args.calibration,
+                          seed=0, progress=False, say=lambda m: print(f"  {m}", file=sys.stderr))
+    profile_s = time.perf_counter() - t0
+    table.on_missing = "measure"
+    base = create_model(model, args.num_classes, image_size=args.image_size).eval()
+    arch = {"model": model, "num_classes": args.num_classes, "image_size": args.image_size}
+    context = Context(num_classes=args.num_classes, image_size=args.image_size, seed=1)
+    joint = JointSpace(methods, max_combo=2, bins=4)
+    models = {}
+    for i, plan in enumerate(sample_plans(joint, base, context, arch, args.candidates * 2, seed=12345)):
+        if len(models) >= args.candidates:
+            break
+        try:
+            models[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
+        except SpaceError:
+            continue
+    predicted, predict_s, trace_s = {}, [], []
+    before = table.measured_on_the_fly
+    for k, (m, _) in models.items():
+        t = time.perf_counter()
+        kernels = kernels_of(m, args.image_size)
+        t1 = time.perf_counter()
+        predicted[k] = table.alpha * sum(table.kernels_ms(kernels)) + table.beta
+        t2 = time.perf_counter()
+        trace_s.append(t1 - t)
+        predict_s.append(t2 - t1)
+    misses = table.measured_on_the_fly - before
+    passes = []
+    t = time.perf_counter()
+    for _ in range(2):
+        passes.append(compare_latency_on(target, {k: m for k, (m, _) in models.items()}, args.image_size))
+    measure_s = (time.perf_counter() - t) / (2 * len(models))
+    rows = []
+    for k, (m, what) in models.items():
+        meas = (passes[0][k] + passes[1][k]) / 2
+        rows.append({"candidate": int(k), "methods": what, "predicted_ms": predicted[k], "measured_ms": meas,
+                     "pass1_ms": passes[0][k], "pass2_ms": passes[1][k], "error": predicted[k] / meas - 1})
+    errs = sorted(abs(r["error"]) for r in rows)
+    spread = sorted(abs(r["pass1_ms"] / r["pass2_ms"] - 1) for r in rows)
+    within = sum(e <= 0.10 for e in errs) / len(errs)
+    out = {"model": model, "batch": batch, "target": target.spec, "candidates": len(rows),
+           "within_10pct": within, "median_abs_error": statistics.median(errs),
+           "p95_abs_error": errs[int(0.95 * (len(errs) - 1))], "max_abs_error": errs[-1],
+           "measurement_spread_median": statistics.median(spread), "measurement_spread_p95": spread[int(0.95 * (len(spread) - 1))],
+           "predict_lookup_ms": 1000 * statistics.median(predict_s), "predict_trace_ms": 1000 * statistics.median(trace_s),
+           "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
+           "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
+           "rows": rows}
+    print(f"{model} batch {batch}: {100 * within:.0f}% within +-10% of {len(rows)} candidates; median error "
+          f"{100 * out['median_abs_error']:.1f}%, p95 {100 * out['p95_abs_error']:.1f}%; measurement spread median "
+          f"{100 * out['measurement_spread_median']:.1f}%; predict {out['predict_trace_ms']:.1f} ms trace + "
+          f"{out['predict_lookup_ms']:.2f} ms lookup vs measure {out['measure_ms_per_candidate']:.0f} ms; "
+          f"profile {profile_s:.0f} s", flush=True)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="resnet18,mobilenet_v2")
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--methods", default="prune,tucker")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--plans", type=int, default=40)
+    p.add_argument("--points", type=int, default=8)
+    p.add_argument("--calibration", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    results = {"argv": sys.argv[1:], "cpu": os.cpu_count(), "cases": []}
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            results["cases"].append(run_case(model, batch, args))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

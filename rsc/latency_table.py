@@ -1,0 +1,700 @@
+"""Per-layer latency tables: measure every layer configuration once on a target, predict a model in microseconds.
+
+A model's latency on a target is predicted as the sum of its *kernels*' latencies, read from a table
+measured on that target (NetAdapt, Yang et al. 2018; nn-Meter, Zhang et al. 2021), then corrected
+by a line fitted on whole models::
+
+    predicted_ms = alpha * sum(kernel_ms) + beta
+
+*Kernels* are the units a runtime executes as one: the model is traced with ``torch.fx`` and a
+convolution is fused with the BatchNorm and the activation that consume it alone (``conv+bn+relu``:
+what TorchScript freezing and onnxruntime fuse; eager PyTorch runs them back to back, and the
+kernel is timed the same way), a linear layer with its activation, a residual add with its ReLU.
+The rest (pools, flatten, a lone BN...) are kernels of their own. Each kernel is keyed by its
+*spec* (the operator and every hyper-parameter: kernel size, stride, padding, groups, fused ops),
+its input side and its channel dims (``(c_in, c_out)`` for convolutions and linear layers, ``(c,)``
+for depthwise convolutions and element-wise kernels). The table holds, per spec and side, a grid
+over the dims, measured on the target in its runtime, memory format, threads and batch (the grid
+points of one kernel are timed interleaved, as :func:`rsc.targets.compare_latency_on` times
+models); between grid points it interpolates multilinearly. ``alpha`` and ``beta`` carry what
+the kernels in isolation do not see: the per-call overhead of the surrounding forward, and caches
+that are warmer for one kernel timed again and again than inside a whole network.
+
+A kernel the table lacks (another spec, dims outside the grid) is *measured on the fly* on the
+table's target (``on_missing="measure"``, cached in the table; :meth:`LatencyTable.save` keeps it)
+or is an error (``on_missing="error"``): never a silent zero. A model that cannot be split into
+kernels (int8 ``torch.ao`` graphs, models ``torch.fx`` cannot trace) is measured whole, or is an
+error, the same way. Every table carries the fingerprint of the target it was measured on
+(device, CPU or GPU name, runtime, threads, memory format, batch, library versions) and the
+model, input size and classes it was profiled for; :func:`check_table` refuses one that was
+measured elsewhere, naming what differs. ``python -m search.profile`` builds tables.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rsc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Kernel", "LatencyTable", "TableMiss", "TableMismatch", "kernels_of", "build_kernel", "load_table",
+           "check_table", "FINGERPRINT_KEYS", "TABLE_VERSION"]
+
+TABLE_VERSION = 1
+#: fingerprint fields that must agree between a table and the target it is used on (not the host name:
+#: a table measured on one board serves its twins).
+FINGERPRINT_KEYS = ("device", "device_name", "machine", "runtime", "provider", "threads", "memory_format",
+                    "batch", "torch", "onnxruntime", "opset")
+_ACTS = {"ReLU": "relu", "ReLU6": "relu6", "Hardswish": "hardswish", "SiLU": "silu", "Sigmoid": "sigmoid",
+         "Hardsigmoid": "hardsigmoid", "GELU": "gelu"}
+
+
+class TableMiss(ConfigError):
+    """A kernel (or model) the table has no entry for, with ``on_missing="error"``."""
+
+
+class TableMismatch(ConfigError):
+    """A table measured on another target, or profiled for another model, input size or classes."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One fused kernel of a traced model.
+
+    Attributes:
+        spec: the operator and its hyper-parameters, plain JSON (``{"op": "conv", "k": [3, 3], ...}``).
+        side: the input's spatial side (1 for kernels after global pooling).
+        dims: the channel dims the table interpolates over (see the module docstring).
+        shape: the input shape without the batch, to time :attr:`module` with.
+        module: a runnable copy of the kernel taking that input (for measuring on the fly).
+        name: the traced node it starts at (for messages).
+    """
+
+    spec: Mapping[str, Any]
+    side: int
+    dims: tuple[int, ...]
+    shape: tuple[int, ...]
+    module: Any = field(default=None, compare=False, repr=False)
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{json.dumps(dict(self.spec), sort_keys=True, separators=(',', ':'))}@{self.side}"
+
+
+# -- splitting a model into kernels --------------------------------------------------------------
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(x) for x in (v if isinstance(v, (tuple, list)) else (v, v))]
+
+
+def _act_of(node: Any, gm: Any) -> str | None:
+    import torch
+    from torch.nn import functional as F
+
+    if node.op == "call_module":
+        return _ACTS.get(type(gm.get_submodule(node.target)).__name__)
+    if node.op == "call_function":
+        return {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
+                F.silu: "silu", torch.sigmoid: "sigmoid"}.get(node.target)
+    if node.op == "call_method" and node.target in ("relu", "relu_", "sigmoid"):
+        return node.target.rstrip("_")
+    return None
+
+
+def _only_user(node: Any) -> Any | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _side(shape: Sequence[int]) -> int:
+    return int(shape[2]) if len(shape) == 4 else 1
+
+
+def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[Kernel]:
+    """The fused kernels of ``model`` in execution order (module docstring).
+
+    Raises:
+        TableMiss: the model cannot be split (int8 graphs, untraceable code): measure it whole.
+    """
+    import torch
+    from torch import fx, nn
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from rsc.cost import eval_mode
+
+    if any(".quantized" in type(m).__module__ for m in model.modules()):
+        raise TableMiss("int8 (torch.ao) kernels are not in latency tables")
+    try:
+        with eval_mode(model):
+            gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(1, in_channels, image_size, image_size,
+                                                    device=next(iter(model.parameters())).device))
+    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways
+        raise TableMiss(f"torch.fx cannot trace {type(model).__name__} into kernels: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    done: set[Any] = set()
+    out: list[Kernel] = []
+    for node in gm.graph.nodes:
+        if node in done or node.op in ("placeholder", "output", "get_attr"):
+            continue
+        shape_in = next((_shape(a) for a in node.all_input_nodes if _shape(a)), None)
+        if shape_in is None:
+            continue
+        chain = [node]
+        spec: dict[str, Any]
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            if m.groups > 1 and not dw:
+                spec = {"op": "exact", "what": repr(m)}
+            else:
+                spec = {"op": "conv", "k": _pair(m.kernel_size), "s": _pair(m.stride), "p": _pair(m.padding),
+                        "d": _pair(m.dilation), "dw": dw, "bias": m.bias is not None}
+            nxt = _only_user(node)
+            if nxt is not None and nxt.op == "call_module" and isinstance(gm.get_submodule(nxt.target), nn.BatchNorm2d):
+                chain.append(nxt)
+                spec["bn"] = True
+                nxt = _only_user(nxt)
+            if nxt is not None and _act_of(nxt, gm):
+                chain.append(nxt)
+                spec["act"] = _act_of(nxt, gm)
+            dims = (m.in_channels,) if dw else (m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            spec = {"op": "linear", "bias": m.bias is not None}
+            nxt = _only_user(node)
+            if nxt is not None and _act_of(nxt, gm):
+                chain.append(nxt)
+                spec["act"] = _act_of(nxt, gm)
+            dims = (m.in_features, m.out_features)
+        elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd) and \
+                len(node.all_input_nodes) == 2 and _shape(node.all_input_nodes[0]) == _shape(node.all_input_nodes[1]):
+            spec = {"op": "add"}
+            nxt = _only_user(node)
+            if nxt is not None and _act_of(nxt, gm):
+                chain.append(nxt)
+                spec["act"] = _act_of(nxt, gm)
+            dims = (shape_in[1],)
+        else:
+            spec = _simple_spec(node, m, gm)
+            dims = (shape_in[1],) if spec["op"] != "exact" else tuple(shape_in[1:])
+        done.update(chain)
+        out.append(Kernel(spec=spec, side=_side(shape_in), dims=tuple(int(d) for d in dims),
+                          shape=tuple(shape_in[1:]), module=_Lazy(chain, gm), name=str(node.name)))
+    return out
+
+
+def _simple_spec(node: Any, m: Any, gm: Any) -> dict[str, Any]:
+    """The spec of a kernel that is not a conv/linear/add: rebuilt from its spec where it is common."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    if m is not None:
+        if isinstance(m, nn.BatchNorm2d):
+            return {"op": "bn"}
+        if type(m).__name__ in _ACTS:
+            return {"op": "act", "act": _ACTS[type(m).__name__]}
+        if isinstance(m, nn.MaxPool2d):
+            return {"op": "maxpool", "k": _pair(m.kernel_size), "s": _pair(m.stride or m.kernel_size),
+                    "p": _pair(m.padding), "d": _pair(m.dilation), "ceil": bool(m.ceil_mode)}
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return {"op": "gap", "out": _pair(m.output_size)}
+        if isinstance(m, (nn.Dropout, nn.Identity)):
+            return {"op": "identity", "what": type(m).__name__}
+        if isinstance(m, nn.Flatten):
+            return {"op": "flatten"}
+        return {"op": "exact", "what": repr(m)}
+    if node.op == "call_function":
+        if node.target is F.adaptive_avg_pool2d:
+            return {"op": "gap", "out": _pair(node.args[1] if len(node.args) > 1 else node.kwargs["output_size"])}
+        if node.target is torch.flatten:
+            return {"op": "flatten"}
+        if _act_of(node, gm):
+            return {"op": "act", "act": _act_of(node, gm)}
+    return {"op": "exact", "what": f"{node.op}:{getattr(node.target, '__name__', node.target)}"}
+
+
+class _Lazy:
+    """A kernel's runnable module, cut out of its graph only when it is measured (:func:`_extract`)."""
+
+    def __init__(self, chain: Sequence[Any], gm: Any) -> None:
+        self.chain, self.gm = list(chain), gm
+
+    def build(self) -> Any:
+        return _extract(self.chain, self.gm)
+
+
+def _extract(chain: Sequence[Any], gm: Any) -> Any:
+    """A runnable copy of ``chain`` taking one input (plus a batch): the kernel cut out of its graph,
+    its other tensor inputs fixed random tensors of their traced shapes."""
+    import copy
+
+    import torch
+    from torch import fx, nn
+
+    graph = fx.Graph()
+    env: dict[Any, Any] = {}
+    x = graph.placeholder("x")
+    first_input = next(a for a in chain[0].all_input_nodes if _shape(a))
+    env[first_input] = x
+    extras = nn.Module()
+    holder = nn.Module()
+    n_extra = 0
+    for node in chain:
+        for a in node.all_input_nodes:
+            if a in env:
+                continue
+            shape = _shape(a)
+            name = f"extra{n_extra}"
+            n_extra += 1
+            extras.register_buffer(name, torch.randn(*(shape or (1,))))
+            env[a] = graph.get_attr(f"extras.{name}")
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(env[chain[-1]])
+    holder.extras = extras
+    for node in chain:
+        if node.op == "call_module":
+            parts = node.target.split(".")
+            parent = holder
+            for p in parts[:-1]:
+                if not hasattr(parent, p):
+                    parent.add_module(p, nn.Module())
+                parent = getattr(parent, p)
+            parent.add_module(parts[-1], copy.deepcopy(gm.get_submodule(node.target)))
+    return fx.GraphModule(holder, graph).eval()
+
+
+def _module(kernel: Kernel) -> Any:
+    return kernel.module.build() if isinstance(kernel.module, _Lazy) else kernel.module
+
+
+def build_kernel(spec: Mapping[str, Any], dims: Sequence[int], side: int) -> tuple[Any, tuple[int, ...]]:
+    """A fresh kernel module for ``spec`` at ``dims`` and its input shape (without the batch).
+
+    Raises:
+        TableMiss: an ``exact`` spec (rebuilt only from a model that has it).
+    """
+    import torch
+    from torch import nn
+
+    op = spec["op"]
+    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+            "hardsigmoid": nn.Hardsigmoid, "gelu": nn.GELU}
+    act = [acts[spec["act"]]()] if spec.get("act") else []
+    if op == "conv":
+        if spec["dw"]:
+            c_in = c_out = groups = int(dims[0])
+        else:
+            (c_in, c_out), groups = (int(d) for d in dims), 1
+        layers = [nn.Conv2d(c_in, c_out, tuple(spec["k"]), stride=tuple(spec["s"]), padding=tuple(spec["p"]),
+                            dilation=tuple(spec["d"]), groups=groups, bias=bool(spec["bias"]))]
+        if spec.get("bn"):
+            layers.append(nn.BatchNorm2d(c_out))
+        return nn.Sequential(*layers, *act).eval(), (c_in, side, side)
+    if op == "linear":
+        return nn.Sequential(nn.Flatten(1), nn.Linear(int(dims[0]), int(dims[1]), bias=bool(spec["bias"])),
+                             *act).eval(), (int(dims[0]), 1, 1)
+    c = int(dims[0])
+    shape = (c, side, side)
+    if op == "add":
+        return _Add(torch.randn(1, *shape), act[0] if act else None).eval(), shape
+    if op == "bn":
+        return nn.BatchNorm2d(c).eval(), shape
+    if op == "act":
+        return nn.Sequential(*act).eval(), shape
+    if op == "maxpool":
+        return nn.MaxPool2d(tuple(spec["k"]), stride=tuple(spec["s"]), padding=tuple(spec["p"]),
+                            dilation=tuple(spec["d"]), ceil_mode=bool(spec["ceil"])), shape
+    if op == "gap":
+        return nn.AdaptiveAvgPool2d(tuple(spec["out"])), shape
+    if op == "flatten":
+        return nn.Flatten(1), shape
+    if op == "identity":
+        return nn.Identity(), shape
+    raise TableMiss(f"kernel {spec} is measured only from a model that has it")
+
+
+def _add_module() -> type:
+    from torch import nn
+
+    class Add(nn.Module):
+        """``x + y`` (a residual add; ``y`` a fixed tensor of the same shape), then the fused activation."""
+
+        def __init__(self, y: Any, act: Any) -> None:
+            super().__init__()
+            self.register_buffer("y", y)
+            self.act = act if act is not None else nn.Identity()
+
+        def forward(self, x: Any) -> Any:
+            return self.act(x + self.y)
+
+    return Add
+
+
+def _Add(y: Any, act: Any) -> Any:  # noqa: N802 - a class built on first use (torch loads lazily)
+    global _ADD
+    if _ADD is None:
+        _ADD = _add_module()
+    return _ADD(y, act)
+
+
+_ADD: type | None = None
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def _interp(axes: Sequence[Sequence[int]], values: Any, dims: Sequence[int]) -> float | None:
+    """Multilinear interpolation of a grid (``values`` nested lists over ``axes``); None outside it."""
+    if len(axes) != len(dims):
+        return None
+    corners: list[list[tuple[int, float]]] = []
+    for axis, d in zip(axes, dims):
+        if d < axis[0] or d > axis[-1]:
+            return None
+        hi = next(i for i, a in enumerate(axis) if a >= d)
+        if axis[hi] == d or hi == 0:
+            corners.append([(hi, 1.0)])
+            continue
+        lo = hi - 1
+        w = (d - axis[lo]) / (axis[hi] - axis[lo])
+        corners.append([(lo, 1.0 - w), (hi, w)])
+    total = 0.0
+
+    def walk(level: int, node: Any, weight: float) -> None:
+        nonlocal total
+        if level == len(corners):
+            total += weight * float(node)
+            return
+        for i, w in corners[level]:
+            if w:
+                walk(level + 1, node[i], weight * w)
+
+    walk(0, values, 1.0)
+    return total
+
+
+class LatencyTable:
+    """A measured latency table (module docstring); JSON on disk (:meth:`save`, :func:`load_table`).
+
+    Attributes:
+        target: the :mod:`rsc.targets` spec it was measured on.
+        fingerprint: what :meth:`rsc.targets.Target.fingerprint` said there.
+        model, image_size, num_classes: what it was profiled for.
+        grids: ``kernel key -> {"axes": [[dim values]...], "ms": nested grid}``.
+        exact: ``kernel key -> {"dims, joined by x": ms}``: points measured outside a grid or on the fly.
+        alpha, beta: the whole-model correction (``predicted = alpha * sum + beta``).
+        calibration: the whole models it was fitted on: ``[{"sum_ms", "measured_ms", "predicted_ms"}]``.
+        on_missing: ``"measure"`` (on the table's target, cached here) or ``"error"``.
+    """
+
+    def __init__(self, *, target: str, fingerprint: Mapping[str, Any], model: str, image_size: int,
+                 num_classes: int, grids: Mapping[str, Any] | None = None, exact: Mapping[str, Any] | None = None,
+                 alpha: float = 1.0, beta: float = 0.0, calibration: Sequence[Mapping[str, Any]] = (),
+                 meta: Mapping[str, Any] | None = None, path: str | None = None) -> None:
+        self.target = str(target)
+        self.fingerprint = dict(fingerprint)
+        self.model, self.image_size, self.num_classes = str(model), int(image_size), int(num_classes)
+        self.grids: dict[str, Any] = dict(grids or {})
+        self.exact: dict[str, dict[str, float]] = {k: dict(v) for k, v in (exact or {}).items()}
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.calibration = [dict(c) for c in calibration]
+        self.meta = dict(meta or {})
+        self.path = path
+        self.on_missing = "measure"
+        self.measured_on_the_fly = 0
+        self.dirty = False
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def kernel_ms(self, kernel: Kernel) -> float | None:
+        """The table's latency of one kernel (exact point, else interpolated), or None."""
+        hit = self.exact.get(kernel.key, {}).get("x".join(map(str, kernel.dims)))
+        if hit is not None:
+            return float(hit)
+        grid = self.grids.get(kernel.key)
+        return _interp(grid["axes"], grid["ms"], kernel.dims) if grid else None
+
+    def kernels_ms(self, kernels: Sequence[Kernel]) -> list[float]:
+        """Every kernel's latency; the missing ones measured on the fly (or :class:`TableMiss`)."""
+        values = [self.kernel_ms(k) for k in kernels]
+        missing = {k.key + "|" + "x".join(map(str, k.dims)): k for k, v in zip(kernels, values) if v is None}
+        if missing:
+            if self.on_missing != "measure":
+                k = next(iter(missing.values()))
+                raise TableMiss(f"latency table {self.path or ''} has no entry for kernel {k.name} "
+                                f"{dict(k.spec)} at side {k.side}, dims {list(k.dims)} ({len(missing)} missing in all); "
+                                "extend it with python -m search.profile, or let it measure on the fly")
+            self._measure_exact(list(missing.values()))
+            values = [self.kernel_ms(k) for k in kernels]
+        return [float(v) for v in values]  # type: ignore[arg-type]
+
+    def sum_ms(self, model: nn.Module) -> float:
+        return float(sum(self.kernels_ms(kernels_of(model, self.image_size))))
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted latency (ms per forward of the target's batch) of ``model``.
+
+        A model that cannot be split into kernels is measured whole on the table's target (or, with
+        ``on_missing="error"``, :class:`TableMiss`).
+        """
+        try:
+            kernels = kernels_of(model, self.image_size)
+        except TableMiss as exc:
+            if self.on_missing != "measure":
+                raise TableMiss(f"latency table {self.path or ''}: {exc}; measure on --target {self.target} "
+                                "instead") from None
+            from rsc.targets import compare_latency_on
+
+            self.measured_on_the_fly += 1
+            return float(compare_latency_on(self.target, {"model": model}, self.image_size)["model"])
+        return self.alpha * float(sum(self.kernels_ms(kernels))) + self.beta
+
+    def layer_cost(self, module: nn.Module, input_shape: Sequence[int]) -> float:
+        """Latency (ms) of one conv or linear layer at ``input_shape`` (batch 1 shape, as
+        :data:`spaces.allocate.LayerCost` asks); its bn/activation are not included."""
+        from torch import nn
+
+        if isinstance(module, nn.Conv2d):
+            dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            spec = {"op": "conv", "k": _pair(module.kernel_size), "s": _pair(module.stride),
+                    "p": _pair(module.padding), "d": _pair(module.dilation), "dw": dw, "bias": module.bias is not None}
+            if module.groups > 1 and not dw:
+                spec = {"op": "exact", "what": repr(module)}
+            dims = (module.in_channels,) if dw else (module.in_channels, module.out_channels)
+            shape = tuple(int(d) for d in input_shape[1:])
+        elif isinstance(module, nn.Linear):
+            spec, dims, shape = {"op": "linear", "bias": module.bias is not None}, \
+                (module.in_features, module.out_features), (module.in_features, 1, 1)
+        else:
+            raise TableMiss(f"layer_cost takes a Conv2d or Linear layer, got {type(module).__name__}")
+        kernel = Kernel(spec=spec, side=_side((1, *shape)), dims=tuple(int(d) for d in dims), shape=shape,
+                        module=nn.Sequential(nn.Flatten(1), module) if isinstance(module, nn.Linear) else module)
+        return self.kernels_ms([kernel])[0]
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def _measure_exact(self, kernels: Sequence[Kernel]) -> None:
+        from rsc.targets import compare_latency_on
+
+        models, shapes = {}, {}
+        for i, k in enumerate(kernels):
+            try:
+                module, shape = build_kernel(k.spec, k.dims, k.side)
+            except TableMiss:
+                if k.module is None:
+                    raise
+                module, shape = _module(k), k.shape
+            models[str(i)], shapes[str(i)] = module, shape
+        lat = compare_latency_on(self.target, models, self.image_size, shapes=shapes)
+        for i, k in enumerate(kernels):
+            self.exact.setdefault(k.key, {})["x".join(map(str, k.dims))] = float(lat[str(i)])
+        self.measured_on_the_fly += len(kernels)
+        self.dirty = True
+
+    # -- files -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": TABLE_VERSION, "target": self.target, "fingerprint": self.fingerprint,
+                "model": self.model, "image_size": self.image_size, "num_classes": self.num_classes,
+                "alpha": self.alpha, "beta": self.beta, "calibration": self.calibration, "meta": self.meta,
+                "grids": self.grids, "exact": self.exact}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the table as JSON, atomically; returns the path."""
+        out = Path(path or self.path or "lut.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=None, sort_keys=True, allow_nan=False))
+        os.replace(tmp, out)
+        self.path, self.dirty = str(out), False
+        return out
+
+    def summary(self) -> str:
+        points = sum(_count(g["ms"]) for g in self.grids.values()) + sum(len(v) for v in self.exact.values())
+        fit = ""
+        if self.calibration:
+            errs = [abs(c["predicted_ms"] / c["measured_ms"] - 1) for c in self.calibration if c.get("measured_ms")]
+            fit = f"; whole-model fit on {len(errs)} models, max error {100 * max(errs):.1f}%" if errs else ""
+        return (f"latency table for {self.model} at {self.image_size}px on {self.target} "
+                f"({self.fingerprint.get('device_name', '?')}): {len(self.grids)} kernel grids, {points} points, "
+                f"alpha {self.alpha:.3f}, beta {self.beta:.3f} ms{fit}")
+
+
+def _count(values: Any) -> int:
+    return sum(_count(v) for v in values) if isinstance(values, list) else 1
+
+
+_CACHE: dict[tuple[str, float], LatencyTable] = {}
+
+
+def load_table(path: str | os.PathLike) -> LatencyTable:
+    """Read a table written by :meth:`LatencyTable.save` (cached per path and mtime).
+
+    Raises:
+        ConfigError: missing, unreadable, not a table, or of another format version.
+    """
+    p = Path(path).expanduser()
+    try:
+        stamp = p.stat().st_mtime
+    except OSError:
+        raise ConfigError(f"latency table {path}: no such file (build one with python -m search.profile)") from None
+    cached = _CACHE.get((str(p.resolve()), stamp))
+    if cached is not None:
+        return cached
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"latency table {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or "grids" not in data or "fingerprint" not in data:
+        raise ConfigError(f"latency table {path} is not a latency table (no grids/fingerprint)")
+    if data.get("version") != TABLE_VERSION:
+        raise ConfigError(f"latency table {path} has format version {data.get('version')!r}, this code reads "
+                          f"{TABLE_VERSION}: build it again with python -m search.profile")
+    try:
+        table = LatencyTable(target=data["target"], fingerprint=data["fingerprint"], model=data["model"],
+                             image_size=data["image_size"], num_classes=data["num_classes"], grids=data["grids"],
+                             exact=data.get("exact"), alpha=data.get("alpha", 1.0), beta=data.get("beta", 0.0),
+                             calibration=data.get("calibration", ()), meta=data.get("meta"), path=str(p))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"latency table {path} is incomplete: {type(exc).__name__}: {exc}") from None
+    _CACHE[(str(p.resolve()), stamp)] = table
+    return table
+
+
+def check_table(table: LatencyTable, *, fingerprint: Mapping[str, Any] | None = None, model: str | None = None,
+                image_size: int | None = None, num_classes: int | None = None) -> None:
+    """Refuse a table measured on another target or profiled for another model, size or classes.
+
+    ``fingerprint`` is what the table's target says now (:meth:`rsc.targets.Target.fingerprint`).
+
+    Raises:
+        TableMismatch: one line naming every field that differs, the table's value and this one.
+    """
+    diffs = []
+    for name, want in (("model", model), ("image_size", image_size), ("num_classes", num_classes)):
+        have = getattr(table, name)
+        if want is not None and str(want) != str(have):
+            diffs.append(f"{name} {have} (here {want})")
+    if fingerprint is not None:
+        for k in FINGERPRINT_KEYS:
+            a, b = table.fingerprint.get(k), fingerprint.get(k)
+            if a != b and not (a is None and b is None):
+                diffs.append(f"{k} {a!r} (here {b!r})")
+    if diffs:
+        raise TableMismatch(f"latency table {table.path or ''} does not fit: it was built for " + "; ".join(diffs)
+                            + " (build one here with python -m search.profile)")
+
+
+# -- profiling -----------------------------------------------------------------------------------
+
+
+def grid_axis(lo: int, hi: int, points: int, multiple: int = 8) -> list[int]:
+    """About ``points`` values from ``lo`` to ``hi`` (both kept), geometric, on multiples of ``multiple``
+    where they fall between (channel counts the spaces produce are rounded to 8)."""
+    lo, hi = int(lo), int(hi)
+    if hi <= lo or points <= 1:
+        return sorted({lo, hi})
+    values = {lo, hi}
+    for i in range(1, points - 1):
+        v = lo * (hi / lo) ** (i / (points - 1))
+        v = int(round(v / multiple) * multiple) if v > multiple else int(round(v))
+        values.add(min(hi, max(lo, v)))
+    return sorted(values)
+
+
+def profile_kernels(target: Any, observed: Mapping[str, list[Kernel]], *, points: int = 8,
+                    repeats: int | None = None, chunk: int = 48, reference: Any = None, image_size: int = 8,
+                    progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """Measure a grid for every kernel key in ``observed`` (key -> kernels seen with it) on ``target``.
+
+    Each grid spans the dims seen, ``points`` values per dim (:func:`grid_axis`); kernels without a
+    builder (``exact`` specs) are measured at the dims seen, from their own module. The kernels are
+    timed in interleaved chunks; with a ``reference`` model (the base, input ``image_size``) in every
+    chunk, each chunk's times are scaled by the reference's median over all chunks divided by its
+    time in that chunk, so that load drifting over the minutes of profiling does not bend the table
+    (the whole-model calibration is timed beside the reference too). Returns ``(grids, exact,
+    reference times per chunk)``.
+    """
+    from rsc.targets import compare_latency_on
+
+    grids: dict[str, Any] = {}
+    exact: dict[str, dict[str, float]] = {}
+    jobs: list[tuple[str, tuple[int, ...], Any, tuple[int, ...]]] = []
+    for key, kernels in observed.items():
+        k0 = kernels[0]
+        if k0.spec["op"] == "exact":
+            for k in {k.dims: k for k in kernels}.values():
+                jobs.append((key, k.dims, _module(k), k.shape))
+            continue
+        axes = [grid_axis(min(k.dims[i] for k in kernels), max(k.dims[i] for k in kernels), points)
+                for i in range(len(k0.dims))]
+        grids[key] = {"axes": axes, "ms": None}
+        for dims in _product(axes):
+            module, shape = build_kernel(k0.spec, dims, k0.side)
+            jobs.append((key, dims, module, shape))
+    raw: list[tuple[dict[tuple[str, tuple[int, ...]], float], float]] = []
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        models = {str(i): j[2] for i, j in enumerate(part)}
+        shapes = {str(i): j[3] for i, j in enumerate(part)}
+        if reference is not None:
+            models["reference"] = reference
+        lat = compare_latency_on(target, models, image_size, shapes=shapes, repeats=repeats)
+        raw.append(({(j[0], j[1]): float(lat[str(i)]) for i, j in enumerate(part)}, float(lat.get("reference", 1.0))))
+        if progress:
+            progress(len(part))
+    refs = [r for _, r in raw]
+    typical = sorted(refs)[len(refs) // 2] if refs else 1.0
+    results = {key: ms * (typical / ref if reference is not None and ref > 0 else 1.0)
+               for part_results, ref in raw for key, ms in part_results.items()}
+    for key, grid in grids.items():
+        grid["ms"] = _nest(grid["axes"], lambda dims, key=key: results[(key, dims)])
+    for (key, dims), ms in results.items():
+        if key not in grids:
+            exact.setdefault(key, {})["x".join(map(str, dims))] = ms
+    return grids, exact, (refs if reference is not None else [])
+
+
+def _product(axes: Sequence[Sequence[int]]) -> Iterable[tuple[int, ...]]:
+    import itertools
+
+    return (tuple(p) for p in itertools.product(*axes))
+
+
+def _nest(axes: Sequence[Sequence[int]], value: Callable[[tuple[int, ...]], float], prefix: tuple[int, ...] = ()) -> Any:
+    if len(prefix) == len(axes):
+        return value(prefix)
+    return [_nest(axes, value, (*prefix, a)) for a in axes[len(prefix)]]
+
+
+def fit_line(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """Least squares ``measured ~ alpha * sum + beta`` with ``beta >= 0`` (relative errors weighed alike)."""
+    import numpy as np
+
+    s, m = np.asarray(sums, float), np.asarray(measured, float)
+    if len(s) < 2 or float(np.ptp(s)) == 0.0:
+        return (float(np.mean(m / s)) if len(s) else 1.0), 0.0
+    w = 1.0 / m  # relative error
+    a = np.stack([s * w, w], axis=1)
+    (alpha, beta), *_ = np.linalg.lstsq(a, m * w, rcond=None)
+    if beta < 0:
+        return float(np.sum(s * m * w * w) / np.sum(s * s * w * w)), 0.0
+    return float(alpha), float(beta)
+

@@ -1,0 +1,196 @@
+"""``python -m search.profile``: measure a per-kernel latency table on a target, for ``--target lut:FILE``.
+
+The table (:mod:`rsc.latency_table`) must hold every kernel the search can produce from the model:
+this command builds (structure only, no weights computed) the base model, each method
+combination's most compressed plan and ``--plans`` random plans of the search's own space
+(:class:`search.space.JointSpace`: channel counts at the pruning rounding step, Tucker-2 ranks and
+their 1x1 projections, student architectures), collects their fused kernels and measures, on the
+target, a grid of ``--points`` values per channel dim spanning what was seen. Then it times
+``--calibration`` whole models (other random plans) beside the sum of their kernels and fits the
+whole-model line (``alpha * sum + beta``), which it reports with its error. Post-training steps
+(int8) are not tabled: a model with them is measured whole when it is predicted.
+
+Example::
+
+    python -m search.profile --target cpu --model resnet18 --image-size 64 --num-classes 21 --out lut.json
+    python -m search.run --target lut:lut.json --budget 'latency<40%' --data ../shared/datasets/UCMerced_LandUse
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser", "sample_plans", "structural_model", "profile_table"]
+
+DEFAULT_METHODS = ("prune", "tucker", "distill")
+
+
+def build_parser() -> Any:
+    from rsc.cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m search.profile",
+                       description="Measure a per-kernel latency table of a model's compressed variants on a "
+                                   "target (for search.run --target lut:FILE).",
+                       epilog="Example: python -m search.profile --target cpu --model resnet18 --image-size 64 "
+                              "--num-classes 21 --out lut.json")
+    p.add_argument("--target", default="cpu", help="where to measure (rsc.targets grammar: cpu[:threads=N,"
+                   "runtime=eager|torchscript|onnxruntime,format=...,batch=N], cuda[:N], ray:RESOURCE); default cpu")
+    p.add_argument("--model", default="resnet18", help="base architecture (rsc.models registry); default resnet18")
+    p.add_argument("--image-size", type=int, default=64, help="input side in pixels; default 64")
+    p.add_argument("--num-classes", type=int, default=21, help="classes of the head; default 21 (UC Merced)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"methods whose kernels to table, comma-separated; default {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--depth-bins", type=int, default=4, help="as search.run's --depth-bins; default 4")
+    p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
+    p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
+    p.add_argument("--calibration", type=int, default=8, help="whole models timed to fit alpha and beta; default 8")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
+    p.add_argument("--out", default="lut.json", help="table file to write; default lut.json")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def sample_plans(joint: Any, base: Any, context: Any, arch: dict[str, Any], n: int, seed: int) -> list[Any]:
+    """``n`` random plans of ``joint`` (Optuna's RandomSampler, seeded), as :class:`spaces.Plan`."""
+    import optuna
+
+    from spaces.base import Plan
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    plans = []
+    for _ in range(n):
+        _, steps = joint.suggest(study.ask(), base, context)
+        plans.append(Plan(base=arch, steps=steps))
+    return plans
+
+
+def structural_model(base: Any, plan: Any, context: Any) -> Any:
+    """The plan's structure (no decomposition or importance computed; post-training steps left out)."""
+    from spaces.compose import compress, split_plan
+
+    model, _ = compress(base, split_plan(plan)[0], context, structure_only=True)
+    return model.eval()
+
+
+def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
+                  depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 8,
+                  repeats: int | None = None, seed: int = 0, progress: bool = False,
+                  say: Any = print) -> Any:
+    """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
+    from tqdm.auto import tqdm
+
+    from rsc.latency_table import LatencyTable, fit_line, kernels_of, profile_kernels
+    from rsc.models import create_model
+    from rsc.targets import compare_latency_on, parse_target
+    from search.space import JointSpace
+    from spaces.base import Context, Plan
+    from spaces.errors import SpaceError
+
+    target = parse_target(target)
+    t0 = time.perf_counter()
+    base = create_model(model, num_classes, image_size=image_size).eval()
+    arch = {"model": model, "num_classes": num_classes, "image_size": image_size}
+    context = Context(num_classes=num_classes, image_size=image_size, seed=seed)
+    joint = JointSpace(methods, max_combo=2, bins=depth_bins or None)
+    candidates = [Plan(base=arch)]
+    for combo in joint.combos:
+        try:
+            candidates.append(Plan(base=arch, steps=joint.strongest(combo, base, context)))
+        except SpaceError as exc:
+            say(f"note: {combo} has no strongest plan here ({exc})")
+    candidates += sample_plans(joint, base, context, arch, plans, seed)
+    observed: dict[str, list[Any]] = {}
+    for plan in tqdm(candidates, desc="kernels of candidate plans", unit="plan", disable=not progress, leave=False):
+        try:
+            built = structural_model(base, plan, context)
+        except SpaceError:
+            continue  # a random plan the space refuses costs nothing here
+        for k in kernels_of(built, image_size):
+            observed.setdefault(k.key, []).append(k)
+    total = sum(_grid_size(v, points) for v in observed.values())
+    say(f"{len(observed)} kernel kinds in {len(candidates)} candidate plans; measuring {total} grid points on "
+        f"{target.describe()}")
+    with tqdm(total=total, desc="measuring kernels", unit="kernel", disable=not progress, leave=False) as bar:
+        grids, exact, refs = profile_kernels(target, observed, points=points, repeats=repeats, reference=base,
+                                             image_size=image_size, progress=bar.update)
+    typical = sorted(refs)[len(refs) // 2]
+    table = LatencyTable(target=target.spec, fingerprint=target.fingerprint(), model=model, image_size=image_size,
+                         num_classes=num_classes, grids=grids, exact=exact)
+    cal_plans = [Plan(base=arch)] + sample_plans(joint, base, context, arch, max(calibration - 1, 0), seed + 7919)
+    models, sums = {}, {}
+    for i, plan in enumerate(cal_plans):
+        try:
+            built = structural_model(base, plan, context)
+        except SpaceError:
+            continue
+        models[str(i)], sums[str(i)] = built, table.sum_ms(built)
+    measured = compare_latency_on(target, {**models, "reference": base}, image_size)
+    drift = typical / measured.pop("reference")  # the calibration's load, relative to the kernels'
+    measured = {k: v * drift for k, v in measured.items()}
+    alpha, beta = fit_line([sums[k] for k in models], [measured[k] for k in models])
+    table.alpha, table.beta = alpha, beta
+    table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
+                          "predicted_ms": alpha * sums[k] + beta} for i, k in enumerate(models)]
+    table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
+                  "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+                  "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "chunks": len(refs)},
+                  "on_the_fly": table.measured_on_the_fly}
+    return table
+
+
+def _grid_size(kernels: Sequence[Any], points: int) -> int:
+    from rsc.latency_table import grid_axis
+
+    k0 = kernels[0]
+    if k0.spec["op"] == "exact":
+        return len({k.dims for k in kernels})
+    n = 1
+    for i in range(len(k0.dims)):
+        n *= len(grid_axis(min(k.dims[i] for k in kernels), max(k.dims[i] for k in kernels), points))
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rsc.cli import run_cli
+
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from rsc.errors import ConfigError
+        from rsc.targets import parse_target
+
+        for name in ("image_size", "num_classes", "plans", "points", "calibration"):
+            if getattr(args, name) < (2 if name in ("num_classes", "points") else 1 if name != "plans" else 0):
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is too small")
+        target = parse_target(args.target)
+        if target.table is not None:
+            raise ConfigError(f"--target {target.spec} is a table already: profile the target it was measured on "
+                              f"({target.measured.spec})")
+        if target.remote is not None:
+            from search.cluster import join_for_target
+
+            join_for_target(args.ray_address, target.spec)
+        target.check()
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        table = profile_table(target=target, model=args.model, image_size=args.image_size,
+                              num_classes=args.num_classes, methods=methods, depth_bins=args.depth_bins,
+                              plans=args.plans, points=args.points, calibration=args.calibration,
+                              repeats=args.repeats, seed=args.seed, progress=args.progress,
+                              say=lambda m: print(m, file=sys.stderr))
+        path = table.save(args.out)
+        print(table.summary())
+        print(json.dumps({"out": str(path), "seconds": table.meta["seconds"]}))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Latency tables: kernels and their fusion, grids and interpolation, files and their refusals, misses
+measured on the fly or refused, and lut: targets. No timing asserts: values are only checked to be
+positive and finite, or equal to what the table holds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rsc.errors import ConfigError
+from rsc.latency_table import (LatencyTable, TableMismatch, TableMiss, build_kernel, check_table, fit_line,
+                               grid_axis, kernels_of, load_table, profile_kernels)
+from rsc.targets import compare_latency_on, parse_target
+
+SIZE = 16
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)) + x)
+
+
+def _net(width: int = 8, classes: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 8, 1, bias=False), Block(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)).eval()
+
+
+class Both(nn.Module):
+    def __init__(self, *nets: nn.Module) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x):
+        return tuple(n(x) for n in self.nets)
+
+
+def _table(model: nn.Module, points: int = 3) -> LatencyTable:
+    observed: dict = {}
+    for k in kernels_of(model, SIZE):
+        observed.setdefault(k.key, []).append(k)
+    grids, exact, _ = profile_kernels("cpu", observed, points=points, repeats=2)
+    target = parse_target("cpu")
+    return LatencyTable(target="cpu", fingerprint=target.fingerprint(), model="net", image_size=SIZE, num_classes=3,
+                        grids=grids, exact=exact)
+
+
+def test_kernels_fuse_conv_bn_relu_and_add_relu_in_order():
+    kernels = kernels_of(_net(), SIZE)
+    ops = [(k.spec["op"], k.spec.get("bn"), k.spec.get("act"), k.dims) for k in kernels]
+    assert ops == [("conv", True, "relu", (3, 8)), ("conv", None, None, (8, 8)), ("conv", True, None, (8, 8)),
+                   ("add", None, "relu", (8,)), ("conv", None, "relu6", (8,)), ("gap", None, None, (8,)),
+                   ("flatten", None, None, (8,)), ("linear", None, None, (8, 3))]
+    assert kernels[4].spec["dw"] is True and kernels[4].spec["bias"] is True
+    assert all(k.side == SIZE for k in kernels[:5]) and kernels[-1].side == 1
+
+
+def test_built_kernels_and_cut_out_kernels_compute_alike():
+    for k in kernels_of(_net(), SIZE):
+        module, shape = build_kernel(k.spec, k.dims, k.side)
+        x = torch.randn(2, *shape)
+        cut = k.module.build()
+        assert module(x).numel() == cut(torch.randn(2, *k.shape)).numel()
+
+
+def test_grid_axis_keeps_ends_and_rounds_between():
+    axis = grid_axis(8, 512, 8)
+    assert axis[0] == 8 and axis[-1] == 512 and axis == sorted(set(axis)) and len(axis) <= 8
+    assert all(v % 8 == 0 for v in axis)
+    assert grid_axis(5, 5, 8) == [5]
+
+
+def test_prediction_is_exact_on_grid_points_and_interpolates_between(tmp_path):
+    model = _net()
+    table = _table(model)
+    key = kernels_of(model, SIZE)[0].key
+    axes, ms = table.grids[key]["axes"], table.grids[key]["ms"]
+    assert axes[0] == [3] and axes[1] == [8]
+    wide = _net(width=32)
+    table2 = _table(Both(_net(width=8), _net(width=32)))  # a grid over widths 8..32 of the stem
+    k_stem = kernels_of(wide, SIZE)[0]
+    grid = table2.grids[k_stem.key]
+    assert grid["axes"][1][0] == 8 and grid["axes"][1][-1] == 32
+    lo, hi = grid["ms"][0][0], grid["ms"][0][-1]
+    mid = [d for d in grid["axes"][1] if 8 < d < 32]
+    probe = type(k_stem)(spec=k_stem.spec, side=k_stem.side, dims=(3, 20), shape=k_stem.shape)
+    value = table2.kernel_ms(probe)
+    if not mid:  # two points: the interpolation is linear between them
+        assert value == pytest.approx(lo + (hi - lo) * (20 - 8) / 24)
+    assert min(grid["ms"][0]) - 1e-12 <= value <= max(grid["ms"][0]) + 1e-12
+    assert ms[0][0] > 0
+
+
+def test_predict_is_alpha_sum_plus_beta_and_round_trips_through_json(tmp_path):
+    model = _net()
+    table = _table(model)
+    table.alpha, table.beta = 1.5, 0.25
+    s = table.sum_ms(model)
+    assert s > 0 and table.predict(model) == pytest.approx(1.5 * s + 0.25)
+    path = table.save(tmp_path / "t.json")
+    again = load_table(path)
+    assert again.predict(model) == pytest.approx(table.predict(model))
+    assert again.to_dict() == json.loads(path.read_text())
+
+
+def test_a_missing_kernel_is_measured_on_the_fly_or_refused(tmp_path):
+    table = _table(_net())
+    other = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * SIZE * SIZE, 3)).eval()
+    table.on_missing = "error"
+    with pytest.raises(TableMiss, match="no entry for kernel"):
+        table.predict(other)
+    table.on_missing = "measure"
+    value = table.predict(other)
+    assert math.isfinite(value) and value > 0 and table.measured_on_the_fly == 3 and table.dirty  # conv5x5+relu, flatten at 16 px, linear
+    table.on_missing = "error"
+    assert table.predict(other) == pytest.approx(value)  # cached now
+
+
+def test_a_model_that_is_not_tabled_is_measured_whole_or_refused():
+    table = _table(_net())
+    int8 = torch.ao.quantization.quantize_dynamic(_net(), {nn.Linear}, dtype=torch.qint8)
+    table.on_missing = "error"
+    with pytest.raises(TableMiss, match="int8"):
+        table.predict(int8)
+    table.on_missing = "measure"
+    assert table.predict(int8) > 0 and table.measured_on_the_fly == 1
+
+
+def test_layer_cost_reads_bare_conv_and_linear_layers():
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(16 * SIZE * SIZE, 4))
+    table = _table(_net())
+    conv = table.layer_cost(model[0], (1, 8, SIZE, SIZE))
+    fc = table.layer_cost(model[2], (1, 16 * SIZE * SIZE))
+    assert conv > 0 and fc > 0
+    with pytest.raises(TableMiss):
+        table.layer_cost(nn.ReLU(), (1, 8, SIZE, SIZE))
+
+
+def test_fit_line_recovers_a_line_and_never_a_negative_offset():
+    alpha, beta = fit_line([1.0, 2.0, 4.0], [2.5, 4.5, 8.5])
+    assert alpha == pytest.approx(2.0) and beta == pytest.approx(0.5)
+    alpha, beta = fit_line([1.0, 2.0, 4.0], [1.0, 3.0, 7.0])
+    assert beta == 0.0 and alpha > 0
+
+
+def test_check_table_names_every_difference():
+    table = _table(_net())
+    check_table(table, fingerprint=parse_target("cpu").fingerprint(), model="net", image_size=SIZE, num_classes=3)
+    other = dict(parse_target("cpu").fingerprint(), device_name="Cortex-A76", batch=16)
+    with pytest.raises(TableMismatch) as err:
+        check_table(table, fingerprint=other, model="resnet18", image_size=64, num_classes=3)
+    text = str(err.value)
+    for word in ("model net (here resnet18)", "image_size 16 (here 64)", "device_name", "Cortex-A76", "batch 1 (here 16)"):
+        assert word in text, text
+    assert "\n" not in text
+
+
+def test_lut_targets_parse_predict_and_check(tmp_path):
+    table = _table(_net())
+    path = table.save(tmp_path / "lut.json")
+    target = parse_target(f"lut:{path}")
+    assert target.table == str(path) and target.spec == f"lut:{path}" and parse_target(target.spec) == target
+    assert target.measured == parse_target("cpu") and "latency table" in target.describe()
+    assert target.check() is target
+    lat = compare_latency_on(target, {"a": _net(), "b": _net(width=8)}, SIZE)
+    assert lat["a"] == pytest.approx(table.predict(_net()))
+    assert target.fingerprint()["table"] == str(path)
+    data = json.loads(path.read_text())
+    data["fingerprint"]["device_name"] = "another CPU"
+    (tmp_path / "elsewhere.json").write_text(json.dumps(data))
+    with pytest.raises(TableMismatch, match="another CPU"):
+        parse_target(f"lut:{tmp_path / 'elsewhere.json'}").check()
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "no such file"),
+    ("{not json", "not readable JSON"),
+    ('{"a": 1}', "not a latency table"),
+    ('{"version": 99, "grids": {}, "fingerprint": {}}', "format version 99"),
+])
+def test_bad_table_files_are_one_line_errors(tmp_path, content, words):
+    path = tmp_path / "lut.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=words) as err:
+        parse_target(f"lut:{path}")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="lut: takes a latency table file"):
+        parse_target("lut:")

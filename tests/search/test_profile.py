@@ -1,0 +1,112 @@
+"""python -m search.profile and --target lut:FILE in a search: the table is built from the search's own
+space, latency budgets are projected with it before training, final models are measured on the table's
+target beside the prediction, and a table that does not fit is refused before training."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.search.conftest import ROOT, child_env, tiny_config
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def lut(tmp_path_factory):
+    """A small table for the tiny search: ResNet-18 at 32 px, 8 classes, channel pruning."""
+    from search.profile import profile_table
+
+    table = profile_table(target="cpu", model="resnet18", image_size=SIZE, num_classes=8, methods=["prune"],
+                          plans=4, points=3, calibration=3, repeats=3, say=lambda m: None)
+    return table.save(tmp_path_factory.mktemp("lut") / "lut.json")
+
+
+def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
+    from rsc.latency_table import load_table
+
+    table = load_table(lut)
+    assert table.model == "resnet18" and table.image_size == SIZE and table.num_classes == 8
+    assert table.fingerprint["spec"] == "cpu" and table.fingerprint["device_name"]
+    ops = {json.loads(k.split("@")[0])["op"] for k in table.grids}
+    assert {"conv", "add", "maxpool", "gap", "flatten", "linear"} <= ops
+    conv = [g for k, g in table.grids.items() if '"op":"conv"' in k and '"k":[3,3]' in k]
+    assert any(len(g["axes"][1]) > 1 and g["axes"][1][0] < g["axes"][1][-1] for g in conv)  # pruned widths
+    assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3
+    assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["chunks"] >= 1
+
+
+@pytest.mark.timeout(600)
+def test_a_latency_budget_is_projected_with_the_table_and_re_measured_at_the_end(tmp_path, lut):
+    import optuna
+
+    from rsc.latency_table import load_table
+    from search.run import render, run
+
+    spec = f"lut:{lut}"
+    config = tiny_config(tmp_path, methods=("prune",), budgets=("latency<40%",), objectives=("accuracy", "latency"),
+                         trials=2, hardware=spec)
+    result = run(config)
+    assert result.counts["complete"] == 2 and result.hardware == spec
+    table = load_table(lut)
+    study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
+    base_pred = result.base["latency_ms_predicted"]
+    for t in study.trials:  # projected onto the predicted budget before training: every trial inside it
+        assert t.user_attrs["costs"]["latency_ms"] <= 0.4 * base_pred * 1.0001
+    assert result.counts["inside_budget"] == 2
+    assert result.final and all(r["latency_ms"] > 0 and r["latency_ms_predicted"] > 0 for r in result.final)
+    assert result.base["latency_ms"] > 0 and table.target == "cpu"
+    out = io.StringIO()
+    render(result, out)
+    text = out.getvalue()
+    assert "latency_ms_predicted" in text and "measured on the target the table" in text
+
+
+def test_a_table_for_another_input_size_or_machine_is_refused_before_training(tmp_path, lut):
+    from rsc.errors import ConfigError
+    from search.run import run
+
+    data = json.loads(lut.read_text())
+    data["image_size"] = 64
+    other = tmp_path / "size.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"image_size 64 \(here 32\)"):
+        run(tiny_config(tmp_path, methods=("prune",), budgets=("latency<60%",), hardware=f"lut:{other}"))
+    data = json.loads(lut.read_text())
+    data["fingerprint"]["device_name"] = "Cortex-A76"
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="device_name 'Cortex-A76'"):
+        run(tiny_config(tmp_path, methods=("prune",), budgets=("latency<60%",), hardware=f"lut:{board}"))
+    assert not (tmp_path / "runs" / "tiny" / "models").exists()
+
+
+def test_an_unreachable_latency_budget_fails_before_training_with_the_best_reachable(tmp_path, lut):
+    from rsc.errors import BudgetInfeasible
+    from search.run import run
+
+    with pytest.raises(BudgetInfeasible, match=r"latency_ms [0-9.]+ \(budget"):
+        run(tiny_config(tmp_path, methods=("prune",), budgets=("latency<0.1%",), hardware=f"lut:{lut}"))
+
+
+def test_profile_cli_writes_a_table_and_refuses_bad_input(tmp_path):
+    env = child_env(tmp_path)
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, "-m", "search.profile", "--model", "resnet18", "--image-size", "16", "--num-classes", "3",
+           "--methods", "prune", "--plans", "1", "--points", "2", "--calibration", "2", "--repeats", "2",
+           "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.exists() and "latency table for resnet18 at 16px on cpu" in done.stdout
+    for args, words in ((["--target", f"lut:{out}"], "is a table already"),
+                        (["--target", "tpu"], "unknown device 'tpu'"),
+                        (["--model", "nonet"], "nonet"),
+                        (["--image-size", "0"], "--image-size 0 is too small")):
+        bad = subprocess.run(cmd[:3] + args + ["--out", str(tmp_path / "x.json")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
