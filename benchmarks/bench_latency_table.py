@@ -69,9 +69,10 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     misses = table.measured_on_the_fly - before
     passes = []
     t = time.perf_counter()
-    for _ in range(2):
-        passes.append(compare_latency_on(target, {k: m for k, (m, _) in models.items()}, args.image_size))
-    measure_s = (time.perf_counter() - t) / (2 * len(models))
+    for _ in range(2):  # each candidate beside the base, as a trial of the search times it
+        passes.append({k: compare_latency_on(target, {"model": m, "base": base}, args.image_size)["model"]
+                       for k, (m, _) in models.items()})
+    measure_s = (time.perf_counter() - t) / (2 * len(models))  # a pair of models timed
     rows = []
     for k, (m, what) in models.items():
         meas = (passes[0][k] + passes[1][k]) / 2
@@ -114,9 +115,9 @@ def main() -> int:
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             results["cases"].append(run_case(model, batch, args))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+            if args.out:  # after every case: a long run that is stopped keeps what it measured
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
 
 
