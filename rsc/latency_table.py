@@ -32,6 +32,7 @@ measured elsewhere, naming what differs. ``python -m search.profile`` builds tab
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import os
@@ -159,36 +160,18 @@ def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[
         chain = [node]
         spec: dict[str, Any]
         m = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
-            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            if m.groups > 1 and not dw:
-                spec = {"op": "exact", "what": repr(m)}
-            else:
-                spec = {"op": "conv", "k": _pair(m.kernel_size), "s": _pair(m.stride), "p": _pair(m.padding),
-                        "d": _pair(m.dilation), "dw": dw, "bias": m.bias is not None}
+        if (isinstance(m, nn.Conv2d) and m.padding_mode == "zeros") or isinstance(m, nn.Linear):
+            spec, dims = _layer_spec(m)
             nxt = _only_user(node)
-            if nxt is not None and nxt.op == "call_module" and isinstance(gm.get_submodule(nxt.target), nn.BatchNorm2d):
+            if isinstance(m, nn.Conv2d) and nxt is not None and nxt.op == "call_module" and \
+                    isinstance(gm.get_submodule(nxt.target), nn.BatchNorm2d):
                 chain.append(nxt)
                 spec["bn"] = True
-                nxt = _only_user(nxt)
-            if nxt is not None and _act_of(nxt, gm):
-                chain.append(nxt)
-                spec["act"] = _act_of(nxt, gm)
-            dims = (m.in_channels,) if dw else (m.in_channels, m.out_channels)
-        elif isinstance(m, nn.Linear):
-            spec = {"op": "linear", "bias": m.bias is not None}
-            nxt = _only_user(node)
-            if nxt is not None and _act_of(nxt, gm):
-                chain.append(nxt)
-                spec["act"] = _act_of(nxt, gm)
-            dims = (m.in_features, m.out_features)
+            _fuse_act(chain, spec, gm)
         elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd) and \
                 len(node.all_input_nodes) == 2 and _shape(node.all_input_nodes[0]) == _shape(node.all_input_nodes[1]):
             spec = {"op": "add"}
-            nxt = _only_user(node)
-            if nxt is not None and _act_of(nxt, gm):
-                chain.append(nxt)
-                spec["act"] = _act_of(nxt, gm)
+            _fuse_act(chain, spec, gm)
             dims = (shape_in[1],)
         else:
             spec = _simple_spec(node, m, gm)
@@ -197,6 +180,30 @@ def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[
         out.append(Kernel(spec=spec, side=_side(shape_in), dims=tuple(int(d) for d in dims),
                           shape=tuple(shape_in[1:]), module=_Lazy(chain, gm), name=str(node.name)))
     return out
+
+
+def _layer_spec(m: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """``(spec, dims)`` of a Conv2d or Linear layer alone (grouped convolutions other than depthwise:
+    an ``exact`` spec, measured only at their own dims)."""
+    from torch import nn
+
+    if isinstance(m, nn.Linear):
+        return {"op": "linear", "bias": m.bias is not None}, (int(m.in_features), int(m.out_features))
+    dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    dims = (int(m.in_channels),) if dw else (int(m.in_channels), int(m.out_channels))
+    if m.groups > 1 and not dw:
+        return {"op": "exact", "what": repr(m)}, dims
+    return {"op": "conv", "k": _pair(m.kernel_size), "s": _pair(m.stride), "p": _pair(m.padding),
+            "d": _pair(m.dilation), "dw": dw, "bias": m.bias is not None}, dims
+
+
+def _fuse_act(chain: list[Any], spec: dict[str, Any], gm: Any) -> None:
+    """Append the activation that alone consumes the chain's last node, if any, to the kernel."""
+    nxt = _only_user(chain[-1])
+    act = _act_of(nxt, gm) if nxt is not None else None
+    if act:
+        chain.append(nxt)
+        spec["act"] = act
 
 
 def _simple_spec(node: Any, m: Any, gm: Any) -> dict[str, Any]:
@@ -294,8 +301,7 @@ def build_kernel(spec: Mapping[str, Any], dims: Sequence[int], side: int) -> tup
     from torch import nn
 
     op = spec["op"]
-    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
-            "hardsigmoid": nn.Hardsigmoid, "gelu": nn.GELU}
+    acts = {name: getattr(nn, cls) for cls, name in _ACTS.items()}
     act = [acts[spec["act"]]()] if spec.get("act") else []
     if op == "conv":
         if spec["dw"]:
@@ -313,7 +319,7 @@ def build_kernel(spec: Mapping[str, Any], dims: Sequence[int], side: int) -> tup
     c = int(dims[0])
     shape = (c, side, side)
     if op == "add":
-        return _Add(torch.randn(1, *shape), act[0] if act else None).eval(), shape
+        return _add_module()(torch.randn(1, *shape), act[0] if act else None).eval(), shape
     if op == "bn":
         return nn.BatchNorm2d(c).eval(), shape
     if op == "act":
@@ -330,7 +336,9 @@ def build_kernel(spec: Mapping[str, Any], dims: Sequence[int], side: int) -> tup
     raise TableMiss(f"kernel {spec} is measured only from a model that has it")
 
 
+@functools.cache
 def _add_module() -> type:
+    """The residual-add kernel's module class (built on first use: torch loads lazily)."""
     from torch import nn
 
     class Add(nn.Module):
@@ -345,16 +353,6 @@ def _add_module() -> type:
             return self.act(x + self.y)
 
     return Add
-
-
-def _Add(y: Any, act: Any) -> Any:  # noqa: N802 - a class built on first use (torch loads lazily)
-    global _ADD
-    if _ADD is None:
-        _ADD = _add_module()
-    return _ADD(y, act)
-
-
-_ADD: type | None = None
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -471,20 +469,11 @@ class LatencyTable:
         :data:`spaces.allocate.LayerCost` asks); its bn/activation are not included."""
         from torch import nn
 
-        if isinstance(module, nn.Conv2d):
-            dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-            spec = {"op": "conv", "k": _pair(module.kernel_size), "s": _pair(module.stride),
-                    "p": _pair(module.padding), "d": _pair(module.dilation), "dw": dw, "bias": module.bias is not None}
-            if module.groups > 1 and not dw:
-                spec = {"op": "exact", "what": repr(module)}
-            dims = (module.in_channels,) if dw else (module.in_channels, module.out_channels)
-            shape = tuple(int(d) for d in input_shape[1:])
-        elif isinstance(module, nn.Linear):
-            spec, dims, shape = {"op": "linear", "bias": module.bias is not None}, \
-                (module.in_features, module.out_features), (module.in_features, 1, 1)
-        else:
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
             raise TableMiss(f"layer_cost takes a Conv2d or Linear layer, got {type(module).__name__}")
-        kernel = Kernel(spec=spec, side=_side((1, *shape)), dims=tuple(int(d) for d in dims), shape=shape,
+        spec, dims = _layer_spec(module)
+        shape = (module.in_features, 1, 1) if isinstance(module, nn.Linear) else tuple(int(d) for d in input_shape[1:])
+        kernel = Kernel(spec=spec, side=_side((1, *shape)), dims=dims, shape=shape,
                         module=nn.Sequential(nn.Flatten(1), module) if isinstance(module, nn.Linear) else module)
         return self.kernels_ms([kernel])[0]
 
@@ -619,6 +608,12 @@ def grid_axis(lo: int, hi: int, points: int, multiple: int = 8) -> list[int]:
     return sorted(values)
 
 
+def grid_axes(kernels: Sequence[Kernel], points: int) -> list[list[int]]:
+    """The grid of one kernel kind: ``points`` values per dim (:func:`grid_axis`) spanning the dims seen."""
+    return [grid_axis(min(k.dims[i] for k in kernels), max(k.dims[i] for k in kernels), points)
+            for i in range(len(kernels[0].dims))]
+
+
 def profile_kernels(target: Any, observed: Mapping[str, list[Kernel]], *, points: int = 8,
                     repeats: int | None = None, chunk: int = 48, reference: Any = None, image_size: int = 8,
                     progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
@@ -643,8 +638,7 @@ def profile_kernels(target: Any, observed: Mapping[str, list[Kernel]], *, points
             for k in {k.dims: k for k in kernels}.values():
                 jobs.append((key, k.dims, _module(k), k.shape))
             continue
-        axes = [grid_axis(min(k.dims[i] for k in kernels), max(k.dims[i] for k in kernels), points)
-                for i in range(len(k0.dims))]
+        axes = grid_axes(kernels, points)
         grids[key] = {"axes": axes, "ms": None}
         for dims in _product(axes):
             module, shape = build_kernel(k0.spec, dims, k0.side)

@@ -203,6 +203,13 @@ class Budgets:
         """Ceilings on analytic metrics: these are projected, so every trial meets them."""
         return tuple(b for b in self.items if b.spec.kind == "analytic" and b.is_upper)
 
+    def projected_keys(self, predicted: Iterable[str] = ()) -> set[str]:
+        """Cost keys whose ceilings are projected before training: the analytic ones, and the ceilings on
+        ``predicted`` keys (``latency_ms`` from a latency table)."""
+        predicted = set(predicted)
+        return {b.spec.cost_key for b in self.items
+                if b.is_upper and (b.spec.kind == "analytic" or b.spec.cost_key in predicted)}
+
     @property
     def constraints(self) -> tuple[Budget, ...]:
         """Everything not projected: measured metrics and floors. These become Optuna constraints."""

@@ -146,15 +146,13 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
 
 
 def _grid_size(kernels: Sequence[Any], points: int) -> int:
-    from rsc.latency_table import grid_axis
+    import math
 
-    k0 = kernels[0]
-    if k0.spec["op"] == "exact":
+    from rsc.latency_table import grid_axes
+
+    if kernels[0].spec["op"] == "exact":
         return len({k.dims for k in kernels})
-    n = 1
-    for i in range(len(k0.dims)):
-        n *= len(grid_axis(min(k.dims[i] for k in kernels), max(k.dims[i] for k in kernels), points))
-    return n
+    return math.prod(len(axis) for axis in grid_axes(kernels, points))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rsc.errors import ConfigError
         from rsc.targets import parse_target
 
-        for name in ("image_size", "num_classes", "plans", "points", "calibration"):
-            if getattr(args, name) < (2 if name in ("num_classes", "points") else 1 if name != "plans" else 0):
+        least = {"image_size": 1, "num_classes": 2, "plans": 0, "points": 2, "calibration": 1}
+        for name, low in least.items():
+            if getattr(args, name) < low:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is too small")
         target = parse_target(args.target)
         if target.table is not None:

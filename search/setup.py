@@ -126,8 +126,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         predictors["latency_ms"] = table.predict
         say(table.summary())
     budgets = budgets.resolve(base_costs)
-    projected = {b.spec.cost_key for b in budgets.analytic} | {b.spec.cost_key for b in budgets
-                                                               if b.is_upper and b.spec.cost_key in predictors}
+    projected = budgets.projected_keys(predictors)
     limits = {k: v for k, v in budgets.limits().items() if k in projected}
     key = target_key(objectives) if config.min_target < 1.0 else None  # trials aim at a fraction of its ceiling
     floors = check_reachable(joint, budgets, skeleton, arch, context, data.image_size, say,

@@ -53,8 +53,7 @@ def check_reachable(joint: Any, budgets: Budgets, base_model: Any, base: Mapping
     from spaces.compose import compress
 
     predictors = dict(predictors or {})
-    analytic = {b.spec.cost_key for b in budgets.analytic} | {b.spec.cost_key for b in budgets
-                                                              if b.is_upper and b.spec.cost_key in predictors}
+    analytic = budgets.projected_keys(predictors)
     limits = {k: v for k, v in budgets.limits().items() if k in analytic}
     keys = list(dict.fromkeys([*limits, *extra_keys]))
     if not keys:
