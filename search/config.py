@@ -19,6 +19,7 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
 RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data and the base checkpoint
 TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
+ALLOCATE = ("macs", "energy", "latency")    # layer costs of --allocate (spaces.allocate)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
 
@@ -60,6 +61,11 @@ class SearchConfig:
     depth_bins: int = opt(4, "search one pruning ratio, Tucker rank pair or sparsity per contiguous depth bin of "
                              "the layers (4 = ResNet-18's stages) instead of one per layer; 0 = per layer "
                              "(default {default})", metavar="N")
+    allocate: str | None = opt(None, "allocate prune's and tucker's per-layer cuts by a layer cost - macs, energy "
+                                     "(the analytical model: energy-aware pruning) or latency (the --target "
+                                     "lut:FILE table) - searching one kept fraction of that cost per method "
+                                     "instead of per-bin ratios and ranks (prune-alloc, tucker-alloc)",
+                               choices=ALLOCATE, metavar="COST")
     objectives: tuple[str, ...] = opt(("accuracy", "params"), "comma list, accuracy first (default {default})",
                                       list=True)
 
@@ -176,6 +182,11 @@ class SearchConfig:
                               "cluster of a --target ray:RESOURCE)")
         if self.ray_data == "object-store" and self.backend != "ray":
             raise ConfigError("--ray-data object-store needs --backend ray")
+        if self.allocate is not None and self.allocate not in ALLOCATE:
+            raise ConfigError(f"unknown allocate cost {self.allocate!r}; choose one of {', '.join(ALLOCATE)}")
+        if self.allocate == "latency" and parse_target(self.hardware).table is None:
+            raise ConfigError("--allocate latency needs a latency table: --target lut:FILE (build one with "
+                              "python -m search.profile)")
         if self.targets not in TARGETS:
             raise ConfigError(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
         if not 0.0 < float(self.min_target) <= 1.0:
@@ -205,6 +216,14 @@ class SearchConfig:
         return {"path": str(Path(self.data).resolve()) if self.data else None, "dataset": self.dataset,
                 "image_size": self.image_size, "train_ratio": self.train_ratio, "val_ratio": self.val_ratio,
                 "split_seed": self.data_seed, "digest": split_digest}
+
+    def space_methods(self) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+        """The methods and per-method space options the joint space is built from: with ``allocate``,
+        ``prune`` and ``tucker`` become ``prune-alloc`` and ``tucker-alloc`` allocating by that cost."""
+        swap = {"prune": "prune-alloc", "tucker": "tucker-alloc"} if self.allocate else {}
+        methods = tuple(swap.get(m, m) for m in self.methods)
+        options = {m: {"cost": self.allocate} for m in methods if self.allocate and m in swap.values()}
+        return methods, options
 
     @property
     def data_seed(self) -> int:

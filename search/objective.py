@@ -120,7 +120,10 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
                 break
             plain_batches.append(batch)
     calib, bn_batches = plain_batches[:n_calib], plain_batches[:n_bn]
-    context = Context(num_classes=num_classes, image_size=image_size, device=device, calibration=calib or None, seed=seed)
+    hardware = parse_target(request.get("hardware") or "cpu")
+    table = hardware.load_table() if hardware.table is not None else None
+    context = Context(num_classes=num_classes, image_size=image_size, device=device, calibration=calib or None,
+                      seed=seed, latency_table=table)
     seconds["load"] = time.perf_counter() - t0
 
     # 2. projection onto analytic ceilings
@@ -130,8 +133,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     aim = {k: min(float(v), limits.get(k, math.inf)) for k, v in (request.get("target") or {}).items()}
     aim = {**limits, **aim}
     factor = 1.0
-    hardware = parse_target(request.get("hardware") or "cpu")
-    predictors = {"latency_ms": hardware.load_table().predict} if hardware.table is not None else {}
+    predictors = {"latency_ms": table.predict} if table is not None else {}
     if aim and plan.steps:
         # structures and their counts do not depend on the device: probe on the CPU, where small
         # builds are faster (a pruning trial's projection on an H200 machine: 1.7 s on CUDA, 1.1 s)

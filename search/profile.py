@@ -6,8 +6,9 @@ combination's most compressed plan and ``--plans`` random plans of the search's 
 (:class:`search.space.JointSpace`: channel counts at the pruning rounding step, Tucker-2 ranks and
 their 1x1 projections, student architectures), collects their fused kernels and measures, on the
 target, a grid of ``--points`` values per channel dim spanning what was seen. Then it times
-``--calibration`` whole models (other random plans) beside the sum of their kernels and fits the
-whole-model line (``alpha * sum + beta``), which it reports with its error. Post-training steps
+``--calibration`` whole models (the base, other random plans) and every combination's most
+compressed plan (the floor a budget is checked against) beside the sum of their kernels and fits the
+whole-model correction (``alpha * sum + gamma * kernels + beta``), which it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
 Example::
@@ -86,7 +87,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_line, kernels_of, profile_kernels
+    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
@@ -99,13 +100,13 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     arch = {"model": model, "num_classes": num_classes, "image_size": image_size}
     context = Context(num_classes=num_classes, image_size=image_size, seed=seed)
     joint = JointSpace(methods, max_combo=2, bins=depth_bins or None)
-    candidates = [Plan(base=arch)]
+    strongest = []
     for combo in joint.combos:
         try:
-            candidates.append(Plan(base=arch, steps=joint.strongest(combo, base, context)))
+            strongest.append(Plan(base=arch, steps=joint.strongest(combo, base, context)))
         except SpaceError as exc:
             say(f"note: {combo} has no strongest plan here ({exc})")
-    candidates += sample_plans(joint, base, context, arch, plans, seed)
+    candidates = [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, plans, seed)]
     observed: dict[str, list[Any]] = {}
     for plan in tqdm(candidates, desc="kernels of candidate plans", unit="plan", disable=not progress, leave=False):
         try:
@@ -123,21 +124,27 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     typical = sorted(refs)[len(refs) // 2]
     table = LatencyTable(target=target.spec, fingerprint=target.fingerprint(), model=model, image_size=image_size,
                          num_classes=num_classes, grids=grids, exact=exact)
-    cal_plans = [Plan(base=arch)] + sample_plans(joint, base, context, arch, max(calibration - 1, 0), seed + 7919)
-    models, sums = {}, {}
+    # the base, the strongest plans (the floor a budget is checked against: without them the line, fitted
+    # on mid-size models only, predicted ResNet-18's strongest pruning at 43% of the base, measured ~23%)
+    # and random ones
+    cal_plans = [Plan(base=arch), *strongest,
+                 *sample_plans(joint, base, context, arch, max(calibration - 1, 0), seed + 7919)]
+    models, sums, counts = {}, {}, {}
     for i, plan in enumerate(cal_plans):
         try:
             built = structural_model(base, plan, context)
         except SpaceError:
             continue
-        models[str(i)], sums[str(i)] = built, table.sum_ms(built)
+        kernels = kernels_of(built, image_size)
+        models[str(i)], sums[str(i)], counts[str(i)] = built, float(sum(table.kernels_ms(kernels))), len(kernels)
     # each timed beside the base, as a trial times its model: how many models share the caches changes
     # a model's time (measured: 40 models interleaved ran ~10% slower each than two)
     measured = {k: compare_latency_on(target, {"model": m, "base": base}, image_size)["model"] for k, m in models.items()}
-    alpha, beta = fit_line([sums[k] for k in models], [measured[k] for k in models])
-    table.alpha, table.beta = alpha, beta
-    table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
-                          "predicted_ms": alpha * sums[k] + beta} for i, k in enumerate(models)]
+    table.alpha, table.gamma, table.beta = fit_correction([sums[k] for k in models], [counts[k] for k in models],
+                                                          [measured[k] for k in models])
+    table.calibration = [{"plan": i, "sum_ms": sums[k], "kernels": counts[k], "measured_ms": measured[k],
+                          "predicted_ms": table.combine(sums[k], counts[k])}
+                         for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
                   "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
                   "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "chunks": len(refs)},

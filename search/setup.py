@@ -8,6 +8,7 @@ trains (or loads) the base model, and starts or resumes the MLflow parent run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -92,7 +93,8 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         ray_nodes = probe_cluster(config.ray_address, config.ray_timeout)
         say(f"ray cluster at {config.ray_address}: {len(ray_nodes['nodes'])} node(s), "
             f"{ray_nodes['resources'].get('CPU', 0):g} CPUs, Ray {ray_nodes['ray']}, every node on this code")
-    joint = JointSpace(config.methods, max_combo=config.max_combo, bins=config.depth_bins or None)
+    methods, options = config.space_methods()
+    joint = JointSpace(methods, max_combo=config.max_combo, bins=config.depth_bins or None, options=options)
     ray_joined = _check_hardware(config, hardware, joint, say)
     torch.manual_seed(config.seed)
 
@@ -124,6 +126,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         table = hardware.load_table()
         check_table(table, model=config.model, image_size=data.image_size, num_classes=data.num_classes)
         predictors["latency_ms"] = table.predict
+        context = dataclasses.replace(context, latency_table=table)  # for choices allocated by latency
         say(table.summary())
     budgets = budgets.resolve(base_costs)
     projected = budgets.projected_keys(predictors)
@@ -173,6 +176,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                   "trials": config.trials, "seed": config.seed, "split_seed": config.data_seed,
                   "min_accuracy": config.min_accuracy, "fidelity_epochs": config.fidelity_epochs,
                   "bn_batches": config.bn_batches, "final_epochs": config.final_epochs,
+                  **({"allocate": config.allocate} if config.allocate else {}),
                   "image_size": data.image_size, "device": device, "hardware": hardware.spec,
                   "hardware_device": fingerprint.get("device_name", ""),
                   "min_target": config.min_target if key else 1.0, "target_key": key or "",

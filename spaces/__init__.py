@@ -18,12 +18,14 @@ The search engine needs only this surface:
 * errors: ``SpaceError`` (a ``rsc.errors.UserError``) and ``BudgetInfeasible``.
 
 Registered spaces: ``prune.channel``, ``prune.magnitude``, ``decompose.tucker``, ``distill.kd``,
-``quant.int8``. Heavy dependencies (torch-pruning, tensorly, torch.ao) load on first use.
+``quant.int8``, and ``prune.allocated`` / ``decompose.allocated`` (per-layer choices allocated by
+a layer cost: MACs, energy or a latency table, :mod:`spaces.allocate`). Heavy dependencies (torch-pruning, tensorly, torch.ao) load on first use.
 Costs (params, MACs, size, latency) are measured by :mod:`rsc.cost`.
 """
 
 from __future__ import annotations
 
+from spaces import allocated as _allocated  # noqa: F401 - registers prune.allocated, decompose.allocated
 from spaces import distill as _distill  # noqa: F401 - registers distill.kd
 from spaces import magnitude as _magnitude  # noqa: F401 - registers prune.magnitude
 from spaces import prune as _prune  # noqa: F401 - registers prune.channel

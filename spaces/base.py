@@ -59,6 +59,8 @@ class Context:
         calibration: A few ``(x, y)`` batches, normalised like the training data. Needed only by
             data-dependent choices (Taylor importance, int8 calibration); ``None`` when rebuilding.
         seed: Seeds the example inputs so that every build is deterministic.
+        latency_table: A latency table of the target (:class:`rsc.latency_table.LatencyTable`),
+            for choices allocated by latency (:mod:`spaces.allocated`); ``None`` elsewhere.
     """
 
     num_classes: int
@@ -66,6 +68,7 @@ class Context:
     device: str = "cpu"
     calibration: Sequence[Batch] | None = None
     seed: int = 0
+    latency_table: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if int(self.num_classes) < 2:

@@ -50,7 +50,7 @@ def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
     assert {"conv", "add", "maxpool", "gap", "flatten", "linear"} <= ops
     conv = [g for k, g in table.grids.items() if '"op":"conv"' in k and '"k":[3,3]' in k]
     assert any(len(g["axes"][1]) > 1 and g["axes"][1][0] < g["axes"][1][-1] for g in conv)  # pruned widths
-    assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3
+    assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3 + 1  # + the strongest prune plan
     assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["chunks"] >= 1
 
 
@@ -82,6 +82,37 @@ def test_a_latency_budget_is_projected_with_the_table_and_re_measured_at_the_end
     render(result, out)
     text = out.getvalue()
     assert "latency_ms_predicted" in text and "measured on the target the table" in text
+
+
+@pytest.mark.timeout(600)
+def test_a_search_allocating_by_latency_ranks_layers_by_the_table_and_meets_the_budget(tmp_path, lut):
+    import optuna
+
+    from rsc.latency_table import load_table
+    from search.run import run
+
+    base, floor = _base_and_floor(load_table(lut))
+    budget = floor + 0.5 * (base - floor)
+    config = tiny_config(tmp_path, methods=("prune",), allocate="latency", budgets=(f"latency<{budget:.6f}ms",),
+                         objectives=("accuracy", "latency"), trials=2, hardware=f"lut:{lut}")
+    result = run(config)
+    assert result.counts["complete"] == 2 and result.counts["inside_budget"] == 2
+    study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
+    for t in study.trials:
+        step = t.user_attrs["plan"]["steps"][0]
+        assert step["space"] == "prune.allocated" and step["options"] == {"cost": "latency"}
+        assert step["record"]["cost"] == "latency" and step["record"]["params"]["ratios"]
+        assert t.user_attrs["costs"]["latency_ms"] <= budget * 1.0001
+    assert result.final and all(r["latency_ms_predicted"] > 0 for r in result.final)
+
+
+def test_allocating_by_latency_without_a_table_is_refused(tmp_path):
+    from rsc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--allocate latency needs a latency table"):
+        tiny_config(tmp_path, methods=("prune",), allocate="latency")
+    with pytest.raises(ConfigError, match="unknown allocate cost 'joules'"):
+        tiny_config(tmp_path, methods=("prune",), allocate="joules")
 
 
 def test_a_table_for_another_input_size_or_machine_is_refused_before_training(tmp_path, lut):
