@@ -128,7 +128,7 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--plans", type=int, default=40)
     p.add_argument("--points", type=int, default=8)
-    p.add_argument("--calibration", type=int, default=8)
+    p.add_argument("--calibration", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -700,23 +700,41 @@ def fit_line(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, f
     return float(alpha), float(beta)
 
 
-def fit_correction(sums: Sequence[float], counts: Sequence[int], measured: Sequence[float]) -> tuple[float, float, float]:
-    """``(alpha, gamma, beta)`` of ``measured ~ alpha * sum + gamma * kernels + beta`` (relative least
-    squares, ``beta >= 0``, ``alpha > 0``); :func:`fit_line` (``gamma = 0``) where the kernel counts do
-    not vary or there are fewer than 4 models. ``gamma`` may be negative: a kernel timed alone carries
-    call overhead that it does not pay inside a network."""
+def _fit_with_kernels(s: Any, n: Any, m: Any) -> tuple[float, float, float] | None:
+    """Relative least squares of ``m ~ alpha * s + gamma * n + beta`` (``beta >= 0``, ``alpha > 0``), or None."""
     import numpy as np
 
-    s, n, m = np.asarray(sums, float), np.asarray(counts, float), np.asarray(measured, float)
-    alpha, beta = fit_line(sums, measured)
-    if len(s) < 4 or float(np.ptp(n)) == 0.0:
-        return alpha, 0.0, beta
     w = 1.0 / m
     for cols in ((s, n, np.ones_like(s)), (s, n)):  # with an offset, then without one if it came out negative
         coef, *_ = np.linalg.lstsq(np.stack([c * w for c in cols], axis=1), m * w, rcond=None)
         a, g, b = float(coef[0]), float(coef[1]), float(coef[2]) if len(coef) > 2 else 0.0
         if b >= 0:
             break
-    if a <= 0:
+    return (a, g, b) if a > 0 else None
+
+
+def fit_correction(sums: Sequence[float], counts: Sequence[int], measured: Sequence[float]) -> tuple[float, float, float]:
+    """``(alpha, gamma, beta)`` of ``measured ~ alpha * sum + gamma * kernels + beta``: the per-kernel term
+    only where it predicts the calibration models better when each is left out of the fit (a third
+    parameter fitted on a dozen noisy models can bend the line more than it straightens it), else
+    :func:`fit_line` with ``gamma = 0``. ``gamma`` may be negative: a kernel timed alone carries call
+    overhead that it does not pay inside a network."""
+    import numpy as np
+
+    s, n, m = np.asarray(sums, float), np.asarray(counts, float), np.asarray(measured, float)
+    alpha, beta = fit_line(sums, measured)
+    if len(s) < 6 or float(np.ptp(n)) == 0.0:
         return alpha, 0.0, beta
-    return a, g, b
+    full = _fit_with_kernels(s, n, m)
+    if full is None:
+        return alpha, 0.0, beta
+    line_err, kern_err = [], []
+    for i in range(len(s)):
+        keep = np.arange(len(s)) != i
+        a1, b1 = fit_line(s[keep], m[keep])
+        line_err.append(abs((a1 * s[i] + b1) / m[i] - 1))
+        fit = _fit_with_kernels(s[keep], n[keep], m[keep])
+        kern_err.append(abs((fit[0] * s[i] + fit[1] * n[i] + fit[2]) / m[i] - 1) if fit else np.inf)
+    if float(np.mean(kern_err)) < float(np.mean(line_err)):
+        return full
+    return alpha, 0.0, beta

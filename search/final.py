@@ -104,6 +104,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
                "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
                "hardware": hardware}
+        row["meets_budget"] = _meets_budget(config, row, result.base, out)
         result.final.append(row)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
@@ -111,6 +112,22 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                                          if isinstance(v, (int, float)) and k not in ("trial",)})
         if model is not None:
             _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
+
+
+def _meets_budget(config: SearchConfig, row: Mapping[str, Any], base: Mapping[str, Any],
+                  out: Mapping[str, Any]) -> bool | None:
+    """Whether a final model, as measured (latency on the real target), meets every budget; None without
+    budgets. A relative latency budget reads the base timed beside the model in the same run, so a
+    machine that is slower now than when the base was timed does not decide it."""
+    from search.budget import parse_budgets
+
+    budgets = list(parse_budgets(config.budgets))
+    if not budgets:
+        return None
+    reference = dict(base)
+    if out.get("base_latency_ms"):
+        reference["latency_ms"] = out["base_latency_ms"]
+    return all(b.check(row, reference) for b in budgets)
 
 
 def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: dict[str, Any], model: Any,

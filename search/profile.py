@@ -48,7 +48,8 @@ def build_parser() -> Any:
     p.add_argument("--depth-bins", type=int, default=4, help="as search.run's --depth-bins; default 4")
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
-    p.add_argument("--calibration", type=int, default=8, help="whole models timed to fit alpha and beta; default 8")
+    p.add_argument("--calibration", type=int, default=16,
+                   help="whole models timed to fit the correction (alpha, gamma, beta); default 16")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
@@ -81,7 +82,7 @@ def structural_model(base: Any, plan: Any, context: Any) -> Any:
 
 
 def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
-                  depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 8,
+                  depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 16,
                   repeats: int | None = None, seed: int = 0, progress: bool = False,
                   say: Any = print) -> Any:
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
@@ -139,10 +140,15 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
         models[str(i)], sums[str(i)], counts[str(i)] = built, float(sum(table.kernels_ms(kernels))), len(kernels)
     # each timed beside the base, as a trial times its model: how many models share the caches changes
     # a model's time (measured: 40 models interleaved ran ~10% slower each than two)
-    measured = {k: compare_latency_on(target, {"model": m, "base": base}, image_size)["model"] for k, m in models.items()}
+    pairs = {k: compare_latency_on(target, {"model": m, "base": base}, image_size) for k, m in models.items()}
+    # each model's time scaled by how its base ran beside it against the base's median: a machine that
+    # drifts 20-40% in streaks (a shared VM) would otherwise bend the fit with whichever models it slowed
+    typical_base = sorted(p["base"] for p in pairs.values())[len(pairs) // 2]
+    measured = {k: p["model"] * typical_base / p["base"] for k, p in pairs.items()}
     table.alpha, table.gamma, table.beta = fit_correction([sums[k] for k in models], [counts[k] for k in models],
                                                           [measured[k] for k in models])
     table.calibration = [{"plan": i, "sum_ms": sums[k], "kernels": counts[k], "measured_ms": measured[k],
+                          "raw_ms": pairs[k]["model"], "base_ms": pairs[k]["base"],
                           "predicted_ms": table.combine(sums[k], counts[k])}
                          for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,

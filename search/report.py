@@ -175,6 +175,11 @@ def render(result: SearchResult, stream: Any = None) -> None:
                  "latency_ms_predicted from the table" if table else f"latency_ms and speedup on --target {result.hardware}")
         print(f"\nPareto set after final fine-tuning (test split), beside the base model ({where}):", file=stream)
         print(render_table([result.base, *result.final], keys), file=stream)
+        checked = [r for r in result.final if r.get("meets_budget") is not None]
+        if checked:
+            over = [str(r["trial"]) for r in checked if not r["meets_budget"]]
+            print(f"as measured after the final fine-tuning, {len(checked) - len(over)} of {len(checked)} model(s) "
+                  "meet the budget" + (f"; over it: trial(s) {', '.join(over)}" if over else ""), file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)

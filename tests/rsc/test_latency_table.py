@@ -155,12 +155,16 @@ def test_fit_line_recovers_a_line_and_never_a_negative_offset():
 
 
 def test_fit_correction_recovers_a_per_kernel_term_and_falls_back_to_the_line():
-    sums, counts = [1.0, 2.0, 4.0, 3.0, 2.5], [10, 10, 30, 20, 40]
+    sums, counts = [1.0, 2.0, 4.0, 3.0, 2.5, 3.5, 1.5], [10, 10, 30, 20, 40, 25, 35]
     measured = [1.2 * s - 0.01 * n + 0.3 for s, n in zip(sums, counts)]
     alpha, gamma, beta = fit_correction(sums, counts, measured)
     assert (alpha, gamma, beta) == pytest.approx((1.2, -0.01, 0.3), abs=1e-6)
-    assert fit_correction(sums, [10] * 5, measured)[1] == 0.0  # counts that do not vary: no gamma
-    assert fit_correction(sums[:3], counts[:3], measured[:3])[1] == 0.0  # too few models
+    assert fit_correction(sums, [10] * 7, measured)[1] == 0.0  # counts that do not vary: no gamma
+    assert fit_correction(sums[:5], counts[:5], measured[:5])[1] == 0.0  # too few models
+    # kernel counts that explain nothing: the term does not predict left-out models better, so no gamma
+    line = [1.2 * s + 0.3 for s in sums]
+    noisy = [v * (1 + 0.02 * (-1) ** i) for i, v in enumerate(line)]
+    assert fit_correction(sums, counts, noisy)[1] == 0.0
 
 
 def test_check_table_names_every_difference():

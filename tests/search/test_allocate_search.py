@@ -23,4 +23,4 @@ def test_an_energy_budgeted_search_allocates_by_energy_and_every_model_meets_the
         step = t.user_attrs["plan"]["steps"][0]
         assert step["space"] == "prune.allocated" and step["record"]["cost"] == "energy"
         assert t.user_attrs["costs"]["energy_mj"] <= limit * 1.0001
-    assert result.final and all(r["energy_mj"] <= limit * 1.0001 for r in result.final)
+    assert result.final and all(r["energy_mj"] <= limit * 1.0001 and r["meets_budget"] for r in result.final)

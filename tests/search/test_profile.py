@@ -82,6 +82,9 @@ def test_a_latency_budget_is_projected_with_the_table_and_re_measured_at_the_end
     render(result, out)
     text = out.getvalue()
     assert "latency_ms_predicted" in text and "measured on the target the table" in text
+    # each final model is checked against the budget as measured, its relative latency read beside the base
+    assert all(isinstance(r["meets_budget"], bool) for r in result.final)
+    assert "meet the budget" in text
 
 
 @pytest.mark.timeout(600)
