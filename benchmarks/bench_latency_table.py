@@ -65,7 +65,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         kernels = kernels_of(m, args.image_size)
         t1 = time.perf_counter()
-        predicted[k] = table.combine(sum(table.kernels_ms(kernels)), len(kernels))
+        predicted[k] = table.combine(sum(table.kernels_ms(kernels)))
         t2 = time.perf_counter()
         trace_s.append(t1 - t)
         predict_s.append(t2 - t1)
@@ -106,7 +106,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
            "relative_spread_median": statistics.median(rel_spread), "relative_spread_p95": q(rel_spread, 0.95),
            "predict_lookup_ms": 1000 * statistics.median(predict_s), "predict_trace_ms": 1000 * statistics.median(trace_s),
            "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
-           "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "gamma": table.gamma, "beta": table.beta,
+           "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
            "predicted_base_ms": predicted_base, "rows": rows}
     print(f"{model} batch {batch}: {100 * within:.0f}% within +-10% of {len(rows)} candidates; median error "
           f"{100 * out['median_abs_error']:.1f}%, p95 {100 * out['p95_abs_error']:.1f}%; measurement spread median "

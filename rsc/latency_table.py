@@ -4,7 +4,7 @@ A model's latency on a target is predicted as the sum of its *kernels*' latencie
 measured on that target (NetAdapt, Yang et al. 2018; nn-Meter, Zhang et al. 2021), then corrected
 by a line fitted on whole models::
 
-    predicted_ms = alpha * sum(kernel_ms) + gamma * len(kernels) + beta
+    predicted_ms = alpha * sum(kernel_ms) + beta
 
 *Kernels* are the units a runtime executes as one: the model is traced with ``torch.fx`` and a
 convolution is fused with the BatchNorm and the activation that consume it alone (``conv+bn+relu``:
@@ -16,10 +16,11 @@ its input side and its channel dims (``(c_in, c_out)`` for convolutions and line
 for depthwise convolutions and element-wise kernels). The table holds, per spec and side, a grid
 over the dims, measured on the target in its runtime, memory format, threads and batch (the grid
 points of one kernel are timed interleaved, as :func:`rsc.targets.compare_latency_on` times
-models); between grid points it interpolates multilinearly. ``alpha``, ``gamma`` and ``beta`` carry
-what the kernels in isolation do not see: the per-call overhead of the surrounding forward (and the
-timing harness's own, counted once per kernel timed alone: ``gamma`` may be negative), and caches
-that are warmer for one kernel timed again and again than inside a whole network.
+models); between grid points it interpolates multilinearly. ``alpha`` and ``beta`` carry what
+the kernels in isolation do not see: the per-call overhead of the surrounding forward, and caches
+that are warmer for one kernel timed again and again than inside a whole network. (A third,
+per-kernel term was tried and dropped: fitted on a dozen whole models it predicted Tucker-2 models,
+which have many more kernels, 14-45% too fast, so they broke latency budgets.)
 
 A kernel the table lacks (another spec, dims outside the grid) is *measured on the fly* on the
 table's target (``on_missing="measure"``, cached in the table; :meth:`LatencyTable.save` keeps it)
@@ -398,23 +399,21 @@ class LatencyTable:
         model, image_size, num_classes: what it was profiled for.
         grids: ``kernel key -> {"axes": [[dim values]...], "ms": nested grid}``.
         exact: ``kernel key -> {"dims, joined by x": ms}``: points measured outside a grid or on the fly.
-        alpha, gamma, beta: the whole-model correction (``predicted = alpha * sum + gamma * kernels +
-            beta``, at least a tenth of the sum).
+        alpha, beta: the whole-model correction (``predicted = alpha * sum + beta``).
         calibration: the whole models it was fitted on: ``[{"sum_ms", "measured_ms", "predicted_ms"}]``.
         on_missing: ``"measure"`` (on the table's target, cached here) or ``"error"``.
     """
 
     def __init__(self, *, target: str, fingerprint: Mapping[str, Any], model: str, image_size: int,
                  num_classes: int, grids: Mapping[str, Any] | None = None, exact: Mapping[str, Any] | None = None,
-                 alpha: float = 1.0, beta: float = 0.0, gamma: float = 0.0,
-                 calibration: Sequence[Mapping[str, Any]] = (),
+                 alpha: float = 1.0, beta: float = 0.0, calibration: Sequence[Mapping[str, Any]] = (),
                  meta: Mapping[str, Any] | None = None, path: str | None = None) -> None:
         self.target = str(target)
         self.fingerprint = dict(fingerprint)
         self.model, self.image_size, self.num_classes = str(model), int(image_size), int(num_classes)
         self.grids: dict[str, Any] = dict(grids or {})
         self.exact: dict[str, dict[str, float]] = {k: dict(v) for k, v in (exact or {}).items()}
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.alpha, self.beta = float(alpha), float(beta)
         self.calibration = [dict(c) for c in calibration]
         self.meta = dict(meta or {})
         self.path = path
@@ -465,12 +464,11 @@ class LatencyTable:
 
             self.measured_on_the_fly += 1
             return float(compare_latency_on(self.target, {"model": model}, self.image_size)["model"])
-        return self.combine(float(sum(self.kernels_ms(kernels))), len(kernels))
+        return self.combine(float(sum(self.kernels_ms(kernels))))
 
-    def combine(self, total_ms: float, kernels: int) -> float:
-        """A whole model's prediction from the sum of its ``kernels`` kernels' latencies (the fitted
-        correction, never below a tenth of the sum)."""
-        return max(self.alpha * total_ms + self.gamma * kernels + self.beta, 0.1 * total_ms)
+    def combine(self, total_ms: float) -> float:
+        """A whole model's prediction from the sum of its kernels' latencies (the fitted correction)."""
+        return self.alpha * total_ms + self.beta
 
     def layer_cost(self, module: nn.Module, input_shape: Sequence[int]) -> float:
         """Latency (ms) of one conv or linear layer at ``input_shape`` (batch 1 shape, as
@@ -510,7 +508,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "target": self.target, "fingerprint": self.fingerprint,
                 "model": self.model, "image_size": self.image_size, "num_classes": self.num_classes,
-                "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "calibration": self.calibration, "meta": self.meta,
+                "alpha": self.alpha, "beta": self.beta, "calibration": self.calibration, "meta": self.meta,
                 "grids": self.grids, "exact": self.exact}
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -531,7 +529,7 @@ class LatencyTable:
             fit = f"; whole-model fit on {len(errs)} models, max error {100 * max(errs):.1f}%" if errs else ""
         return (f"latency table for {self.model} at {self.image_size}px on {self.target} "
                 f"({self.fingerprint.get('device_name', '?')}): {len(self.grids)} kernel grids, {points} points, "
-                f"alpha {self.alpha:.3f}, gamma {1000 * self.gamma:+.1f} us/kernel, beta {self.beta:.3f} ms{fit}")
+                f"alpha {self.alpha:.3f}, beta {self.beta:.3f} ms{fit}")
 
 
 def _count(values: Any) -> int:
@@ -568,7 +566,6 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         table = LatencyTable(target=data["target"], fingerprint=data["fingerprint"], model=data["model"],
                              image_size=data["image_size"], num_classes=data["num_classes"], grids=data["grids"],
                              exact=data.get("exact"), alpha=data.get("alpha", 1.0), beta=data.get("beta", 0.0),
-                             gamma=data.get("gamma", 0.0),
                              calibration=data.get("calibration", ()), meta=data.get("meta"), path=str(p))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"latency table {path} is incomplete: {type(exc).__name__}: {exc}") from None
@@ -699,32 +696,6 @@ def fit_line(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, f
         return float(np.sum(s * m * w * w) / np.sum(s * s * w * w)), 0.0
     return float(alpha), float(beta)
 
-
-def _fit_with_kernels(s: Any, n: Any, m: Any) -> tuple[float, float, float] | None:
-    """Relative least squares of ``m ~ alpha * s + gamma * n + beta`` (``beta >= 0``, ``alpha > 0``), or None."""
-    import numpy as np
-
-    w = 1.0 / m
-    for cols in ((s, n, np.ones_like(s)), (s, n)):  # with an offset, then without one if it came out negative
-        coef, *_ = np.linalg.lstsq(np.stack([c * w for c in cols], axis=1), m * w, rcond=None)
-        a, g, b = float(coef[0]), float(coef[1]), float(coef[2]) if len(coef) > 2 else 0.0
-        if b >= 0:
-            break
-    return (a, g, b) if a > 0 else None
-
-
-def fit_correction(sums: Sequence[float], counts: Sequence[int], measured: Sequence[float]) -> tuple[float, float, float]:
-    """``(alpha, gamma, beta)`` of ``measured ~ alpha * sum + gamma * kernels + beta``: the per-kernel term
-    only where it predicts the calibration models better when each is left out of the fit (a third
-    parameter fitted on a dozen noisy models can bend the line more than it straightens it), else
-    :func:`fit_line` with ``gamma = 0``. ``gamma`` may be negative: a kernel timed alone carries call
-    overhead that it does not pay inside a network."""
-    import numpy as np
-
-    s, n, m = np.asarray(sums, float), np.asarray(counts, float), np.asarray(measured, float)
-    alpha, beta = fit_line(sums, measured)
-    if len(s) < 6 or float(np.ptp(n)) == 0.0:
-        return alpha, 0.0, beta
     full = _fit_with_kernels(s, n, m)
     if full is None:
         return alpha, 0.0, beta

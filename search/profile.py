@@ -8,7 +8,7 @@ their 1x1 projections, student architectures), collects their fused kernels and 
 target, a grid of ``--points`` values per channel dim spanning what was seen. Then it times
 ``--calibration`` whole models (the base, other random plans) and every combination's most
 compressed plan (the floor a budget is checked against) beside the sum of their kernels and fits the
-whole-model correction (``alpha * sum + gamma * kernels + beta``), which it reports with its error. Post-training steps
+whole-model line (``alpha * sum + beta``), which it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
 Example::
@@ -49,7 +49,7 @@ def build_parser() -> Any:
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
     p.add_argument("--calibration", type=int, default=16,
-                   help="whole models timed to fit the correction (alpha, gamma, beta); default 16")
+                   help="whole models timed to fit alpha and beta; default 16")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
@@ -88,7 +88,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels
+    from rsc.latency_table import LatencyTable, fit_line, kernels_of, profile_kernels
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
@@ -130,14 +130,13 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # and random ones
     cal_plans = [Plan(base=arch), *strongest,
                  *sample_plans(joint, base, context, arch, max(calibration - 1, 0), seed + 7919)]
-    models, sums, counts = {}, {}, {}
+    models, sums = {}, {}
     for i, plan in enumerate(cal_plans):
         try:
             built = structural_model(base, plan, context)
         except SpaceError:
             continue
-        kernels = kernels_of(built, image_size)
-        models[str(i)], sums[str(i)], counts[str(i)] = built, float(sum(table.kernels_ms(kernels))), len(kernels)
+        models[str(i)], sums[str(i)] = built, table.sum_ms(built)
     # each timed beside the base, as a trial times its model: how many models share the caches changes
     # a model's time (measured: 40 models interleaved ran ~10% slower each than two)
     pairs = {k: compare_latency_on(target, {"model": m, "base": base}, image_size) for k, m in models.items()}
@@ -145,11 +144,10 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # drifts 20-40% in streaks (a shared VM) would otherwise bend the fit with whichever models it slowed
     typical_base = sorted(p["base"] for p in pairs.values())[len(pairs) // 2]
     measured = {k: p["model"] * typical_base / p["base"] for k, p in pairs.items()}
-    table.alpha, table.gamma, table.beta = fit_correction([sums[k] for k in models], [counts[k] for k in models],
-                                                          [measured[k] for k in models])
-    table.calibration = [{"plan": i, "sum_ms": sums[k], "kernels": counts[k], "measured_ms": measured[k],
+    table.alpha, table.beta = fit_line([sums[k] for k in models], [measured[k] for k in models])
+    table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
                           "raw_ms": pairs[k]["model"], "base_ms": pairs[k]["base"],
-                          "predicted_ms": table.combine(sums[k], counts[k])}
+                          "predicted_ms": table.combine(sums[k])}
                          for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
                   "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),

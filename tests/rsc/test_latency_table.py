@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from rsc.errors import ConfigError
-from rsc.latency_table import (LatencyTable, TableMismatch, TableMiss, build_kernel, check_table, fit_correction,
-                               fit_line, grid_axis, kernels_of, load_table, profile_kernels)
+from rsc.latency_table import (LatencyTable, TableMismatch, TableMiss, build_kernel, check_table, fit_line,
+                               grid_axis, kernels_of, load_table, profile_kernels)
 from rsc.targets import compare_latency_on, parse_target
 
 SIZE = 16
@@ -102,12 +102,12 @@ def test_prediction_is_exact_on_grid_points_and_interpolates_between(tmp_path):
     assert ms[0][0] > 0
 
 
-def test_predict_is_alpha_sum_plus_gamma_kernels_plus_beta_and_round_trips_through_json(tmp_path):
+def test_predict_is_alpha_sum_plus_beta_and_round_trips_through_json(tmp_path):
     model = _net()
     table = _table(model)
-    table.alpha, table.gamma, table.beta = 1.5, -0.001, 0.25
-    s, n = table.sum_ms(model), len(kernels_of(model, table.image_size))
-    assert s > 0 and table.predict(model) == pytest.approx(1.5 * s - 0.001 * n + 0.25)
+    table.alpha, table.beta = 1.5, 0.25
+    s = table.sum_ms(model)
+    assert s > 0 and table.predict(model) == pytest.approx(1.5 * s + 0.25)
     path = table.save(tmp_path / "t.json")
     again = load_table(path)
     assert again.predict(model) == pytest.approx(table.predict(model))
@@ -152,19 +152,6 @@ def test_fit_line_recovers_a_line_and_never_a_negative_offset():
     assert alpha == pytest.approx(2.0) and beta == pytest.approx(0.5)
     alpha, beta = fit_line([1.0, 2.0, 4.0], [1.0, 3.0, 7.0])
     assert beta == 0.0 and alpha > 0
-
-
-def test_fit_correction_recovers_a_per_kernel_term_and_falls_back_to_the_line():
-    sums, counts = [1.0, 2.0, 4.0, 3.0, 2.5, 3.5, 1.5], [10, 10, 30, 20, 40, 25, 35]
-    measured = [1.2 * s - 0.01 * n + 0.3 for s, n in zip(sums, counts)]
-    alpha, gamma, beta = fit_correction(sums, counts, measured)
-    assert (alpha, gamma, beta) == pytest.approx((1.2, -0.01, 0.3), abs=1e-6)
-    assert fit_correction(sums, [10] * 7, measured)[1] == 0.0  # counts that do not vary: no gamma
-    assert fit_correction(sums[:5], counts[:5], measured[:5])[1] == 0.0  # too few models
-    # kernel counts that explain nothing: the term does not predict left-out models better, so no gamma
-    line = [1.2 * s + 0.3 for s in sums]
-    noisy = [v * (1 + 0.02 * (-1) ** i) for i, v in enumerate(line)]
-    assert fit_correction(sums, counts, noisy)[1] == 0.0
 
 
 def test_check_table_names_every_difference():
