@@ -695,17 +695,3 @@ def fit_line(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, f
     if beta < 0:
         return float(np.sum(s * m * w * w) / np.sum(s * s * w * w)), 0.0
     return float(alpha), float(beta)
-
-    full = _fit_with_kernels(s, n, m)
-    if full is None:
-        return alpha, 0.0, beta
-    line_err, kern_err = [], []
-    for i in range(len(s)):
-        keep = np.arange(len(s)) != i
-        a1, b1 = fit_line(s[keep], m[keep])
-        line_err.append(abs((a1 * s[i] + b1) / m[i] - 1))
-        fit = _fit_with_kernels(s[keep], n[keep], m[keep])
-        kern_err.append(abs((fit[0] * s[i] + fit[1] * n[i] + fit[2]) / m[i] - 1) if fit else np.inf)
-    if float(np.mean(kern_err)) < float(np.mean(line_err)):
-        return full
-    return alpha, 0.0, beta

@@ -62,6 +62,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
     from rsc.targets import compare_latency_on, parse_target
+    from search.budget import parse_budgets
 
     base = model_from_checkpoint(load_checkpoint(ckpt)).eval()
     _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
@@ -85,6 +86,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
         return
     say(f"final stage: fine-tuning {len(chosen)} Pareto model(s) for {config.final_epochs} epochs, then the test split")
     keep_model = _accepts_return_model(trial_fn)
+    budgets = parse_budgets(config.budgets)
     for t in chosen:
         request = {**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": config.final_epochs,
                    "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
@@ -104,7 +106,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
                "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
                "hardware": hardware}
-        row["meets_budget"] = _meets_budget(config, row, result.base, out)
+        row["meets_budget"] = _meets_budget(budgets, row, result.base, out)
         result.final.append(row)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
@@ -114,14 +116,11 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
             _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
 
 
-def _meets_budget(config: SearchConfig, row: Mapping[str, Any], base: Mapping[str, Any],
+def _meets_budget(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any],
                   out: Mapping[str, Any]) -> bool | None:
     """Whether a final model, as measured (latency on the real target), meets every budget; None without
     budgets. A relative latency budget reads the base timed beside the model in the same run, so a
     machine that is slower now than when the base was timed does not decide it."""
-    from search.budget import parse_budgets
-
-    budgets = list(parse_budgets(config.budgets))
     if not budgets:
         return None
     reference = dict(base)

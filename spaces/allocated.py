@@ -55,11 +55,10 @@ class _Allocated(Space):
 
     def layer_cost(self, context: Context) -> allocate.LayerCost:
         """The layer cost this space allocates by (the context's latency table for ``latency``)."""
-        table = getattr(context, "latency_table", None)
-        if self.cost == "latency" and table is None:
-            raise SpaceError(f"{self.name}: cost 'latency' needs a latency table (search.run --target lut:FILE; "
-                             f"build one with python -m search.profile)")
-        return allocate.get_layer_cost(self.cost, table=table)
+        try:
+            return allocate.get_layer_cost(self.cost, table=context.latency_table)
+        except SpaceError as exc:
+            raise self.fail(str(exc)) from None
 
     def _keep(self, params: Params) -> float:
         check_no_extra(self.name, params, self._fields)
