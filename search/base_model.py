@@ -1,7 +1,9 @@
 """The uncompressed base model of a search: loaded from a checkpoint, or trained once and cached.
 
-Cached under ``<rsc cache>/base-models/`` keyed by architecture, dataset, size, split digest, epochs
-and seed, so repeated searches (and the tests) train it once.
+Cached under ``<rsc cache>/base-models/`` keyed by architecture, dataset, size, split digest, epochs,
+seed and the BatchNorm re-estimation that ends training, so repeated searches (and the tests) train it
+once. ``KEY_VERSION`` is part of the key: raise it whenever training changes what a key produces, so a
+cache written by older code is never taken for the new model.
 """
 
 from __future__ import annotations
@@ -9,16 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["obtain_base_checkpoint"]
+__all__ = ["obtain_base_checkpoint", "KEY_VERSION"]
+
+#: v2: training ends on BatchNorm statistics re-estimated on ``bn_batches`` unaugmented batches.
+KEY_VERSION = 2
 
 
 def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, split: Any, epochs: int, lr: float,
                            batch_size: int, seed: int, device: str, progress: bool,
-                           say: Callable[[str], None]) -> tuple[Path, bool]:
+                           say: Callable[[str], None], bn_batches: int = 4,
+                           augment: Any = True) -> tuple[Path, bool]:
     """Return ``(checkpoint path, trained_now)`` of the base model for ``data``/``split``.
 
     ``weights`` may be an rsc checkpoint trained on these classes (used as is) or any other weights
     file (a backbone: loaded where shapes fit, then trained on ``data`` like no weights at all).
+    ``bn_batches``: unaugmented training batches BatchNorm statistics are re-estimated on at the end
+    (:func:`rsc.training.reestimate_bn`). ``augment``: the training augmentation (an
+    :class:`rsc.augment.AugmentConfig`, True for the default, False for none); part of the key
+    unless it is the default.
     """
     from rsc.checkpoint import check_classes, load_checkpoint, save_checkpoint
     from rsc.data import cache_dir
@@ -35,7 +45,12 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
                 raise CheckpointError(f"checkpoint {weights} holds a {arch.get('model')}, not --model {model_name}")
             check_classes(blob, data.classes, where=f" {data.name}")
             return Path(weights), False
-    key = f"{model_name}-{data.name}-{data.image_size}px-{split.digest}-e{epochs}-s{seed}"
+    from rsc.augment import AugmentConfig
+
+    aug = AugmentConfig() if augment is True else augment or None
+    key = f"v{KEY_VERSION}-{model_name}-{data.name}-{data.image_size}px-{split.digest}-e{epochs}-s{seed}-bn{bn_batches}"
+    if aug != AugmentConfig():
+        key += "-aug-" + (aug.tag() if aug is not None else "none")
     if weights is not None:
         key += "-from-" + Path(weights).stem
     path = cache_dir() / "base-models" / f"{key}.pt"
@@ -49,17 +64,20 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
     from rsc.models import create_model
-    from rsc.training import fit
+    from rsc.training import fit, reestimate_bn, seed_everything
 
     what = f"from {weights}" if weights else "from scratch"
     say(f"base model: no --weights given, training {model_name} {what} for {epochs} epochs on {data.name} "
         f"(cached at {path})" if weights is None else f"base model: training {model_name} {what} for {epochs} epochs")
+    seed_everything(seed)  # the initial weights too: a cached base must not depend on what ran before it
     model = create_model(model_name, data.num_classes, weights=weights, image_size=data.image_size)
-    train, val, _ = make_loaders(data, split, batch_size=batch_size, seed=seed, device=device)
+    train, val, _ = make_loaders(data, split, batch_size=batch_size, augment=aug or False, seed=seed, device=device)
     fit(model, train, epochs=epochs, lr=lr, device=device, seed=seed, progress=progress, desc="base")
+    reestimate_bn(model, data, split, batches=bn_batches, batch_size=batch_size, seed=seed, device=device)
     val_oa = evaluate(model, val, num_classes=data.num_classes, device=device).oa
     say(f"base model: val OA {val_oa:.4f}")
     save_checkpoint(path, model.cpu(), arch={"model": model_name, "num_classes": data.num_classes,
                                              "image_size": data.image_size}, classes=data.classes,
-                    split=split.info(), metrics={"val_oa": val_oa}, config={"epochs": epochs, "lr": lr})
+                    split=split.info(), metrics={"val_oa": val_oa},
+                    config={"epochs": epochs, "lr": lr, "bn_batches": bn_batches, "key_version": KEY_VERSION})
     return path, True

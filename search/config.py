@@ -93,8 +93,8 @@ class SearchConfig:
     calibration_batches: int = opt(2, "unaugmented training batches for data-dependent choices and int8 "
                                       "calibration (default {default})")
     bn_batches: int = opt(4, "re-estimate BatchNorm statistics on this many unaugmented training batches after "
-                             "every fine-tune epoch, so a short fine-tune is scored with statistics of its final "
-                             "weights (default {default}; 0: off)")
+                             "every fine-tune epoch and after training the base model, so each is scored with "
+                             "statistics of its final weights (default {default}; 0: off)")
     latency: bool = opt(True, "skip latency/speed-up measurement per trial", flag="--no-latency")
     hardware: str = opt("cpu", "where latency and speed-up are measured: DEVICE[:N][,KEY=VALUE...] with DEVICE cpu, "
                                "cuda, cuda:N or ray:RESOURCE (the Ray node offering that custom resource) and keys "

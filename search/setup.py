@@ -157,7 +157,8 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                       else (Path(config.out).resolve() / "mlartifacts").as_uri())
     ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
                                      epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
-                                     seed=config.data_seed, device=device, progress=config.progress, say=say)
+                                     seed=config.data_seed, device=device, progress=config.progress, say=say,
+                                     bn_batches=config.bn_batches)
 
     parent_id = engine.get_attr("mlflow_parent_run_id")
     if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:

@@ -18,42 +18,15 @@ post-training steps (int8) with calibration batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from rsc.training import recalibrate_bn
 from spaces.base import Context, Plan
 from spaces.errors import SpaceError
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int = 20,
-                   device: str | torch.device = "cpu") -> nn.Module:
-    """Re-estimate every BatchNorm's running mean/var on up to ``max_batches`` batches (in place).
-
-    Statistics are reset and accumulated as a plain average (``momentum=None``); nothing else in
-    the model changes. Returns the model, in eval mode.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model.eval()
-    saved = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        for i, batch in enumerate(batches):
-            if i >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
-    finally:
-        for m, mom in saved.items():
-            m.momentum = mom
-    return model.eval()
 
 
 def _sparse_layers(model: nn.Module, min_sparsity: float) -> list[nn.Module]:

@@ -247,27 +247,8 @@ class ChannelPruning(Space):
             criterion = "l1"  # channel counts do not depend on the criterion
         if criterion == "taylor":
             _calibration_grads(new, context.calibration_batches("prune.channel criterion 'taylor'"))
-        imp_fn = _importance(criterion)
-        fallback = _importance("l1")
-        plans: list[tuple[str, Any, list[int]]] = []
+        plans = _selection(groups, criterion, ratios, round_to)
         with torch.no_grad():
-            for name, group in groups:
-                r = ratios.get(name, 0.0)
-                channels = len(group[0].idxs)
-                keep = kept_channels(channels, r, round_to)
-                if keep >= channels:
-                    continue
-                try:
-                    imp = imp_fn(group)
-                    if imp is None:
-                        imp = fallback(group)
-                except Exception as exc:  # noqa: BLE001
-                    raise _err(f"cannot score group {name!r} with {criterion!r}: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-                if imp is None or len(imp) != channels:
-                    raise _err(f"group {name!r}: criterion {criterion!r} gave no usable scores")
-                order = torch.argsort(imp.detach().cpu(), stable=True)
-                plans.append((name, group, sorted(int(i) for i in order[: channels - keep])))
             for name, group, idxs in plans:
                 try:
                     # group.prune(idxs) would also log the full-index group in the history
@@ -278,6 +259,64 @@ class ChannelPruning(Space):
         _check_forward(new, context, "pruning")
         history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in dg.pruning_history()]
         return Transformed(new, {"history": history})
+
+
+def _selection(groups: Sequence[tuple[str, Any]], criterion: str, ratios: dict[str, float],
+               round_to: int | None) -> list[tuple[str, Any, list[int]]]:
+    """``(group name, group, channel indices to remove)`` for every group that loses channels."""
+    imp_fn = _importance(criterion)
+    fallback = _importance("l1")
+    plans: list[tuple[str, Any, list[int]]] = []
+    with torch.no_grad():
+        for name, group in groups:
+            r = ratios.get(name, 0.0)
+            channels = len(group[0].idxs)
+            keep = kept_channels(channels, r, round_to)
+            if keep >= channels:
+                continue
+            try:
+                imp = imp_fn(group)
+                if imp is None:
+                    imp = fallback(group)
+            except Exception as exc:  # noqa: BLE001
+                raise _err(f"cannot score group {name!r} with {criterion!r}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+            if imp is None or len(imp) != channels:
+                raise _err(f"group {name!r}: criterion {criterion!r} gave no usable scores")
+            order = torch.argsort(imp.detach().cpu(), stable=True)
+            plans.append((name, group, sorted(int(i) for i in order[: channels - keep])))
+    return plans
+
+
+@torch.no_grad()
+def soft_prune(model: nn.Module, params: Params, context: Context) -> int:
+    """Zero, in place, the channels ``prune.channel`` with ``params`` would remove; returns their count.
+
+    Soft filter pruning (He et al. 2018): every layer whose outputs a removed channel is made of
+    (the root conv and every conv, linear and BatchNorm coupled to it) gets that output's weights
+    and bias set to zero, but keeps them trainable, so a filter zeroed after one epoch may grow back
+    and be kept at the next. After the last epoch, ``prune.channel`` with the ``l1`` criterion at
+    the same ratios removes the zeroed channels (their L1 norm is 0, the lowest).
+    """
+    dg = _trace(model, context.example_input(1).to(_device(model)))
+    groups = _groups(model, dg, context)
+    criterion, round_to, ratios = ChannelPruning(criteria=CRITERIA).validate(params, [n for n, _ in groups])
+    if criterion == "taylor":
+        raise _err("soft pruning scores filters by their weights; use l1, l2, fpgm or bn_scale")
+    zeroed = 0
+    for _, group, idxs in _selection(groups, criterion, ratios, round_to):
+        sub = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs)
+        for dep, dep_idxs in sub:
+            layer = dep.target.module
+            if not dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(
+                    layer, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                continue
+            index = torch.as_tensor(list(dep_idxs), dtype=torch.long, device=layer.weight.device)
+            layer.weight.index_fill_(0, index, 0.0)
+            if layer.bias is not None:
+                layer.bias.index_fill_(0, index, 0.0)
+        zeroed += len(idxs)
+    return zeroed
 
 
 def _check_history(record: Record, model: nn.Module) -> list[list[Any]]:

@@ -337,9 +337,17 @@ class Tracker:
     @_tracked
     def start_trial(self, parent_id: str, number: int, *, tags: Mapping[str, str] | None = None) -> str:
         """Create the child run ``trial-<number>`` under ``parent_id`` (status RUNNING)."""
-        all_tags = {PARENT_TAG: parent_id, "trial_number": str(number), "pareto": "false", "state": "RUNNING"}
+        return self._create_child(parent_id, f"trial-{number}", {"trial_number": str(number), **(tags or {})})
+
+    @_tracked
+    def start_child(self, parent_id: str, name: str, *, tags: Mapping[str, str] | None = None) -> str:
+        """Create a child run ``name`` under ``parent_id`` (status RUNNING; a study's cell, a search's trial)."""
+        return self._create_child(parent_id, name, tags)
+
+    def _create_child(self, parent_id: str, name: str, tags: Mapping[str, str] | None) -> str:
+        all_tags = {PARENT_TAG: parent_id, "pareto": "false", "state": "RUNNING"}
         all_tags.update(tags or {})
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         self._pareto[run.info.run_id] = False
         return run.info.run_id
 

@@ -39,6 +39,28 @@ def test_train_then_evaluate_on_a_folder(image_folder, tmp_path, capsys):
     assert f"test OA {metrics['oa']:.4f}" in capsys.readouterr().out
 
 
+def test_training_ends_on_batchnorm_statistics_of_its_final_weights(tmp_path):
+    """--bn-batches re-estimates the running statistics after the last epoch; 0 keeps training's averages.
+    Same seed, same weights: only the BatchNorm buffers differ, and the report has both validation OAs."""
+    import torch
+
+    runs = {}
+    for n in (0, 4):
+        out = tmp_path / f"bn{n}"
+        assert train_cli.main(["--model", "resnet18", "--image-size", "16", "--epochs", "1", "--bn-batches", str(n),
+                               "--out", str(out), "--no-progress"]) == 0
+        runs[n] = (torch.load(out / "checkpoint.pt", weights_only=False)["state_dict"],
+                   json.loads((out / "metrics.json").read_text()))
+    (sd0, m0), (sd4, m4) = runs[0], runs[4]
+    for k in sd0:
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        assert torch.equal(sd0[k], sd4[k]), k
+    assert not torch.allclose(sd0["bn1.running_mean"], sd4["bn1.running_mean"])
+    assert m4["bn_batches"] == 4 and m0["val_oa"] == m0["val_oa_as_trained"]
+    assert m4["val_oa_as_trained"] == m0["val_oa_as_trained"] and 0 <= m4["val_oa"] <= 1
+
+
 def test_repeats_report_mean_and_std(tmp_path, capsys):
     out = tmp_path / "rep"
     assert train_cli.main(["--model", "mobilenet_v3_small", "--image-size", "16", "--epochs", "1",
@@ -69,6 +91,7 @@ def test_corrupt_image_is_named_in_the_report(image_folder, tmp_path, capsys):
     (["--dataset", "imagenet", "--data", "."], "unknown dataset"),
     (["--image-size", "8"], "at least 16"),
     (["--jitter", "2"], "jitter"),
+    (["--bn-batches", "-1", "--image-size", "16"], "--bn-batches must be >= 0"),
     (["--device", "gpu", "--image-size", "16"], "unknown device 'gpu'"),
     (["--device", "cuda:99", "--image-size", "16"], "device 'cuda:99'"),
 ])

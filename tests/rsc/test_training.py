@@ -69,3 +69,22 @@ def test_fit_handles_a_handful_of_steps(batches, epochs):
     model = create_model("mobilenet_v3_small", 2, image_size=16)
     history = fit(model, train, epochs=epochs, lr=0.01, progress=False)
     assert len(history) == epochs and all(math.isfinite(h["loss"]) for h in history)
+
+
+def test_after_backward_sees_every_step_between_backward_and_step():
+    """The hook Network Slimming's L1 subgradient goes through: gradients exist, the step has not run."""
+    data = synthetic_scene_data(num_classes=3, per_class=8, image_size=16)
+    split = make_split(data, train_ratio=0.75, seed=0, val_ratio=0.0)
+    train, _, _ = make_loaders(data, split, batch_size=4)
+    model = create_model("resnet18", 3, image_size=16)
+    seen = []
+
+    def hook(m):
+        g = m.bn1.weight.grad
+        seen.append(g is not None and bool(torch.isfinite(g).all()))
+        g.zero_()  # what the hook does to the gradient is what the optimiser applies
+
+    before = model.bn1.weight.detach().clone()
+    fit(model, train, epochs=2, lr=0.01, weight_decay=0.0, progress=False, after_backward=hook)
+    assert len(seen) == 2 * len(train) and all(seen)
+    assert torch.equal(model.bn1.weight.detach(), before)  # zeroed gradients, no weight decay: unchanged

@@ -115,3 +115,30 @@ def test_untraceable_model_error_names_the_problem(ctx):
     model = Weird()
     with pytest.raises(SpaceError, match="prune.channel"):
         get_space("prune.channel").apply(model, {"ratios": {"conv": 0.5}}, ctx)
+
+
+def test_soft_pruning_zeroes_exactly_what_pruning_removes(resnet18, ctx, x):
+    """Soft filter pruning's zeroing: the zeroed model computes what the hard-pruned one does, the
+    zeroed filters stay trainable parameters, and zeroing again at the same ratios changes nothing."""
+    import copy
+
+    from spaces.prune import soft_prune
+
+    model = resnet18.eval()
+    for m in model.modules():  # non-trivial statistics, so a zeroed channel is zero only by its weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    params = _uniform(model, ctx, 0.5)
+    soft = copy.deepcopy(model)
+    zeroed = soft_prune(soft, params, ctx)
+    assert zeroed > 0 and count_params(soft) == count_params(model)
+    snapshot = {k: v.clone() for k, v in soft.state_dict().items()}
+    assert soft_prune(soft, params, ctx) == zeroed
+    assert all(torch.equal(snapshot[k], v) for k, v in soft.state_dict().items())
+    hard = get_space("prune.channel").apply(soft, params, ctx).eval()
+    with torch.no_grad():
+        assert torch.allclose(soft(x), hard(x), atol=1e-4)
+    assert count_params(hard) < 0.3 * count_params(model)
+    with pytest.raises(SpaceError, match="soft pruning scores filters by their weights"):
+        soft_prune(soft, _uniform(model, ctx, 0.5, criterion="taylor"), ctx)

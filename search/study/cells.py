@@ -1,0 +1,210 @@
+"""What a study runs: its settings, the methods it compares, and the cells they expand into.
+
+A *cell* is one measured number of the study: one method, on one network, at one training ratio, one
+split (repeat), one target compression rate, with or without distillation, under one augmentation.
+Cells that several experiments share (the ResNet-18 baseline is a row of the baseline table, the
+reference of every compression table and the "default augmentation" row of the ablation) are
+planned once. Every cell names its base model (network, ratio, repeat, augmentation); bases are
+trained once and cached like a search's (:mod:`search.base_model`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["StudyConfig", "Cell", "Method", "METHODS", "EXPERIMENTS", "AUGMENTS", "plan_cells", "augment_config"]
+
+EXPERIMENTS = ("baselines", "families", "pruning", "augment")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method as the study runs it.
+
+    ``family``: weight / local / global compression (or ``pruning`` for the pruning comparison's
+    structured criteria); ``kind``: how a cell is run (``plan``: a plan of spaces projected onto the
+    rate, fine-tuned; ``soft``: soft filter pruning; ``slimming``: Network Slimming; ``search``: the
+    compression search at that rate; ``teacher``: the study's network trained from scratch by KD
+    from a larger teacher); ``fixed_rate``: the method decides its own rate (VBMF ranks, a teacher).
+    """
+
+    name: str
+    family: str
+    kind: str
+    what: str
+    fixed_rate: bool = False
+    kd_default: bool = False     # distils when no --kd variant is asked for (global compression)
+    criterion: str | None = None
+
+
+METHODS = {m.name: m for m in (
+    Method("magnitude", "weight", "plan", "unstructured magnitude pruning (Han et al.), rate on non-zero params"),
+    Method("tucker-vbmf", "local", "plan", "Tucker-2 on every convolution at EVBMF ranks (Kim et al.)",
+           fixed_rate=True),
+    Method("tucker", "local", "plan", "Tucker-2 on every convolution, uniform ranks projected onto the rate"),
+    Method("tucker-searched", "local", "search", "Tucker-2 with per-layer ranks searched at the rate"),
+    Method("distill-self", "global", "plan", "KD into the network thinned to the rate (L1-chosen channels)",
+           kd_default=True),
+    Method("distill-teacher", "global", "teacher", "KD from the larger --teacher into the network, from scratch",
+           fixed_rate=True, kd_default=True),
+    Method("l1", "pruning", "plan", "L1 filter norm (Li et al.), uniform ratio", criterion="l1"),
+    Method("fpgm", "pruning", "plan", "filter pruning via geometric median (He et al.)", criterion="fpgm"),
+    Method("taylor", "pruning", "plan", "first-order Taylor importance (Molchanov et al.)", criterion="taylor"),
+    Method("sfp", "pruning", "soft", "soft filter pruning: zeroed, kept trainable, removed at the end",
+           criterion="l1"),
+    Method("slimming", "pruning", "slimming", "Network Slimming: L1 on BN scales for half the epochs, prune "
+           "by BN scale, fine-tune the rest", criterion="bn_scale"),
+    Method("searched", "pruning", "search", "per-layer pruning ratios searched at the rate (AMC-style)"),
+)}
+
+#: Default methods of the two compression experiments (magnitude is the weight family and a pruning method).
+FAMILY_METHODS = ("magnitude", "tucker-vbmf", "tucker", "tucker-searched", "distill-self", "distill-teacher")
+PRUNING_METHODS = ("magnitude", "l1", "fpgm", "taylor", "sfp", "slimming", "searched")
+
+#: The augmentation ablation's variants (colour jitter off in all three, so only the named parts differ);
+#: ``default`` is what every other cell trains with: D4 + random resized crop + colour jitter 0.2.
+AUGMENTS = {"none": dict(d4=False, crop=False, jitter=0.0), "d4": dict(d4=True, crop=False, jitter=0.0),
+            "d4+crop": dict(d4=True, crop=True, jitter=0.0), "default": {}}
+
+
+def augment_config(name: str) -> Any:
+    """The :class:`rsc.augment.AugmentConfig` of a variant name (None: no augmentation at all)."""
+    from rsc.augment import AugmentConfig
+
+    if name == "none":
+        return None
+    return AugmentConfig(**AUGMENTS[name])
+
+
+@dataclass
+class StudyConfig:
+    """Every setting of ``python -m search.study`` (defaults: the issue's full study)."""
+
+    data: str | None = None
+    dataset: str | None = None
+    image_size: int = 64
+    model: str = "resnet18"                  # the network every compression method compresses
+    networks: tuple[str, ...] = ("alexnet", "vgg11", "vgg16", "googlenet", "squeezenet1_1", "resnet18", "resnet50")
+    teacher: str | None = "resnet50"         # distill-teacher's teacher (None: no such cells)
+    ratios: tuple[float, ...] = ()           # () = the dataset's literature ratios (the registry's)
+    repeats: int = 3
+    seed: int = 0
+    epochs: int = 30                         # from-scratch training (bases, teacher-KD students)
+    finetune_epochs: int = 10                # every compressed model's fine-tune budget
+    lr: float = 0.05
+    finetune_lr: float = 0.01
+    batch_size: int = 64
+    val_ratio: float = 0.1
+    bn_batches: int = 4
+    rates: tuple[float, ...] = (2.0, 4.0, 8.0)
+    experiments: tuple[str, ...] = EXPERIMENTS
+    family_methods: tuple[str, ...] = FAMILY_METHODS
+    pruning_methods: tuple[str, ...] = PRUNING_METHODS
+    kd: tuple[bool, ...] = (False, True)     # the pruning comparison's with/without distillation
+    augments: tuple[str, ...] = ("none", "d4", "d4+crop")
+    augment_method: str = "l1"               # the compressed model of the ablation, at the middle rate
+    search_trials: int = 12                  # per searched cell
+    search_fidelity: int = 2
+    slimming_reg: float = 1e-4               # Network Slimming's lambda on |gamma|
+    weights: dict[str, str] = field(default_factory=dict)   # network -> local weights file
+    device: str | None = None
+    name: str | None = None
+    out: str = "runs"
+    tracking_uri: str | None = None
+    experiment: str = "rsc-study"
+    progress: bool = True
+
+    def study_name(self, dataset: str) -> str:
+        return self.name or f"study-{dataset}-{self.model}-{self.image_size}px"
+
+    def middle_rate(self) -> float:
+        rates = sorted(self.rates)
+        return rates[(len(rates) - 1) // 2]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured number; ``id`` is its file name and its MLflow run name."""
+
+    method: str            # "baseline" or a METHODS name
+    network: str           # the network trained (baseline) or compressed
+    train_ratio: float
+    repeat: int
+    rate: float | None = None    # target compression rate; None for baselines and fixed-rate methods
+    kd: bool = False
+    augment: str = "default"
+    experiments: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        rate = "" if self.rate is None else f"-x{self.rate:g}"
+        return (f"{self.method}-{self.network}-r{self.train_ratio:g}{rate}{'-kd' if self.kd else ''}"
+                f"-aug-{self.augment.replace('+', '_')}-s{self.repeat}")
+
+    @property
+    def base_key(self) -> tuple[str, float, int, str]:
+        """The base model a cell starts from (teacher cells: the teacher's, set by the runner)."""
+        return (self.network, self.train_ratio, self.repeat, self.augment)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "method": self.method, "network": self.network, "train_ratio": self.train_ratio,
+                "repeat": self.repeat, "target_rate": self.rate, "kd": self.kd, "augment": self.augment,
+                "experiments": list(self.experiments),
+                "family": "baseline" if self.method == "baseline" else METHODS[self.method].family}
+
+
+def plan_cells(config: StudyConfig, ratios: tuple[float, ...]) -> list[Cell]:
+    """Every cell of the study, baselines first (they train the bases the others start from), each once."""
+    cells: dict[str, Cell] = {}
+
+    def add(cell: Cell, experiment: str) -> None:
+        old = cells.get(cell.id)
+        tags = (old.experiments if old else ()) + ((experiment,) if not old or experiment not in old.experiments else ())
+        cells[cell.id] = replace(cell, experiments=tags)
+
+    for ratio in ratios:
+        for repeat in range(config.repeats):
+            if "baselines" in config.experiments:
+                for net in config.networks:
+                    add(Cell("baseline", net, ratio, repeat), "baselines")
+            for exp, methods, kds in (("families", config.family_methods, None),
+                                      ("pruning", config.pruning_methods, config.kd)):
+                if exp not in config.experiments:
+                    continue
+                add(Cell("baseline", config.model, ratio, repeat), exp)  # the reference row
+                for name in methods:
+                    m = METHODS[name]
+                    for kd in (kds if kds is not None else (m.kd_default,)):
+                        if m.kind == "search" and kd:
+                            continue  # the search's final stage fine-tunes without a teacher (see the README)
+                        if m.kind == "teacher" and not config.teacher:
+                            continue
+                        for rate in ((None,) if m.fixed_rate else config.rates):
+                            add(Cell(name, config.model, ratio, repeat, rate, kd or m.kd_default), exp)
+            if "augment" in config.experiments:
+                for aug in config.augments:
+                    add(Cell("baseline", config.model, ratio, repeat, augment=aug), "augment")
+                    add(Cell(config.augment_method, config.model, ratio, repeat, config.middle_rate(),
+                             augment=aug), "augment")
+    # split by split, so that a study cut short has every method on its first splits rather than
+    # all the baselines and nothing else; on each split the bases are trained first
+    return sorted(cells.values(), key=lambda c: (c.repeat, c.train_ratio, c.method != "baseline",
+                                                 c.network != config.model))
+
+
+def cell_epochs(cell: Cell, config: StudyConfig) -> float:
+    """Training epochs a cell costs (in passes of its network over the training part), base excluded."""
+    if cell.method == "baseline":
+        return 0.0
+    m = METHODS[cell.method]
+    if m.kind == "teacher":
+        return config.epochs * 1.3          # student steps plus the teacher's forward passes
+    if m.kind == "search":
+        return config.search_trials * config.search_fidelity + 3 * config.finetune_epochs
+    return config.finetune_epochs * (1.3 if cell.kd else 1.0)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,178 @@
+"""The study's tables and plots, rebuilt from its cell rows: Markdown, CSV, PNG.
+
+One table per experiment and training ratio; each line is one method (with or without KD, at one
+target rate) over the repeats: OA mean +- sample std, the compression rate reached (original params /
+compressed params; non-zero params for magnitude pruning) and the measured speed-up, and how many
+repeats finished. A cell that cannot reach its rate is listed under its table, not averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_outputs", "summarise", "mean_std"]
+
+_CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
+             "test_oa", "val_oa", "compression_rate", "compression_rate_params", "speedup", "params",
+             "nonzero_params", "macs", "size", "sparse_size", "latency_ms", "base_latency_ms", "epochs", "seconds",
+             "reason")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def _pm(values: list[float], digits: int = 3, pct: bool = False) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "-"
+    k = 100.0 if pct else 1.0
+    return f"{m * k:.{digits}f} +- {s * k:.{digits}f}"
+
+
+def _label(row: dict[str, Any]) -> str:
+    return row["method"] if row["method"] != "baseline" else f"baseline ({row['network']})"
+
+
+def summarise(rows: list[dict[str, Any]], experiment: str, ratio: float) -> list[dict[str, Any]]:
+    """Lines of one table: rows of ``experiment`` at ``ratio`` grouped over their repeats."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if experiment in r.get("experiments", ()) and r["train_ratio"] == ratio:
+            key = (r["method"], r["network"], bool(r["kd"]), r.get("target_rate"), r["augment"])
+            groups[key].append(r)
+    lines = []
+    for (method, network, kd, rate, augment), rs in groups.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        lines.append({"method": method, "network": network, "kd": kd, "target_rate": rate, "augment": augment,
+                      "family": rs[0]["family"], "n": len(ok), "of": len(rs),
+                      "oa": [r["test_oa"] for r in ok], "rate": [r.get("compression_rate") for r in ok],
+                      "speedup": [r.get("speedup") for r in ok], "params": [r.get("params") for r in ok],
+                      "unreachable": [r.get("reason", "") for r in rs if r["status"] == "unreachable"]})
+    order = {"baseline": 0, "weight": 1, "local": 2, "global": 3, "pruning": 4}
+    augments = {"none": 0, "d4": 1, "d4+crop": 2}
+    lines.sort(key=lambda x: (order.get(x["family"], 9), x["method"], x["kd"], x["target_rate"] or 0,
+                              augments.get(x["augment"], 9)))
+    return lines
+
+
+def _table(lines: list[dict[str, Any]], experiment: str) -> list[str]:
+    if experiment == "baselines":
+        out = ["| network | OA (%) | params (M) | repeats |", "|---|---|---|---|"]
+        for x in lines:
+            out.append(f"| {x['network']} | {_pm(x['oa'], 2, pct=True)} | "
+                       f"{mean_std(x['params'])[0] / 1e6:.2f} | {x['n']}/{x['of']} |")
+        return out
+    if experiment == "augment":
+        out = ["| model | augmentation | OA (%) | repeats |", "|---|---|---|---|"]
+        for x in lines:
+            what = _label(x) + (f" at {x['target_rate']:g}x" if x["target_rate"] else "")
+            out.append(f"| {what} | {x['augment']} | {_pm(x['oa'], 2, pct=True)} | {x['n']}/{x['of']} |")
+        return out
+    out = ["| method | family | KD | target rate | OA (%) | compression rate | speed-up | repeats |",
+           "|---|---|---|---|---|---|---|---|"]
+    for x in lines:
+        target = f"{x['target_rate']:g}x" if x["target_rate"] else ("own" if x["method"] != "baseline" else "1x")
+        rate = mean_std(x["rate"])[0]
+        out.append(f"| {_label(x)} | {x['family']} | {'yes' if x['kd'] else 'no'} | {target} | "
+                   f"{_pm(x['oa'], 2, pct=True)} | {rate:.2f}x | {_pm(x['speedup'], 2)} | {x['n']}/{x['of']} |"
+                   if x["n"] else
+                   f"| {_label(x)} | {x['family']} | {'yes' if x['kd'] else 'no'} | {target} | unreachable | - | - | "
+                   f"0/{x['of']} |")
+    return out
+
+
+_TITLES = {"baselines": "Baselines: classic networks trained from scratch",
+           "families": "Weight vs local vs global compression",
+           "pruning": "Pruning methods at matched compression rates, with and without distillation",
+           "augment": "Augmentation ablation (colour jitter off in all three variants)"}
+
+
+def _plot(lines: list[dict[str, Any]], path: Path, x_key: str, x_label: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list] = defaultdict(list)
+    for x in lines:
+        if x["n"]:
+            series[_label(x) + (" + KD" if x["kd"] and x["family"] == "pruning" else "")].append(x)
+    for name, xs in sorted(series.items()):
+        pts = sorted((mean_std(x[x_key])[0], *mean_std(x["oa"])) for x in xs)
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    capsize=3, label=name, linestyle="-" if len(pts) > 1 else "none")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test OA (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dict[str, Path]:
+    """``results.csv`` (one line per cell), ``tables.md``, ``summary.csv`` and the plots; returns their paths."""
+    c = prep.config
+    out: dict[str, Path] = {}
+    results = study_dir / "results.csv"
+    with results.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=_CSV_KEYS, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: r["id"]):
+            w.writerow({k: r.get(k) for k in _CSV_KEYS})
+    out["results_csv"] = results
+    md = [f"# Study {study_dir.name}", "",
+          f"{prep.data.name} ({prep.data.num_classes} classes), {c.image_size} px, {c.model} compressed; "
+          f"{c.repeats} seeded split(s) per training ratio; from scratch {c.epochs} epochs, every compressed model "
+          f"fine-tuned {c.finetune_epochs} epochs. OA on the test part of each split (mean +- sample std over the "
+          "repeats); compression rate = original params / compressed params (non-zero params for magnitude "
+          "pruning); speed-up measured beside the base on this CPU, 1 thread, batch 1.", ""]
+    summary_rows = []
+    for exp in c.experiments:
+        for ratio in prep.ratios:
+            lines = summarise(rows, exp, ratio)
+            if not lines:
+                continue
+            md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "", *_table(lines, exp), ""]
+            for x in lines:
+                for reason in x["unreachable"][:1]:
+                    md.append(f"- {x['method']} at {x['target_rate']:g}x: {reason}")
+                m, s = mean_std(x["oa"])
+                summary_rows.append({"experiment": exp, "train_ratio": ratio, "method": x["method"],
+                                     "network": x["network"], "kd": x["kd"], "target_rate": x["target_rate"],
+                                     "augment": x["augment"], "n": x["n"], "of": x["of"], "oa_mean": m, "oa_std": s,
+                                     "rate_mean": mean_std(x["rate"])[0], "speedup_mean": mean_std(x["speedup"])[0],
+                                     "speedup_std": mean_std(x["speedup"])[1]})
+            md.append("")
+            if exp in ("families", "pruning"):
+                for key, label, tag in (("rate", "compression rate (x, log)", "rate"),
+                                        ("speedup", "measured speed-up (x, log)", "speedup")):
+                    path = study_dir / f"{exp}-r{ratio:g}-oa-vs-{tag}.png"
+                    _plot(lines, path, key, label, f"{_TITLES[exp]}, ratio {ratio:.0%}")
+                    out[path.stem] = path
+                    md.append(f"![{path.stem}]({path.name})")
+                md.append("")
+    tables = study_dir / "tables.md"
+    tables.write_text("\n".join(md) + "\n")
+    out["tables_md"] = tables
+    summary = study_dir / "summary.csv"
+    with summary.open("w", newline="") as fh:
+        keys = list(summary_rows[0]) if summary_rows else ["experiment"]
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(summary_rows)
+    out["summary_csv"] = summary
+    return out
