@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -174,6 +175,29 @@ def _tracked(method: Callable[..., T]) -> Callable[..., T]:
                 raise
             raise _tracking_error(self.uri, method.__name__, exc) from exc
     return wrapper
+
+
+@contextlib.contextmanager
+def _fluent_uri(uri: str):
+    """MLflow's fluent API pointed at ``uri`` for a block, then exactly as it was.
+
+    ``mlflow.set_tracking_uri`` also exports ``$MLFLOW_TRACKING_URI``; setting back the value
+    ``get_tracking_uri`` returned would leave MLflow's own default (``sqlite:///mlflow.db``, relative
+    to the working directory) in the environment, where every later search or study of the process
+    (and its subprocesses) would take it for the user's choice."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def default_tracking_uri(root: str | Path) -> str:
@@ -423,16 +447,11 @@ class Tracker:
 
         if getattr(input_example, "ndim", 0) >= 1 and input_example.shape[0] == 1:
             input_example = input_example[[0, 0]]  # numpy array or tensor alike
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        try:
-            with mlflow.start_run(run_id=run_id, nested=True):
-                info = mlflow.pytorch.log_model(
-                    model, name=name, input_example=input_example, metadata=dict(metadata or {}),
-                    pip_requirements=["torch", "torchvision"],
-                )
-        finally:
-            mlflow.set_tracking_uri(previous)
+        with _fluent_uri(self.uri), mlflow.start_run(run_id=run_id, nested=True):
+            info = mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example, metadata=dict(metadata or {}),
+                pip_requirements=["torch", "torchvision"],
+            )
         return info.model_uri
 
     @_tracked
@@ -449,19 +468,14 @@ class Tracker:
 
         from tracking.compressed_model import CODE_PATHS, MODEL_CODE
 
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        try:
-            with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=True):
-                code = Path(tmp) / "compressed_model_code.py"
-                code.write_text(MODEL_CODE)
-                info = mlflow.pyfunc.log_model(
-                    name=name, python_model=code, artifacts={"model": str(path)},
-                    code_paths=CODE_PATHS, input_example=input_example, metadata=dict(metadata or {}),
-                    pip_requirements=["torch", "torchvision", "torch-pruning", "tensorly", "numpy"],
-                )
-        finally:
-            mlflow.set_tracking_uri(previous)
+        with _fluent_uri(self.uri), tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id, nested=True):
+            code = Path(tmp) / "compressed_model_code.py"
+            code.write_text(MODEL_CODE)
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=code, artifacts={"model": str(path)},
+                code_paths=CODE_PATHS, input_example=input_example, metadata=dict(metadata or {}),
+                pip_requirements=["torch", "torchvision", "torch-pruning", "tensorly", "numpy"],
+            )
         return info.model_uri
 
     # -- low level -------------------------------------------------------------------------

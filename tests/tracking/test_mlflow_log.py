@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
 
 from tracking.errors import TrackingError
-from tracking.mlflow_log import PARENT_TAG, Tracker, check_tracking_uri, default_tracking_uri, flatten_params
+from tracking.mlflow_log import PARENT_TAG, Tracker, _fluent_uri, check_tracking_uri, default_tracking_uri, flatten_params
 
 
 def _free_port() -> int:
@@ -78,15 +79,16 @@ def test_pytorch_model_logged_with_a_batch_of_one_takes_any_batch(tmp_path, capf
                                 torch.nn.Linear(4, 2)).eval()
     tr = Tracker(uri=default_tracking_uri(tmp_path), experiment="t", artifact_location=(tmp_path / "art").as_uri())
     parent = tr.start_parent("study", params={})
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tr.log_model(parent, model, "m", input_example=np.zeros((1, 3, 16, 16), np.float32))
     # torch.export specialises a batch of one (and says so): the saved graph would take only that
     assert "specialized" not in capfd.readouterr().err
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tr.uri)
-    try:
+    # MLflow's fluent API is left as it was: no $MLFLOW_TRACKING_URI (MLflow's relative default) for
+    # the next search of the process to take for the user's
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    with _fluent_uri(tr.uri):
         loaded = mlflow.pyfunc.load_model(uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     x = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
