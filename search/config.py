@@ -20,6 +20,7 @@ BACKENDS = ("local", "ray")                 # where trials run (search.executors
 RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data and the base checkpoint
 TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
 ALLOCATE = ("macs", "energy", "latency")    # layer costs of --allocate (spaces.allocate)
+FINAL_PICKS = ("spread", "top")            # which trials the final stage fine-tunes (search.final.final_candidates)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
 
@@ -92,6 +93,8 @@ class SearchConfig:
                                                "<0 disables)")
     calibration_batches: int = opt(2, "unaugmented training batches for data-dependent choices and int8 "
                                       "calibration (default {default})")
+    finetune_kd: bool = opt(False, "distil from the uncompressed model (Hinton KD) during every fine-tune, trials and "
+                                   "final stage alike: pruning + KD")
     bn_batches: int = opt(4, "re-estimate BatchNorm statistics on this many unaugmented training batches after "
                              "every fine-tune epoch and after training the base model, so each is scored with "
                              "statistics of its final weights (default {default}; 0: off)")
@@ -106,6 +109,13 @@ class SearchConfig:
     # -- final stage
     final_epochs: int = opt(20, "fine-tune epochs of the Pareto set (default {default})")
     final_max: int | None = opt(None, "retrain at most this many Pareto models (default all)")
+    final_pick: str = opt("spread", "which trials the final stage fine-tunes: spread (--final-max models spread along "
+                                    "the Pareto front: the trade-off) or top (the --final-max finished trials inside "
+                                    "the budget with the best trial score, on the front or not: the best model at the "
+                                    "budget) (default {default})", choices=FINAL_PICKS)
+    rank_sample: int = opt(0, "also fine-tune this many more finished trials, spread over their trial scores, like "
+                              "the final set, and report how well trial scores rank the final OA (Spearman, Kendall) "
+                              "(default {default})", metavar="N")
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 
     # -- bookkeeping
@@ -146,7 +156,7 @@ class SearchConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("fidelity_epochs", "final_epochs", "base_epochs", "startup_trials", "calibration_batches",
-                     "bn_batches", "depth_bins"):
+                     "bn_batches", "depth_bins", "rank_sample"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.sampler not in SAMPLERS:
@@ -187,6 +197,8 @@ class SearchConfig:
         if self.allocate == "latency" and parse_target(self.hardware).table is None:
             raise ConfigError("--allocate latency needs a latency table: --target lut:FILE (build one with "
                               "python -m search.profile)")
+        if self.final_pick not in FINAL_PICKS:
+            raise ConfigError(f"unknown final_pick {self.final_pick!r}; choose one of {', '.join(FINAL_PICKS)}")
         if self.targets not in TARGETS:
             raise ConfigError(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
         if not 0.0 < float(self.min_target) <= 1.0:

@@ -351,7 +351,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     try:
         if not interrupted:
             final_stage(config, result, front_trials, s.request_base, trial_fn, tracker, s.ckpt, s.data, s.split,
-                        rep.message)
+                        rep.message, eligible=done)
         write_artifacts(result, engine, search.objectives, s.base_costs, s.budgets.limits(), tracker,
                         config.study_dir)
         tracker.log_metrics(search.parent_id, {"overhead_share": timing.get("overhead_share", 0.0),

@@ -17,7 +17,7 @@ from search.config import SearchConfig
 from search.executors import TrialFn
 from search.report import SearchResult
 
-__all__ = ["front_row", "spread_pick", "final_stage", "write_artifacts"]
+__all__ = ["front_row", "spread_pick", "final_candidates", "final_stage", "write_artifacts", "chosen_row"]
 
 
 def front_row(t: Any, base_costs: Mapping[str, float]) -> dict[str, Any]:
@@ -54,9 +54,40 @@ def spread_pick(front: Sequence[Any], k: int | None, accuracy: Callable[[Any], f
     return [front[i] for i in sorted(picks)]
 
 
+def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The trials the final stage fine-tunes: ``(final set, rank sample)``.
+
+    The final set: ``final_pick`` ``spread`` takes ``final_max`` models spread along the front
+    (:func:`spread_pick`; the front is sorted by cost), ``top`` the ``final_max`` eligible trials
+    (finished, inside the budget) with the best trial score, on the front or not - where the
+    budget's best model is decided. The rank sample: ``rank_sample`` more eligible trials, spread
+    evenly over the trial scores (best and worst kept), fine-tuned only to measure how well the
+    trial score ranks the final OA.
+    """
+    if config.final_pick == "top":
+        ranked = sorted(eligible, key=lambda t: (-t.values[0], t.number))
+        chosen = ranked if config.final_max is None else ranked[:max(config.final_max, 0)]
+    else:
+        chosen = spread_pick(front, config.final_max)
+    taken = {t.number for t in chosen}
+    rest = sorted((t for t in eligible if t.number not in taken), key=lambda t: (t.values[0], t.number))
+    return chosen, spread_pick(rest, config.rank_sample) if config.rank_sample else []
+
+
+def chosen_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The model a user ships: the best validation OA after the final fine-tune among the final models
+    that meet the budget as measured (ties to fewer params); the test OA only reports it."""
+    ok = [r for r in rows if r.get("val_oa") is not None and r.get("meets_budget") is not False]
+    if not ok:
+        return None
+    return dict(max(ok, key=lambda r: (r["val_oa"], -(r.get("params") or 0.0))))
+
+
 def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
-                trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None]) -> None:
-    """Fine-tune the Pareto set longer and evaluate it - and the base model - on the test split."""
+                trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None],
+                eligible: Sequence[Any] = ()) -> None:
+    """Fine-tune the final set longer and evaluate it - and the base model - on the test split; with
+    ``rank_sample``, also the rank sample, and the rank correlation of trial score with final OA."""
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
     from rsc.cost import CostSettings, budget_metrics, measure
     from rsc.data import make_loaders
@@ -81,13 +112,19 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                    "test_oa": evaluate(base, test, num_classes=data.num_classes).oa,
                    **{k: costs[k] for k in cost_keys}, **predicted, "compression_rate": 1.0, "speedup": 1.0}
     tracker.log_metrics(result.parent_run_id, {"base_val_oa": result.base["val_oa"], "base_test_oa": result.base["test_oa"]})
-    chosen = spread_pick(front, config.final_max)
+    chosen, sample = final_candidates(config, front, eligible or front)
     if not chosen:
         return
-    say(f"final stage: fine-tuning {len(chosen)} Pareto model(s) for {config.final_epochs} epochs, then the test split")
+    what = "Pareto model(s)" if config.final_pick == "spread" else "best-scored model(s) inside the budget"
+    say(f"final stage: fine-tuning {len(chosen)} {what}" + (f" and {len(sample)} more for the rank correlation"
+                                                            if sample else "")
+        + f" for {config.final_epochs} epochs, then the test split")
     keep_model = _accepts_return_model(trial_fn)
     budgets = parse_budgets(config.budgets)
-    for t in chosen:
+    ranked: list[dict[str, Any]] = []
+    picked = {t.number for t in chosen}
+    for t in [*chosen, *sample]:
+        extra = t.number not in picked
         request = {**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": config.final_epochs,
                    "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
         try:
@@ -107,13 +144,30 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
                "hardware": hardware}
         row["meets_budget"] = _meets_budget(budgets, row, result.base, out)
-        result.final.append(row)
+        ranked.append(row)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
             tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
                                          if isinstance(v, (int, float)) and k not in ("trial",)})
+        if extra:
+            result.rank_sample.append(row)
+            continue
+        result.final.append(row)
         if model is not None:
             _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
+    result.chosen = chosen_row(result.final)
+    if config.rank_sample:
+        from tracking.stats import rank_correlation
+
+        score = [r["search_val_oa"] for r in ranked]
+        result.rank = {"trials": len(ranked), "final_epochs": config.final_epochs,
+                       "fidelity_epochs": config.fidelity_epochs,
+                       "test_oa": rank_correlation(score, [r["test_oa"] for r in ranked]),
+                       "val_oa": rank_correlation(score, [r["val_oa"] for r in ranked])}
+        metrics = {f"rank_{k}_{m}": result.rank[k][m] for k in ("test_oa", "val_oa") for m in ("spearman", "kendall")
+                   if result.rank[k][m] is not None}
+        if metrics:
+            tracker.log_metrics(result.parent_run_id, metrics)
 
 
 def _meets_budget(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any],
@@ -215,6 +269,7 @@ def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tupl
             writer.writerow(r)
     summary = {"study": result.study, "objectives": result.objectives, "hypervolume": result.hypervolume,
                "counts": result.counts, "base": result.base, "front": result.front, "final": result.final,
+               "chosen": result.chosen, "rank_sample": result.rank_sample, "rank": result.rank,
                "timing": result.timing, "interrupted": result.interrupted}
     (folder / "front.json").write_text(json.dumps(summary, indent=1, default=str))
     base_point = {n: (result.base.get("val_oa") if k == "val_oa" else base_costs.get(k)) for n, k, _ in objectives}

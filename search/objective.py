@@ -61,7 +61,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     ``limits``), ``base_costs``, ``epochs``, ``lr``, ``batch_size``, ``seed``, ``device``,
     ``calibration_batches``, ``bn_batches`` (BatchNorm re-estimation after every fine-tune epoch;
     0: off), ``latency`` (bool), ``hardware`` (the :mod:`rsc.targets` spec latency is measured on;
-    default ``cpu``), ``early_stop`` (or null: {fronts, directions, cost_keys, margin};
+    default ``cpu``), ``distill`` (bool: KD from the base model
+    during the fine-tune even without a distillation step), ``early_stop`` (or null: {fronts, directions, cost_keys, margin};
     ``fronts`` maps an epoch, as a string, to the points [val OA after that epoch, costs...] of
     finished trials, so a trial is only ever compared with others at the same point of the same
     schedule), ``evaluate_test`` (bool), ``threads`` (or null).
@@ -178,7 +179,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
         model, done, _ = finetune_plan(base, plan, train, epochs=epochs, lr=float(request.get("lr", 0.01)),
                                        context=context, bn_batches=bn_batches, recalibrate_first=False,
                                        val_loader=val, on_epoch=on_epoch, on_compressed=on_compressed,
-                                       label_smoothing=0.1, device=device, seed=seed)
+                                       label_smoothing=0.1, device=device, seed=seed,
+                                       distill=True if request.get("distill") else None)
     except EarlyStopped as stop:
         seconds["compress"] = marks["compressed"] - t
         seconds["finetune"] = time.perf_counter() - marks["compressed"]

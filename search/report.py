@@ -97,6 +97,9 @@ class SearchResult:
     hardware: str = "cpu"  # the rsc.targets spec latency and speed-up were measured on
     hardware_fingerprint: dict[str, Any] = field(default_factory=dict)
     hardware_note: str = ""  # Target.describe()
+    chosen: dict[str, Any] | None = None  # search.final.chosen_row: the final model a user ships
+    rank_sample: list[dict[str, Any]] = field(default_factory=list)  # extra trials fine-tuned for ``rank``
+    rank: dict[str, Any] = field(default_factory=dict)  # trial score vs final OA (tracking.stats.rank_correlation)
 
 
 def _fmt(v: Any, key: str) -> str:
@@ -180,6 +183,20 @@ def render(result: SearchResult, stream: Any = None) -> None:
             over = [str(r["trial"]) for r in checked if not r["meets_budget"]]
             print(f"as measured after the final fine-tuning, {len(checked) - len(over)} of {len(checked)} model(s) "
                   "meet the budget" + (f"; over it: trial(s) {', '.join(over)}" if over else ""), file=stream)
+        if result.chosen:
+            ch = result.chosen
+            print(f"chosen (best validation OA after the final fine-tune, inside the budget): trial {ch['trial']} "
+                  f"{ch['method']}, val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
+                  f"{_fmt(ch.get('compression_rate'), 'compression_rate')} compression", file=stream)
+    if result.rank:
+        t, v = result.rank["test_oa"], result.rank["val_oa"]
+
+        def _c(d: Mapping[str, Any]) -> str:
+            return ("n/a" if d["spearman"] is None else
+                    f"Spearman {d['spearman']:+.2f}, Kendall {d['kendall']:+.2f}")
+        print(f"trial score ({result.rank['fidelity_epochs']} fine-tune epoch(s), validation OA) against OA after "
+              f"{result.rank['final_epochs']} epochs, over {result.rank['trials']} trial(s): test OA {_c(t)}; "
+              f"validation OA {_c(v)}", file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)

@@ -197,6 +197,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
         "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
         "latency": config.latency, "hardware": hardware.spec,
+        **({"distill": True} if config.finetune_kd else {}),
     }
     search = Search(config, engine, tracker, parent_id, joint, budgets, objectives, base_costs)
     return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,

@@ -70,7 +70,8 @@ def build_parser():
     a("--finetune-lr", type=float, default=d.finetune_lr, help="peak learning rate of fine-tunes")
     a("--batch-size", type=positive_int, default=d.batch_size)
     a("--rates", type=_list(float), default=d.rates, help="target compression rates (original/compressed params)")
-    a("--experiments", type=_choices(EXPERIMENTS), default=d.experiments, help="comma list")
+    a("--experiments", type=_choices(EXPERIMENTS), default=d.experiments,
+      help="comma list (default: baselines,families,pruning,augment; the quality protocol only when named)")
     a("--family-methods", type=_choices(tuple(METHODS)), default=d.family_methods, help="comma list (--list-methods)")
     a("--pruning-methods", type=_choices(tuple(METHODS)), default=d.pruning_methods, help="comma list")
     a("--kd", type=_kd, default=d.kd, help="the pruning comparison with and/or without KD: off, on or off,on")
@@ -78,8 +79,23 @@ def build_parser():
       help="augmentation variants of the ablation")
     a("--augment-method", choices=tuple(METHODS), default=d.augment_method,
       help="the compressed model of the ablation (at the middle rate)")
+    a("--quality-methods", type=_choices(tuple(METHODS)), default=d.quality_methods,
+      help="the search-quality protocol's methods, comma list")
+    a("--quality-subject", choices=tuple(METHODS), default=d.quality_subject,
+      help="the method the quality tables pair every other method against (same split: paired differences)")
     a("--search-trials", type=positive_int, default=d.search_trials, help="trials per searched cell")
     a("--search-fidelity", type=positive_int, default=d.search_fidelity, help="fine-tune epochs per search trial")
+    a("--search-final", type=positive_int, default=d.search_final,
+      help="models a searched cell's final stage fine-tunes (search --final-max)")
+    a("--search-pick", choices=("spread", "top"), default=d.search_pick,
+      help="which: spread along the front or the top trial scores inside the budget (search --final-pick)")
+    a("--search-kd", action="store_true", default=d.search_kd,
+      help="KD from the base model during every fine-tune of a search (search --finetune-kd)")
+    a("--search-min-target", type=float, default=d.search_min_target,
+      help="search --min-target: trials aim at [F, 1] of the budget (default: the search's)")
+    a("--rank-sample", type=int, default=d.rank_sample,
+      help="more trials per searched cell fine-tuned like the finalists, for the rank correlation of trial "
+           "score with final OA (search --rank-sample)")
     a("--slimming-reg", type=float, default=d.slimming_reg, help="Network Slimming's L1 weight on BN scales")
     a("--weights", action="append", default=[], metavar="NET=PATH",
       help="local pretrained weights of a network (repeat per network); the literature's figures use "

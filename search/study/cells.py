@@ -14,9 +14,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["StudyConfig", "Cell", "Method", "METHODS", "EXPERIMENTS", "AUGMENTS", "plan_cells", "augment_config"]
+__all__ = ["StudyConfig", "Cell", "Method", "METHODS", "EXPERIMENTS", "AUGMENTS", "QUALITY_METHODS", "plan_cells",
+           "augment_config"]
 
-EXPERIMENTS = ("baselines", "families", "pruning", "augment")
+EXPERIMENTS = ("baselines", "families", "pruning", "augment", "quality")
+#: What a study runs unless --experiments says otherwise: the research question's experiments; the
+#: search-quality protocol (``quality``: hours of searches) only when asked for.
+DEFAULT_EXPERIMENTS = EXPERIMENTS[:4]
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,9 @@ class Method:
     structured criteria); ``kind``: how a cell is run (``plan``: a plan of spaces projected onto the
     rate, fine-tuned; ``soft``: soft filter pruning; ``slimming``: Network Slimming; ``search``: the
     compression search at that rate; ``teacher``: the study's network trained from scratch by KD
-    from a larger teacher); ``fixed_rate``: the method decides its own rate (VBMF ranks, a teacher).
+    from a larger teacher); ``fixed_rate``: the method decides its own rate (VBMF ranks, a teacher);
+    ``search_methods``/``sampler``: what a ``search`` cell searches (``search.run --methods``) and with
+    which Optuna sampler.
     """
 
     name: str
@@ -37,6 +43,8 @@ class Method:
     fixed_rate: bool = False
     kd_default: bool = False     # distils when no --kd variant is asked for (global compression)
     criterion: str | None = None
+    search_methods: tuple[str, ...] = ()
+    sampler: str = "nsga2"
 
 
 METHODS = {m.name: m for m in (
@@ -44,7 +52,10 @@ METHODS = {m.name: m for m in (
     Method("tucker-vbmf", "local", "plan", "Tucker-2 on every convolution at EVBMF ranks (Kim et al.)",
            fixed_rate=True),
     Method("tucker", "local", "plan", "Tucker-2 on every convolution, uniform ranks projected onto the rate"),
-    Method("tucker-searched", "local", "search", "Tucker-2 with per-layer ranks searched at the rate"),
+    Method("tucker-vbmf-scaled", "local", "plan", "Tucker-2 at EVBMF's per-layer rank profile, its cuts scaled by "
+           "one factor onto the rate"),
+    Method("tucker-searched", "local", "search", "Tucker-2 with per-layer ranks searched at the rate",
+           search_methods=("tucker",)),
     Method("distill-self", "global", "plan", "KD into the network thinned to the rate (L1-chosen channels)",
            kd_default=True),
     Method("distill-teacher", "global", "teacher", "KD from the larger --teacher into the network, from scratch",
@@ -56,12 +67,19 @@ METHODS = {m.name: m for m in (
            criterion="l1"),
     Method("slimming", "pruning", "slimming", "Network Slimming: L1 on BN scales for half the epochs, prune "
            "by BN scale, fine-tune the rest", criterion="bn_scale"),
-    Method("searched", "pruning", "search", "per-layer pruning ratios searched at the rate (AMC-style)"),
+    Method("searched", "pruning", "search", "per-layer pruning ratios searched at the rate (AMC-style)",
+           search_methods=("prune",)),
+    Method("search-nsga2", "search", "search", "the compression search (NSGA-II) over channel pruning and Tucker-2 "
+           "at the rate", search_methods=("prune", "tucker")),
+    Method("search-random", "search", "search", "random search over the same space, same trials and final stage",
+           search_methods=("prune", "tucker"), sampler="random"),
 )}
 
 #: Default methods of the two compression experiments (magnitude is the weight family and a pruning method).
 FAMILY_METHODS = ("magnitude", "tucker-vbmf", "tucker", "tucker-searched", "distill-self", "distill-teacher")
 PRUNING_METHODS = ("magnitude", "l1", "fpgm", "taylor", "sfp", "slimming", "searched")
+#: The search-quality protocol: the search against the baselines a user would otherwise run.
+QUALITY_METHODS = ("search-nsga2", "search-random", "l1", "tucker-vbmf-scaled")
 
 #: The augmentation ablation's variants (colour jitter off in all three, so only the named parts differ);
 #: ``default`` is what every other cell trains with: D4 + random resized crop + colour jitter 0.2.
@@ -99,14 +117,21 @@ class StudyConfig:
     val_ratio: float = 0.1
     bn_batches: int = 4
     rates: tuple[float, ...] = (2.0, 4.0, 8.0)
-    experiments: tuple[str, ...] = EXPERIMENTS
+    experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
     family_methods: tuple[str, ...] = FAMILY_METHODS
     pruning_methods: tuple[str, ...] = PRUNING_METHODS
     kd: tuple[bool, ...] = (False, True)     # the pruning comparison's with/without distillation
     augments: tuple[str, ...] = ("none", "d4", "d4+crop")
     augment_method: str = "l1"               # the compressed model of the ablation, at the middle rate
+    quality_methods: tuple[str, ...] = QUALITY_METHODS
+    quality_subject: str = "search-nsga2"    # the method the quality tables pair every other against
     search_trials: int = 12                  # per searched cell
     search_fidelity: int = 2
+    search_final: int = 3                    # models a searched cell's final stage fine-tunes (search --final-max)
+    search_pick: str = "spread"              # which (search --final-pick: spread or top)
+    search_kd: bool = False                  # KD from the base during every fine-tune of a search (--finetune-kd)
+    search_min_target: float | None = None   # search --min-target (None: the search's default)
+    rank_sample: int = 0                     # more trials per searched cell fine-tuned for the rank correlation
     slimming_reg: float = 1e-4               # Network Slimming's lambda on |gamma|
     weights: dict[str, str] = field(default_factory=dict)   # network -> local weights file
     device: str | None = None
@@ -170,7 +195,8 @@ def plan_cells(config: StudyConfig, ratios: tuple[float, ...]) -> list[Cell]:
                 for net in config.networks:
                     add(Cell("baseline", net, ratio, repeat), "baselines")
             for exp, methods, kds in (("families", config.family_methods, None),
-                                      ("pruning", config.pruning_methods, config.kd)):
+                                      ("pruning", config.pruning_methods, config.kd),
+                                      ("quality", config.quality_methods, None)):
                 if exp not in config.experiments:
                     continue
                 add(Cell("baseline", config.model, ratio, repeat), exp)  # the reference row
@@ -178,7 +204,7 @@ def plan_cells(config: StudyConfig, ratios: tuple[float, ...]) -> list[Cell]:
                     m = METHODS[name]
                     for kd in (kds if kds is not None else (m.kd_default,)):
                         if m.kind == "search" and kd:
-                            continue  # the search's final stage fine-tunes without a teacher (see the README)
+                            continue  # no KD variant of a search: --search-kd makes all its fine-tunes distil
                         if m.kind == "teacher" and not config.teacher:
                             continue
                         for rate in ((None,) if m.fixed_rate else config.rates):
@@ -202,7 +228,8 @@ def cell_epochs(cell: Cell, config: StudyConfig) -> float:
     if m.kind == "teacher":
         return config.epochs * 1.3          # student steps plus the teacher's forward passes
     if m.kind == "search":
-        return config.search_trials * config.search_fidelity + 3 * config.finetune_epochs
+        return (config.search_trials * config.search_fidelity
+                + (config.search_final + config.rank_sample) * config.finetune_epochs)
     return config.finetune_epochs * (1.3 if cell.kd else 1.0)
 
 

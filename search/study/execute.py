@@ -139,6 +139,8 @@ def _plan_steps(method: str, cell: Cell, base: Any, ctx: Any) -> tuple[list[dict
         space = get_space(resolve_space("tucker"))
         if method == "tucker-vbmf":
             params = space.reference_params(base, ctx)
+        elif method == "tucker-vbmf-scaled":  # 5% of every EVBMF cut, then one factor onto the rate
+            params = space.scale(space.reference_params(base, ctx), 0.05)
         else:
             params = {"conv": {n: [0.95, 0.95] for n in space.conv_layers(base, ctx)}, "fc": {},
                       "round_to": space.round_to, "tucker1": True}
@@ -287,31 +289,41 @@ def _teacher_cell(ws: Workspace, cell: Cell, train: Any, val: Any, test: Any, bn
 
 
 def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
-    """The compression search at the cell's rate (``params <= 1/rate`` of the base), one method; the final
-    model with the best validation OA is the cell's answer (its test OA is reported, not used to pick)."""
+    """The compression search at the cell's rate (``params <= 1/rate`` of the base) over the method's
+    spaces with its sampler; the final model with the best validation OA is the cell's answer (its test
+    OA is reported, not used to pick: :func:`search.final.chosen_row`)."""
     from search.config import SearchConfig
     from search.driver import run
 
     c = ws.config
-    alias = "tucker" if METHODS[cell.method].family == "local" else "prune"
+    m = METHODS[cell.method]
     sc = SearchConfig(data=c.data, dataset=c.dataset, image_size=c.image_size, train_ratio=cell.train_ratio,
                       val_ratio=c.val_ratio, model=cell.network, weights=c.weights.get(cell.network),
                       base_epochs=c.epochs, base_lr=c.lr, budgets=(f"params<={100 / cell.rate:.6g}%",),
-                      methods=(alias,), trials=c.search_trials, fidelity_epochs=c.search_fidelity,
-                      final_epochs=c.finetune_epochs, final_max=3, finetune_lr=c.finetune_lr,
-                      batch_size=c.batch_size, bn_batches=c.bn_batches, seed=c.seed + cell.repeat,
-                      study=f"{ws.study_dir.name}-{cell.id}", resume=True, out=str(ws.study_dir / "searches"),
-                      tracking_uri=ws.tracking_uri, device=c.device, progress=False, log_models=False)
+                      methods=m.search_methods, sampler=m.sampler, trials=c.search_trials,
+                      fidelity_epochs=c.search_fidelity, final_epochs=c.finetune_epochs, final_max=c.search_final,
+                      final_pick=c.search_pick, rank_sample=c.rank_sample, finetune_kd=c.search_kd,
+                      **({"min_target": c.search_min_target} if c.search_min_target is not None else {}),
+                      finetune_lr=c.finetune_lr, batch_size=c.batch_size, bn_batches=c.bn_batches,
+                      seed=c.seed + cell.repeat, study=f"{ws.study_dir.name}-{cell.id}", resume=True,
+                      out=str(ws.study_dir / "searches"), tracking_uri=ws.tracking_uri, device=c.device,
+                      progress=False, log_models=False)
     result = run(sc)
-    rows = [r for r in result.final if r.get("test_oa") is not None and r.get("meets_budget", True)]
-    if not rows:
+    best = result.chosen if result.chosen and result.chosen.get("test_oa") is not None else None
+    if best is None:
         raise CellUnreachable(f"the search found no model within params <= 1/{cell.rate:g} of the base")
-    best = max(rows, key=lambda r: r["val_oa"])
     base_params = result.base_costs["params"]
-    return {"epochs": c.search_trials * c.search_fidelity + len(result.final) * c.finetune_epochs,
+    return {"epochs": c.search_trials * c.search_fidelity
+            + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs,
+            "rank": result.rank or None, "search_kd": c.search_kd,
             "val_oa": best["val_oa"], "test_oa": best["test_oa"], "params": best.get("params"),
             "macs": best.get("macs"), "size": best.get("size"), "base_params": base_params,
             "compression_rate": best.get("compression_rate"), "compression_rate_params": best.get("compression_rate"),
             "speedup": best.get("speedup"), "latency_ms": best.get("latency_ms"),
             "search": {"study": result.study, "trials": len(result.trials), "final": len(result.final),
-                       "picked_trial": best["trial"], "method": best.get("method")}}
+                       "sampler": m.sampler, "methods": list(m.search_methods), "pick": c.search_pick,
+                       "picked_trial": best["trial"], "method": best.get("method"),
+                       "finalists": [{k: r.get(k) for k in ("trial", "method", "search_val_oa", "val_oa", "test_oa",
+                                                            "params")} for r in result.final],
+                       "rank_sample": [{k: r.get(k) for k in ("trial", "search_val_oa", "val_oa", "test_oa", "params")}
+                                       for r in result.rank_sample]}}

@@ -51,10 +51,17 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
     from rsc.errors import ConfigError
     from rsc.models import create_model
 
-    unknown = [m for m in (*config.family_methods, *config.pruning_methods, config.augment_method)
-               if m not in METHODS]
+    unknown = [m for m in (*config.family_methods, *config.pruning_methods, *config.quality_methods,
+                           config.augment_method) if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if "quality" in config.experiments and config.quality_subject not in config.quality_methods:
+        raise ConfigError(f"--quality-subject {config.quality_subject} is not one of --quality-methods "
+                          f"{','.join(config.quality_methods)}")
+    if config.search_pick not in ("spread", "top"):
+        raise ConfigError(f"--search-pick takes spread or top, got {config.search_pick!r}")
+    if config.rank_sample < 0 or config.search_final < 1:
+        raise ConfigError("--rank-sample must be >= 0 and --search-final >= 1")
     if any(r <= 1 for r in config.rates):
         raise ConfigError(f"compression rates must be > 1 (original params / compressed), got {list(config.rates)}")
     if config.repeats < 1 or config.epochs < 1 or config.finetune_epochs < 0:
@@ -92,7 +99,8 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 #: (Networks, methods, rates, repeats, experiments may grow or shrink: they only add or leave out cells.)
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs", "lr",
                   "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
-                  "slimming_reg", "weights")
+                  "slimming_reg", "weights", "search_final", "search_pick", "search_kd", "search_min_target",
+                  "rank_sample")
 
 
 def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:

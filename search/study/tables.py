@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_outputs", "summarise", "mean_std"]
+__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
              "test_oa", "val_oa", "compression_rate", "compression_rate_params", "speedup", "params",
@@ -91,10 +91,76 @@ def _table(lines: list[dict[str, Any]], experiment: str) -> list[str]:
     return out
 
 
+def _paired(rows: list[dict[str, Any]], ratio: float) -> dict[tuple, dict[int, float]]:
+    """Test OA by (method, target rate) and repeat, of the quality experiment's finished cells at ``ratio``."""
+    out: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if "quality" in r.get("experiments", ()) and r["train_ratio"] == ratio and r["status"] == "ok":
+            out[(r["method"], r.get("target_rate"))][r["repeat"]] = r["test_oa"]
+    return out
+
+
+def _pts(d: dict[str, Any]) -> str:
+    return "-" if not d["n"] else f"{100 * d['mean']:+.2f} +- {100 * d['std']:.2f} ({d['wins']}/{d['n']})"
+
+
+def quality_lines(rows: list[dict[str, Any]], ratio: float, subject: str) -> list[dict[str, Any]]:
+    """The quality table at ``ratio``: per method and rate, beside the summary of :func:`summarise`,
+    the paired differences (same split) method - base and ``subject`` - method, in OA."""
+    from tracking.stats import paired_differences
+
+    oa = _paired(rows, ratio)
+    base = oa.get(("baseline", None), {})
+    lines = [x for x in summarise(rows, "quality", ratio) if x["method"] != "baseline"]
+    for x in lines:
+        mine = oa.get((x["method"], x["target_rate"]), {})
+        x["vs_base"] = paired_differences(mine, base)
+        x["subject_minus"] = (None if x["method"] == subject else
+                              paired_differences(oa.get((subject, x["target_rate"]), {}), mine))
+    lines.sort(key=lambda x: (x["target_rate"] or 0, x["method"] != subject, x["method"]))
+    return lines
+
+
+def _quality_table(lines: list[dict[str, Any]], subject: str) -> list[str]:
+    out = [f"| method | target rate | OA (%) | compression rate | speed-up | minus base (pts, paired) | "
+           f"{subject} minus it (pts, paired) | repeats |", "|---|---|---|---|---|---|---|---|"]
+    for x in lines:
+        if not x["n"]:
+            out.append(f"| {x['method']} | {x['target_rate']:g}x | unreachable | - | - | - | - | 0/{x['of']} |")
+            continue
+        vs = "(itself)" if x["subject_minus"] is None else _pts(x["subject_minus"])
+        out.append(f"| {x['method']} | {x['target_rate']:g}x | {_pm(x['oa'], 2, pct=True)} | "
+                   f"{mean_std(x['rate'])[0]:.2f}x | {_pm(x['speedup'], 2)} | {_pts(x['vs_base'])} | {vs} | "
+                   f"{x['n']}/{x['of']} |")
+    out += ["", "Paired: the difference on each split, then mean +- sample std over the splits; (w/n): splits "
+            "where the first is strictly ahead, of those both finished."]
+    return out
+
+
+def rank_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
+    """Trial score against OA after the full fine-tune, per searched method and rate (mean over repeats)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["train_ratio"] == ratio and r.get("status") == "ok" and r.get("rank"):
+            groups[(r["method"], r.get("target_rate"))].append(r["rank"])
+    if not groups:
+        return []
+    out = ["| searched cell | target rate | trials fine-tuned in full | Spearman (test OA) | Kendall (test OA) | "
+           "Spearman (val OA) | repeats |", "|---|---|---|---|---|---|---|"]
+    for (method, rate), ranks in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+        def col(key: str, stat: str) -> str:
+            return _pm([g[key][stat] for g in ranks if g[key][stat] is not None], 2)
+        out.append(f"| {method} | {rate:g}x | {mean_std([g['trials'] for g in ranks])[0]:.0f} | "
+                   f"{col('test_oa', 'spearman')} | {col('test_oa', 'kendall')} | {col('val_oa', 'spearman')} | "
+                   f"{len(ranks)} |")
+    return out
+
+
 _TITLES = {"baselines": "Baselines: classic networks trained from scratch",
            "families": "Weight vs local vs global compression",
            "pruning": "Pruning methods at matched compression rates, with and without distillation",
-           "augment": "Augmentation ablation (colour jitter off in all three variants)"}
+           "augment": "Augmentation ablation (colour jitter off in all three variants)",
+           "quality": "Search quality: the search against the baselines at the same budget, paired by split"}
 
 
 def _plot(lines: list[dict[str, Any]], path: Path, x_key: str, x_label: str, title: str) -> None:
@@ -141,12 +207,24 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
           "repeats); compression rate = original params / compressed params (non-zero params for magnitude "
           "pruning); speed-up measured beside the base on this CPU, 1 thread, batch 1.", ""]
     summary_rows = []
-    for exp in c.experiments:
-        for ratio in prep.ratios:
+    from search.study.cells import EXPERIMENTS
+
+    ratios = sorted({*prep.ratios, *(r["train_ratio"] for r in rows)})
+    # every experiment with rows, not only this run's: a study grown over several runs keeps its tables
+    for exp in [e for e in EXPERIMENTS if e in c.experiments or any(e in r.get("experiments", ()) for r in rows)]:
+        for ratio in ratios:
             lines = summarise(rows, exp, ratio)
             if not lines:
                 continue
-            md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "", *_table(lines, exp), ""]
+            if exp == "quality":
+                md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "",
+                       *_quality_table(quality_lines(rows, ratio, c.quality_subject), c.quality_subject), ""]
+                ranks = rank_lines(rows, ratio)
+                if ranks:
+                    md += ["How well the search's trial score (validation OA after the short fine-tune) ranks "
+                           "the OA after the full fine-tune:", "", *ranks, ""]
+            else:
+                md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "", *_table(lines, exp), ""]
             for x in lines:
                 for reason in x["unreachable"][:1]:
                     md.append(f"- {x['method']} at {x['target_rate']:g}x: {reason}")
@@ -157,7 +235,7 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                                      "rate_mean": mean_std(x["rate"])[0], "speedup_mean": mean_std(x["speedup"])[0],
                                      "speedup_std": mean_std(x["speedup"])[1]})
             md.append("")
-            if exp in ("families", "pruning"):
+            if exp in ("families", "pruning", "quality"):
                 for key, label, tag in (("rate", "compression rate (x, log)", "rate"),
                                         ("speedup", "measured speed-up (x, log)", "speedup")):
                     path = study_dir / f"{exp}-r{ratio:g}-oa-vs-{tag}.png"

@@ -1,0 +1,142 @@
+"""The search-quality protocol's bookkeeping: which trials the final stage fine-tunes, the model a user
+ships, the rank sample and its correlation, and the study's quality experiment (the search against
+uniform L1, uniform Tucker-2 at VBMF's profile and random search at the same budget, paired by split).
+
+Not accuracy: on 32 px synthetic scenes after one epoch nothing is to be learned about the methods.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from search.config import SearchConfig
+from search.final import chosen_row, final_candidates
+from search.study import StudyConfig, prepare_study, run_study
+from search.study.tables import quality_lines
+
+
+def _t(number, oa, params):
+    return SimpleNamespace(number=number, values=(oa, params))
+
+
+TRIALS = [_t(0, 0.70, 1.0e6), _t(1, 0.80, 2.0e6), _t(2, 0.60, 0.5e6), _t(3, 0.78, 2.4e6), _t(4, 0.79, 2.2e6),
+          _t(5, 0.50, 0.3e6), _t(6, 0.65, 0.9e6)]
+FRONT = [TRIALS[i] for i in (5, 2, 0, 1)]  # the non-dominated ones, cheapest first (as the driver sorts them)
+
+
+def test_spread_pick_spans_the_front_and_top_takes_the_best_scores_inside_the_budget():
+    spread, none = final_candidates(SearchConfig(final_max=2), FRONT, TRIALS)
+    assert [t.number for t in spread] == [5, 1] and none == []      # the cheapest and the best
+    top, _ = final_candidates(SearchConfig(final_max=3, final_pick="top"), FRONT, TRIALS)
+    assert [t.number for t in top] == [1, 4, 3]                      # off the front too: near the budget
+    every, _ = final_candidates(SearchConfig(final_pick="top"), FRONT, TRIALS)
+    assert len(every) == len(TRIALS)
+
+
+def test_the_rank_sample_is_spread_over_the_scores_and_never_repeats_a_finalist():
+    chosen, sample = final_candidates(SearchConfig(final_max=2, final_pick="top", rank_sample=3), FRONT, TRIALS)
+    assert [t.number for t in chosen] == [1, 4]
+    # the other five sorted by score: 5 (0.50), 2, 6, 0, 3 (0.78): worst, middle and best kept
+    assert [t.number for t in sample] == [5, 6, 3]
+    _, all_rest = final_candidates(SearchConfig(final_max=2, rank_sample=50), FRONT, TRIALS)
+    assert sorted(t.number for t in all_rest) == [0, 2, 3, 4, 6]
+
+
+def test_the_chosen_model_is_the_best_validation_oa_inside_the_budget_never_the_best_test_oa():
+    rows = [{"trial": 1, "val_oa": 0.80, "test_oa": 0.70, "params": 2e6, "meets_budget": True},
+            {"trial": 2, "val_oa": 0.90, "test_oa": 0.60, "params": 3e6, "meets_budget": False},
+            {"trial": 3, "val_oa": 0.80, "test_oa": 0.90, "params": 1e6, "meets_budget": True},
+            {"trial": 4, "val_oa": 0.75, "test_oa": 0.95, "params": 1e6, "meets_budget": None}]
+    assert chosen_row(rows)["trial"] == 3   # over budget left out; a tie goes to fewer params
+    assert chosen_row([rows[1]]) is None
+
+
+def test_quality_table_pairs_each_method_with_the_subject_on_the_same_split():
+    def row(method, repeat, oa, rate=4.0):
+        return {"id": f"{method}-{rate}-s{repeat}", "method": method, "network": "resnet18", "kd": False,
+                "target_rate": rate, "augment": "default", "family": "search", "train_ratio": 0.8,
+                "experiments": ["quality"], "status": "ok", "test_oa": oa, "compression_rate": 4.0,
+                "speedup": 2.0, "params": 2.8e6, "repeat": repeat}
+
+    rows = [row("baseline", 0, 0.84, None), row("baseline", 1, 0.80, None), row("baseline", 2, 0.86, None),
+            row("search-nsga2", 0, 0.85), row("search-nsga2", 1, 0.82), row("search-nsga2", 2, 0.83),
+            row("l1", 0, 0.83), row("l1", 1, 0.79), row("l1", 2, 0.84),
+            {**row("l1", 3, 0.10), "status": "failed"}]   # a failed cell pairs with nothing
+    lines = {x["method"]: x for x in quality_lines(rows, 0.8, "search-nsga2")}
+    assert lines["search-nsga2"]["subject_minus"] is None
+    d = lines["l1"]["subject_minus"]
+    assert d["per_split"] == pytest.approx({0: 0.02, 1: 0.03, 2: -0.01}) and d["wins"] == 2 and d["n"] == 3
+    assert d["mean"] == pytest.approx(0.04 / 3)
+    assert lines["search-nsga2"]["vs_base"]["per_split"] == pytest.approx({0: 0.01, 1: 0.02, 2: -0.03})
+
+
+def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(tmp_path):
+    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
+                         rates=(2.0,), experiments=("quality",), search_trials=3, search_fidelity=1, search_final=2,
+                         search_pick="top", rank_sample=1, out=str(tmp_path / "runs"), progress=False, name="q")
+    prep = prepare_study(config, say=lambda m: None)
+    assert sorted({c.method for c in prep.cells}) == ["baseline", "l1", "search-nsga2", "search-random",
+                                                     "tucker-vbmf-scaled"]
+    res = run_study(prep, say=lambda m: None)
+    rows = [json.loads(p.read_text()) for p in (prep.study_dir / "cells").glob("*.json")]
+    assert res["failed"] == [] and len(rows) == len(prep.cells) == 10
+    for r in rows:
+        assert r["status"] == "ok", r.get("reason")
+        if r["method"] != "baseline":  # every method at the same budget: params <= 1/2 of the base
+            assert r["compression_rate"] >= 2.0 * 0.999, r["id"]
+        if r["method"].startswith("search-"):
+            s = r["search"]
+            assert s["sampler"] == ("random" if r["method"] == "search-random" else "nsga2")
+            assert s["methods"] == ["prune", "tucker"] and s["pick"] == "top" and len(s["finalists"]) <= 2
+            # the cell's answer is the best validation OA of the finalists, not the best test OA
+            assert r["val_oa"] == max(f["val_oa"] for f in s["finalists"])
+            assert r["rank"]["trials"] == len(s["finalists"]) + len(s["rank_sample"])
+            assert {f["trial"] for f in s["finalists"]}.isdisjoint({f["trial"] for f in s["rank_sample"]})
+    md = (prep.study_dir / "tables.md").read_text()
+    assert "Search quality" in md and "search-nsga2 minus it (pts, paired)" in md
+    assert "| search-nsga2 | 2x |" in md and "| l1 | 2x |" in md and "(itself)" in md
+    assert "trials fine-tuned in full" in md
+    # resuming under another search setting would mix incomparable searched cells
+    from rsc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"search_pick='top' \(now 'spread'\)"):
+        prepare_study(StudyConfig(**{**config.__dict__, "search_pick": "spread"}), say=lambda m: None)
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--quality-methods", "l1,nope"], "unknown nope"),
+    (["--experiments", "quality", "--quality-methods", "l1", "--quality-subject", "search-nsga2"],
+     "is not one of --quality-methods"),
+    (["--search-pick", "best"], "invalid choice: 'best'"),
+])
+def test_bad_quality_input_is_one_line_and_exit_code_2(tmp_path, capsys, extra, pattern):
+    from search.study.__main__ import main
+
+    argv = ["--image-size", "32", "--networks", "resnet18", "--teacher", "none", "--repeats", "1", "--epochs", "1",
+            "--out", str(tmp_path / "runs"), "--no-progress", "--plan", *extra]
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and pattern in last
+
+
+def test_finetune_kd_distils_in_every_fine_tune_of_the_search_and_only_when_asked(tmp_path, monkeypatch):
+    import spaces.distill
+    from search.run import run
+    from tests.search.conftest import tiny_config
+
+    made = []
+    real = spaces.distill.kd_loss
+    monkeypatch.setattr(spaces.distill, "kd_loss", lambda *a, **kw: made.append(kw) or real(*a, **kw))
+    cfg = dict(trials=2, methods=("prune",), final_max=1, final_epochs=1, fidelity_epochs=1)
+    res = run(tiny_config(tmp_path / "plain", **cfg))
+    assert res.final and made == []   # channel pruning alone has no distillation step
+    res = run(tiny_config(tmp_path / "kd", finetune_kd=True, rank_sample=1, **cfg))
+    # 2 trials + 1 finalist + 1 rank-sample trial, every one with the KD loss of the search's defaults
+    assert len(made) == 4 and all(kw["temperature"] == 4.0 and kw["alpha"] == 0.7 for kw in made)
+    assert res.chosen["trial"] == res.final[0]["trial"] and res.rank["trials"] == 2 and len(res.rank_sample) == 1
