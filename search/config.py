@@ -113,6 +113,11 @@ class SearchConfig:
                                     "the Pareto front: the trade-off) or top (the --final-max finished trials inside "
                                     "the budget with the best trial score, on the front or not: the best model at the "
                                     "budget) (default {default})", choices=FINAL_PICKS)
+    final_rungs: int = opt(1, "successive halving before the final fine-tune: R rungs, rung i fine-tunes the "
+                              "candidates left for final-epochs/2^(R-1-i) epochs and keeps the better half by "
+                              "validation OA, the last rung is the final fine-tune; with --final-pick top and a "
+                              "larger --final-max, more candidates near the budget for the epochs (default {default}: "
+                              "none)", metavar="R")
     rank_sample: int = opt(0, "also fine-tune this many more finished trials, spread over their trial scores, like "
                               "the final set, and report how well trial scores rank the final OA (Spearman, Kendall) "
                               "(default {default})", metavar="N")
@@ -197,6 +202,8 @@ class SearchConfig:
         if self.allocate == "latency" and parse_target(self.hardware).table is None:
             raise ConfigError("--allocate latency needs a latency table: --target lut:FILE (build one with "
                               "python -m search.profile)")
+        if int(self.final_rungs) < 1:
+            raise ConfigError(f"final_rungs must be >= 1, got {self.final_rungs!r}")
         if self.final_pick not in FINAL_PICKS:
             raise ConfigError(f"unknown final_pick {self.final_pick!r}; choose one of {', '.join(FINAL_PICKS)}")
         if self.targets not in TARGETS:

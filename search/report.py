@@ -100,6 +100,7 @@ class SearchResult:
     chosen: dict[str, Any] | None = None  # search.final.chosen_row: the final model a user ships
     rank_sample: list[dict[str, Any]] = field(default_factory=list)  # extra trials fine-tuned for ``rank``
     rank: dict[str, Any] = field(default_factory=dict)  # trial score vs final OA (tracking.stats.rank_correlation)
+    halving: list[dict[str, Any]] = field(default_factory=list)  # the final stage's rungs (search.final._halve)
 
 
 def _fmt(v: Any, key: str) -> str:

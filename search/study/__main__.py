@@ -89,6 +89,8 @@ def build_parser():
       help="models a searched cell's final stage fine-tunes (search --final-max)")
     a("--search-pick", choices=("spread", "top"), default=d.search_pick,
       help="which: spread along the front or the top trial scores inside the budget (search --final-pick)")
+    a("--search-rungs", type=positive_int, default=d.search_rungs,
+      help="successive halving rungs of a searched cell's final stage (search --final-rungs)")
     a("--search-kd", action="store_true", default=d.search_kd,
       help="KD from the base model during every fine-tune of a search (search --finetune-kd)")
     a("--search-min-target", type=float, default=d.search_min_target,

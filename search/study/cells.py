@@ -129,6 +129,7 @@ class StudyConfig:
     search_fidelity: int = 2
     search_final: int = 3                    # models a searched cell's final stage fine-tunes (search --final-max)
     search_pick: str = "spread"              # which (search --final-pick: spread or top)
+    search_rungs: int = 1                    # successive halving rungs of a search's final stage (--final-rungs)
     search_kd: bool = False                  # KD from the base during every fine-tune of a search (--finetune-kd)
     search_min_target: float | None = None   # search --min-target (None: the search's default)
     rank_sample: int = 0                     # more trials per searched cell fine-tuned for the rank correlation
@@ -228,8 +229,12 @@ def cell_epochs(cell: Cell, config: StudyConfig) -> float:
     if m.kind == "teacher":
         return config.epochs * 1.3          # student steps plus the teacher's forward passes
     if m.kind == "search":
-        return (config.search_trials * config.search_fidelity
-                + (config.search_final + config.rank_sample) * config.finetune_epochs)
+        final, left = 0.0, config.search_final
+        for i in range(config.search_rungs):  # successive halving: the better half goes on, twice the epochs
+            final += left * (config.finetune_epochs / 2 ** (config.search_rungs - 1 - i))
+            left = math.ceil(left / 2)
+        return (config.search_trials * config.search_fidelity + final
+                + config.rank_sample * config.finetune_epochs)
     return config.finetune_epochs * (1.3 if cell.kd else 1.0)
 
 

@@ -60,8 +60,8 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
                           f"{','.join(config.quality_methods)}")
     if config.search_pick not in ("spread", "top"):
         raise ConfigError(f"--search-pick takes spread or top, got {config.search_pick!r}")
-    if config.rank_sample < 0 or config.search_final < 1:
-        raise ConfigError("--rank-sample must be >= 0 and --search-final >= 1")
+    if config.rank_sample < 0 or config.search_final < 1 or config.search_rungs < 1:
+        raise ConfigError("--rank-sample must be >= 0, --search-final and --search-rungs >= 1")
     if any(r <= 1 for r in config.rates):
         raise ConfigError(f"compression rates must be > 1 (original params / compressed), got {list(config.rates)}")
     if config.repeats < 1 or config.epochs < 1 or config.finetune_epochs < 0:
@@ -99,8 +99,8 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 #: (Networks, methods, rates, repeats, experiments may grow or shrink: they only add or leave out cells.)
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs", "lr",
                   "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
-                  "slimming_reg", "weights", "search_final", "search_pick", "search_kd", "search_min_target",
-                  "rank_sample")
+                  "slimming_reg", "weights", "search_final", "search_pick", "search_rungs", "search_kd",
+                  "search_min_target", "rank_sample")
 
 
 def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:

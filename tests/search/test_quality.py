@@ -140,3 +140,29 @@ def test_finetune_kd_distils_in_every_fine_tune_of_the_search_and_only_when_aske
     # 2 trials + 1 finalist + 1 rank-sample trial, every one with the KD loss of the search's defaults
     assert len(made) == 4 and all(kw["temperature"] == 4.0 and kw["alpha"] == 0.7 for kw in made)
     assert res.chosen["trial"] == res.final[0]["trial"] and res.rank["trials"] == 2 and len(res.rank_sample) == 1
+
+
+def test_successive_halving_keeps_the_better_half_by_validation_oa_until_one_is_fine_tuned_in_full(tmp_path):
+    from search.objective import evaluate_trial
+    from search.run import run
+    from tests.search.conftest import tiny_config
+
+    calls = []
+
+    def spy(request, **kw):
+        calls.append((request["epochs"], request.get("evaluate_test", False), request.get("latency", True)))
+        return evaluate_trial(request, **kw)
+
+    res = run(tiny_config(tmp_path, trials=4, final_pick="top", final_max=4, final_rungs=3, final_epochs=2),
+              trial_fn=spy)
+    rungs = res.halving
+    assert res.counts["complete"] == 4
+    assert [len(r["kept"]) for r in rungs] == [2, 1] and [r["epochs"] for r in rungs] == [1, 1]
+    assert len(rungs[0]["val_oa"]) == 4
+    for r in rungs:  # the kept are the best validation OAs of their rung (ties to the lower trial number)
+        order = sorted(r["val_oa"], key=lambda n: (-r["val_oa"][n], int(n)))
+        assert [str(n) for n in r["kept"]] == order[:len(r["kept"])]
+    assert [f["trial"] for f in res.final] == rungs[-1]["kept"]
+    rung_calls = [c for c in calls if c[2] is False]
+    assert rung_calls == [(1, False, False)] * 6                     # 4 + 2 candidates scored, untimed, no test split
+    assert calls[-1] == (2, True, True)              # then the survivor's final fine-tune with the test split
