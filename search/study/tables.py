@@ -78,26 +78,45 @@ def _table(lines: list[dict[str, Any]], experiment: str) -> list[str]:
             what = _label(x) + (f" at {x['target_rate']:g}x" if x["target_rate"] else "")
             out.append(f"| {what} | {x['augment']} | {_pm(x['oa'], 2, pct=True)} | {x['n']}/{x['of']} |")
         return out
-    out = ["| method | family | KD | target rate | OA (%) | compression rate | speed-up | repeats |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| method | family | KD | target rate | OA (%) | compression rate | speed-up | minus base (pts, paired) | "
+           "repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for x in lines:
         target = f"{x['target_rate']:g}x" if x["target_rate"] else ("own" if x["method"] != "baseline" else "1x")
         rate = mean_std(x["rate"])[0]
+        vs = "-" if x.get("vs_base") is None else _pts(x["vs_base"])
         out.append(f"| {_label(x)} | {x['family']} | {'yes' if x['kd'] else 'no'} | {target} | "
-                   f"{_pm(x['oa'], 2, pct=True)} | {rate:.2f}x | {_pm(x['speedup'], 2)} | {x['n']}/{x['of']} |"
+                   f"{_pm(x['oa'], 2, pct=True)} | {rate:.2f}x | {_pm(x['speedup'], 2)} | {vs} | {x['n']}/{x['of']} |"
                    if x["n"] else
-                   f"| {_label(x)} | {x['family']} | {'yes' if x['kd'] else 'no'} | {target} | unreachable | - | - | "
+                   f"| {_label(x)} | {x['family']} | {'yes' if x['kd'] else 'no'} | {target} | unreachable | - | - | - | "
                    f"0/{x['of']} |")
+    out += ["", "Minus base: on each split the difference to that split's base, then mean +- sample std over the "
+            "splits; (w/n): splits where the method is strictly ahead of the base."]
     return out
 
 
-def _paired(rows: list[dict[str, Any]], ratio: float) -> dict[tuple, dict[int, float]]:
-    """Test OA by (method, target rate) and repeat, of the quality experiment's finished cells at ``ratio``."""
+def _paired(rows: list[dict[str, Any]], ratio: float, experiment: str = "quality") -> dict[tuple, dict[int, float]]:
+    """Test OA by (method, target rate, KD, augmentation) and repeat, of an experiment's finished cells at ``ratio``."""
     out: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        if "quality" in r.get("experiments", ()) and r["train_ratio"] == ratio and r["status"] == "ok":
-            out[(r["method"], r.get("target_rate"))][r["repeat"]] = r["test_oa"]
+        if experiment in r.get("experiments", ()) and r["train_ratio"] == ratio and r["status"] == "ok":
+            out[(r["method"], r.get("target_rate"), bool(r["kd"]), r["augment"])][r["repeat"]] = r["test_oa"]
     return out
+
+
+def _key(x: dict[str, Any]) -> tuple:
+    return (x["method"], x["target_rate"], bool(x["kd"]), x["augment"])
+
+
+def with_base_differences(lines: list[dict[str, Any]], rows: list[dict[str, Any]], ratio: float,
+                          experiment: str) -> list[dict[str, Any]]:
+    """Each line's paired difference to the base of the same split (``vs_base``; the base's own: None)."""
+    from tracking.stats import paired_differences
+
+    oa = _paired(rows, ratio, experiment)
+    for x in lines:
+        x["vs_base"] = (None if x["method"] == "baseline" else
+                        paired_differences(oa.get(_key(x), {}), oa.get(("baseline", None, False, x["augment"]), {})))
+    return lines
 
 
 def _pts(d: dict[str, Any]) -> str:
@@ -110,13 +129,11 @@ def quality_lines(rows: list[dict[str, Any]], ratio: float, subject: str) -> lis
     from tracking.stats import paired_differences
 
     oa = _paired(rows, ratio)
-    base = oa.get(("baseline", None), {})
-    lines = [x for x in summarise(rows, "quality", ratio) if x["method"] != "baseline"]
+    lines = with_base_differences([x for x in summarise(rows, "quality", ratio) if x["method"] != "baseline"],
+                                  rows, ratio, "quality")
     for x in lines:
-        mine = oa.get((x["method"], x["target_rate"]), {})
-        x["vs_base"] = paired_differences(mine, base)
         x["subject_minus"] = (None if x["method"] == subject else
-                              paired_differences(oa.get((subject, x["target_rate"]), {}), mine))
+                              paired_differences(oa.get((subject, *_key(x)[1:]), {}), oa.get(_key(x), {})))
     lines.sort(key=lambda x: (x["target_rate"] or 0, x["method"] != subject, x["method"]))
     return lines
 
@@ -224,6 +241,8 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                     md += ["How well the search's trial score (validation OA after the short fine-tune) ranks "
                            "the OA after the full fine-tune:", "", *ranks, ""]
             else:
+                if exp in ("families", "pruning"):
+                    with_base_differences(lines, rows, ratio, exp)
                 md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "", *_table(lines, exp), ""]
             for x in lines:
                 for reason in x["unreachable"][:1]:
@@ -233,7 +252,10 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                                      "network": x["network"], "kd": x["kd"], "target_rate": x["target_rate"],
                                      "augment": x["augment"], "n": x["n"], "of": x["of"], "oa_mean": m, "oa_std": s,
                                      "rate_mean": mean_std(x["rate"])[0], "speedup_mean": mean_std(x["speedup"])[0],
-                                     "speedup_std": mean_std(x["speedup"])[1]})
+                                     "speedup_std": mean_std(x["speedup"])[1],
+                                     "minus_base_mean": (x.get("vs_base") or {}).get("mean"),
+                                     "minus_base_std": (x.get("vs_base") or {}).get("std"),
+                                     "minus_base_n": (x.get("vs_base") or {}).get("n")})
             md.append("")
             if exp in ("families", "pruning", "quality"):
                 for key, label, tag in (("rate", "compression rate (x, log)", "rate"),

@@ -166,3 +166,22 @@ def test_successive_halving_keeps_the_better_half_by_validation_oa_until_one_is_
     rung_calls = [c for c in calls if c[2] is False]
     assert rung_calls == [(1, False, False)] * 6                     # 4 + 2 candidates scored, untimed, no test split
     assert calls[-1] == (2, True, True)              # then the survivor's final fine-tune with the test split
+
+
+def test_compression_tables_give_each_line_its_paired_difference_to_the_base_of_the_same_split():
+    from search.study.tables import summarise, with_base_differences
+
+    def row(method, repeat, oa, rate=2.0, kd=False):
+        return {"id": f"{method}-{rate}-{kd}-s{repeat}", "method": method, "network": "resnet18", "kd": kd,
+                "target_rate": rate, "augment": "default", "family": "local", "train_ratio": 0.8,
+                "experiments": ["families"], "status": "ok", "test_oa": oa, "compression_rate": 2.0,
+                "speedup": 1.5, "params": 5e6, "repeat": repeat}
+
+    rows = [row("baseline", 0, 0.80, None), row("baseline", 1, 0.90, None),
+            row("tucker", 0, 0.79), row("tucker", 1, 0.88), row("tucker", 0, 0.85, kd=True)]
+    lines = {(x["method"], x["kd"]): x for x in with_base_differences(summarise(rows, "families", 0.8), rows, 0.8,
+                                                                      "families")}
+    assert lines[("baseline", False)]["vs_base"] is None
+    plain = lines[("tucker", False)]["vs_base"]
+    assert plain["per_split"] == pytest.approx({0: -0.01, 1: -0.02}) and plain["wins"] == 0
+    assert lines[("tucker", True)]["vs_base"]["per_split"] == pytest.approx({0: 0.05})  # KD is its own line
