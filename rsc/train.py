@@ -113,7 +113,7 @@ def run(config: TrainConfig) -> dict:
     from rsc.errors import ConfigError
     from rsc.evaluation import evaluate, plot_confusion
     from rsc.models import create_model
-    from rsc.training import fit, reestimate_bn, resolve_device, seed_everything
+    from rsc.training import collapse_note, fit, reestimate_bn, resolve_device, seed_everything
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -165,7 +165,8 @@ def run(config: TrainConfig) -> dict:
         record = {"seed": seed, "oa": metrics.oa, "kappa": metrics.kappa, "train_seconds": train_seconds,
                   "counts": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
                   "split_digest": split.digest, "history": history, "val_oa": val_oa,
-                  "val_oa_as_trained": history[-1].get("val_oa") if history else None}
+                  "val_oa_as_trained": history[-1].get("val_oa") if history else None,
+                  "collapsed": collapse_note(metrics.oa, data.num_classes, config.lr)}
         save_checkpoint(run_dir / "checkpoint.pt", model,
                         arch={"model": config.model, "num_classes": data.num_classes,
                               "image_size": config.image_size},
@@ -213,6 +214,8 @@ def report(summary: dict) -> str:
         lines.append(f"split seed {r['seed']}: test OA {r['oa']:.4f}  kappa {r['kappa']:.4f}  "
                      f"({r['counts']['train']} train / {r['counts']['val']} val / {r['counts']['test']} test, "
                      f"{r['train_seconds']:.0f}s)")
+        if r.get("collapsed"):
+            lines.append(f"warning: split seed {r['seed']}: {r['collapsed']}")
     oa = f"{summary['oa_mean']:.4f}"
     if summary["repeats"] > 1:
         oa += f" +- {summary['oa_std']:.4f} over {summary['repeats']} splits"

@@ -64,7 +64,7 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
     from rsc.models import create_model
-    from rsc.training import fit, reestimate_bn, seed_everything
+    from rsc.training import collapse_note, fit, reestimate_bn, seed_everything
 
     what = f"from {weights}" if weights else "from scratch"
     say(f"base model: no --weights given, training {model_name} {what} for {epochs} epochs on {data.name} "
@@ -76,6 +76,9 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     reestimate_bn(model, data, split, batches=bn_batches, batch_size=batch_size, seed=seed, device=device)
     val_oa = evaluate(model, val, num_classes=data.num_classes, device=device).oa
     say(f"base model: val OA {val_oa:.4f}")
+    note = collapse_note(val_oa, data.num_classes, lr)
+    if note:
+        say(f"warning: base model {model_name}: {note}")
     save_checkpoint(path, model.cpu(), arch={"model": model_name, "num_classes": data.num_classes,
                                              "image_size": data.image_size}, classes=data.classes,
                     split=split.info(), metrics={"val_oa": val_oa},

@@ -65,12 +65,18 @@ def summarise(rows: list[dict[str, Any]], experiment: str, ratio: float) -> list
     return lines
 
 
-def _table(lines: list[dict[str, Any]], experiment: str) -> list[str]:
+def _table(lines: list[dict[str, Any]], experiment: str, num_classes: int = 0) -> list[str]:
     if experiment == "baselines":
         out = ["| network | OA (%) | params (M) | repeats |", "|---|---|---|---|"]
+        chance = 1.5 / num_classes if num_classes else 0.0
         for x in lines:
-            out.append(f"| {x['network']} | {_pm(x['oa'], 2, pct=True)} | "
+            low = sum(v is not None and v <= chance for v in x["oa"])
+            flag = f" (at chance on {low} of {x['n']}: training collapsed)" if low else ""
+            out.append(f"| {x['network']} | {_pm(x['oa'], 2, pct=True)}{flag} | "
                        f"{mean_std(x['params'])[0] / 1e6:.2f} | {x['n']}/{x['of']} |")
+        if any(sum(v is not None and v <= chance for v in x["oa"]) for x in lines):
+            out += ["", "Collapsed: the network ended at chance level (one class for nearly every image); networks "
+                    "without BatchNorm diverge at a high --lr: lower it for them or give pretrained --weights."]
         return out
     if experiment == "augment":
         out = ["| model | augmentation | OA (%) | repeats |", "|---|---|---|---|"]
@@ -243,7 +249,8 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
             else:
                 if exp in ("families", "pruning"):
                     with_base_differences(lines, rows, ratio, exp)
-                md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "", *_table(lines, exp), ""]
+                md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "",
+                       *_table(lines, exp, prep.data.num_classes), ""]
             for x in lines:
                 for reason in x["unreachable"][:1]:
                     md.append(f"- {x['method']} at {x['target_rate']:g}x: {reason}")

@@ -185,3 +185,15 @@ def test_compression_tables_give_each_line_its_paired_difference_to_the_base_of_
     plain = lines[("tucker", False)]["vs_base"]
     assert plain["per_split"] == pytest.approx({0: -0.01, 1: -0.02}) and plain["wins"] == 0
     assert lines[("tucker", True)]["vs_base"]["per_split"] == pytest.approx({0: 0.05})  # KD is its own line
+
+
+def test_the_baselines_table_flags_a_network_that_collapsed_to_chance():
+    from search.study.tables import _table, summarise
+
+    rows = [{"id": f"{net}-s{i}", "method": "baseline", "network": net, "kd": False, "target_rate": None,
+             "augment": "default", "family": "baseline", "train_ratio": 0.8, "experiments": ["baselines"],
+             "status": "ok", "test_oa": oa, "params": 1e6, "repeat": i}
+            for net, oas in (("squeezenet1_1", (1 / 21, 1 / 21)), ("resnet18", (0.83, 0.85))) for i, oa in enumerate(oas)]
+    md = "\n".join(_table(summarise(rows, "baselines", 0.8), "baselines", 21))
+    assert "| squeezenet1_1 | 4.76 +- 0.00 (at chance on 2 of 2: training collapsed) |" in md
+    assert "| resnet18 | 84.00 +- 1.41 |" in md and "lower it for them" in md
