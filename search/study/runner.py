@@ -219,6 +219,11 @@ def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, A
     _write_json(meta_path, {**meta, "settings": settings, "dataset": prep.data.name, "data": prep.data.root,
                             "mlflow_tracking_uri": uri, "mlflow_parent_run_id": parent})
     rows = finished_rows(study_dir)
+    for cell in prep.cells:  # a finished cell this run's plan shares with more experiments joins their tables
+        row = rows.get(cell.id)
+        if row is not None and not set(cell.experiments) <= set(row.get("experiments", ())):
+            row["experiments"] = sorted({*row.get("experiments", ()), *cell.experiments})
+            _write_json(study_dir / "cells" / f"{cell.id}.json", row)
     todo = [cell for cell in prep.cells if cell.id not in rows]
     if rows:
         say(f"resuming {study_dir.name}: {len(rows)} finished cell(s) kept, {len(todo)} to run")

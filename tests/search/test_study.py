@@ -229,3 +229,27 @@ def test_cell_ids_name_every_coordinate():
     c = Cell("l1", "resnet18", 0.8, 2, 4.0, True, "d4+crop")
     assert c.id == "l1-resnet18-r0.8-x4-kd-aug-d4_crop-s2"
     assert Cell("baseline", "vgg16", 0.5, 0).id == "baseline-vgg16-r0.5-aug-default-s0"
+
+
+def test_a_finished_cell_joins_the_tables_of_experiments_added_later(tmp_path):
+    import search.study.execute as execute
+
+    config = tiny(tmp_path, repeats=1, experiments=("families",), family_methods=("magnitude",))
+    run_study(prepare_study(config, say=lambda m: None), say=lambda m: None)
+    later = tiny(tmp_path, repeats=1, experiments=("baselines", "families", "pruning"), family_methods=("magnitude",),
+                 pruning_methods=("magnitude",))
+    calls = []
+    real = execute.run_cell
+    execute.run_cell = lambda ws, cell: calls.append(cell.id) or real(ws, cell)
+    try:
+        prep = prepare_study(later, say=lambda m: None)
+        run_study(prep, say=lambda m: None)
+    finally:
+        execute.run_cell = real
+    assert calls == []  # the base and magnitude at 2x were finished: nothing reruns
+    rows = _rows(prep.study_dir)
+    assert set(rows["baseline-resnet18-r0.8-aug-default-s0"]["experiments"]) == {"baselines", "families", "pruning"}
+    md = (prep.study_dir / "tables.md").read_text()
+    assert "| resnet18 |" in md.split("## Baselines")[1].split("##")[0]
+    pruning = md.split("## Pruning methods")[1]
+    assert "| magnitude | weight | no | 2x |" in pruning and ("(1/1)" in pruning or "(0/1)" in pruning)
