@@ -90,12 +90,17 @@ def reestimate_bn(model: nn.Module, data, split, *, batches: int, batch_size: in
     return recalibrate_bn(model, [b for _, b in zip(range(batches), plain)], max_batches=batches, device=device)
 
 
+def at_chance(oa: float | None, num_classes: int) -> bool:
+    """Whether an OA is chance level: within 1.5x of 1/classes (one class predicted for nearly everything)."""
+    return oa is not None and num_classes >= 2 and oa <= 1.5 / num_classes
+
+
 def collapse_note(oa: float | None, num_classes: int, lr: float) -> str | None:
     """A warning when a trained model scores at chance (within 1.5x of 1/classes: one class predicted for
     nearly everything), else None. Networks without BatchNorm (SqueezeNet, AlexNet, VGG without ``_bn``)
     trained from scratch diverge at a high peak learning rate: on UC Merced at 64 px SqueezeNet 1.1 ends at
     chance on 3 of 3 splits with lr 0.05 and trains (OA 0.39) with 0.01."""
-    if oa is None or num_classes < 2 or oa > 1.5 / num_classes:
+    if not at_chance(oa, num_classes):
         return None
     return (f"training collapsed: OA {oa:.3f} is chance level for {num_classes} classes (one class predicted for "
             f"almost every image); networks without BatchNorm diverge at a high peak learning rate: lower --lr "

@@ -128,10 +128,8 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     picked = {t.number for t in chosen}
     for t in [*chosen, *sample]:
         extra = t.number not in picked
-        request = {**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": config.final_epochs,
-                   "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": True}
         try:
-            request = json.loads(json.dumps(request))
+            request = _final_request(config, request_base, t, config.final_epochs, evaluate_test=True)
             out = trial_fn(request, return_model=True) if keep_model else trial_fn(request)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -173,6 +171,14 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
             tracker.log_metrics(result.parent_run_id, metrics)
 
 
+def _final_request(config: SearchConfig, request_base: Mapping[str, Any], t: Any, epochs: int, *,
+                   evaluate_test: bool, **extra: Any) -> dict[str, Any]:
+    """A trial's plan fine-tuned again from the base: no projection, no early stop, its own seed (JSON-clean)."""
+    return json.loads(json.dumps({**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": epochs,
+                                  "seed": config.seed * 100003 + t.number, "early_stop": None,
+                                  "evaluate_test": evaluate_test, **extra}))
+
+
 def _halve(config: SearchConfig, result: SearchResult, chosen: list[Any], request_base: Mapping[str, Any],
            trial_fn: TrialFn, say: Callable[[str], None]) -> list[Any]:
     """Successive halving over fine-tune epochs before the final fine-tune (``final_rungs`` > 1).
@@ -192,10 +198,8 @@ def _halve(config: SearchConfig, result: SearchResult, chosen: list[Any], reques
         epochs = max(1, math.ceil(config.final_epochs / 2 ** (rungs - 1 - i)))
         scores: dict[int, float] = {}
         for t in chosen:
-            request = {**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": epochs, "latency": False,
-                       "seed": config.seed * 100003 + t.number, "early_stop": None, "evaluate_test": False}
             try:
-                out = trial_fn(json.loads(json.dumps(request)))
+                out = trial_fn(_final_request(config, request_base, t, epochs, evaluate_test=False, latency=False))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - a candidate that fails a rung drops out

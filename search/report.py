@@ -189,15 +189,15 @@ def render(result: SearchResult, stream: Any = None) -> None:
             print(f"chosen (best validation OA after the final fine-tune, inside the budget): trial {ch['trial']} "
                   f"{ch['method']}, val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
                   f"{_fmt(ch.get('compression_rate'), 'compression_rate')} compression", file=stream)
-    if result.rank:
-        t, v = result.rank["test_oa"], result.rank["val_oa"]
+        if result.rank:
+            t, v = result.rank["test_oa"], result.rank["val_oa"]
 
-        def _c(d: Mapping[str, Any]) -> str:
-            return ("n/a" if d["spearman"] is None else
-                    f"Spearman {d['spearman']:+.2f}, Kendall {d['kendall']:+.2f}")
-        print(f"trial score ({result.rank['fidelity_epochs']} fine-tune epoch(s), validation OA) against OA after "
-              f"{result.rank['final_epochs']} epochs, over {result.rank['trials']} trial(s): test OA {_c(t)}; "
-              f"validation OA {_c(v)}", file=stream)
+            def _c(d: Mapping[str, Any]) -> str:
+                return ("n/a" if d["spearman"] is None else
+                        f"Spearman {d['spearman']:+.2f}, Kendall {d['kendall']:+.2f}")
+            print(f"trial score ({result.rank['fidelity_epochs']} fine-tune epoch(s), validation OA) against OA after "
+                  f"{result.rank['final_epochs']} epochs, over {result.rank['trials']} trial(s): test OA {_c(t)}; "
+                  f"validation OA {_c(v)}", file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)

@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 
 from rsc.cli import parser, positive_int, run_cli
+from search.config import FINAL_PICKS
 from search.study.cells import AUGMENTS, EXPERIMENTS, METHODS, StudyConfig
 
 
@@ -87,7 +88,7 @@ def build_parser():
     a("--search-fidelity", type=positive_int, default=d.search_fidelity, help="fine-tune epochs per search trial")
     a("--search-final", type=positive_int, default=d.search_final,
       help="models a searched cell's final stage fine-tunes (search --final-max)")
-    a("--search-pick", choices=("spread", "top"), default=d.search_pick,
+    a("--search-pick", choices=FINAL_PICKS, default=d.search_pick,
       help="which: spread along the front or the top trial scores inside the budget (search --final-pick)")
     a("--search-rungs", type=positive_int, default=d.search_rungs,
       help="successive halving rungs of a searched cell's final stage (search --final-rungs)")

@@ -314,7 +314,8 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
         raise CellUnreachable(f"the search found no model within params <= 1/{cell.rate:g} of the base")
     base_params = result.base_costs["params"]
     return {"epochs": c.search_trials * c.search_fidelity
-            + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs,
+            + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs
+            + sum(len(r["val_oa"]) * r["epochs"] for r in result.halving),
             "rank": result.rank or None, "search_kd": c.search_kd,
             "val_oa": best["val_oa"], "test_oa": best["test_oa"], "params": best.get("params"),
             "macs": best.get("macs"), "size": best.get("size"), "base_params": base_params,

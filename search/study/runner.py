@@ -58,8 +58,10 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
     if "quality" in config.experiments and config.quality_subject not in config.quality_methods:
         raise ConfigError(f"--quality-subject {config.quality_subject} is not one of --quality-methods "
                           f"{','.join(config.quality_methods)}")
-    if config.search_pick not in ("spread", "top"):
-        raise ConfigError(f"--search-pick takes spread or top, got {config.search_pick!r}")
+    from search.config import FINAL_PICKS
+
+    if config.search_pick not in FINAL_PICKS:
+        raise ConfigError(f"--search-pick takes {' or '.join(FINAL_PICKS)}, got {config.search_pick!r}")
     if config.rank_sample < 0 or config.search_final < 1 or config.search_rungs < 1:
         raise ConfigError("--rank-sample must be >= 0, --search-final and --search-rungs >= 1")
     if any(r <= 1 for r in config.rates):

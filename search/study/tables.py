@@ -67,14 +67,17 @@ def summarise(rows: list[dict[str, Any]], experiment: str, ratio: float) -> list
 
 def _table(lines: list[dict[str, Any]], experiment: str, num_classes: int = 0) -> list[str]:
     if experiment == "baselines":
+        from rsc.training import at_chance
+
         out = ["| network | OA (%) | params (M) | repeats |", "|---|---|---|---|"]
-        chance = 1.5 / num_classes if num_classes else 0.0
+        collapsed = 0
         for x in lines:
-            low = sum(v is not None and v <= chance for v in x["oa"])
+            low = sum(at_chance(v, num_classes) for v in x["oa"])
+            collapsed += low
             flag = f" (at chance on {low} of {x['n']}: training collapsed)" if low else ""
             out.append(f"| {x['network']} | {_pm(x['oa'], 2, pct=True)}{flag} | "
                        f"{mean_std(x['params'])[0] / 1e6:.2f} | {x['n']}/{x['of']} |")
-        if any(sum(v is not None and v <= chance for v in x["oa"]) for x in lines):
+        if collapsed:
             out += ["", "Collapsed: the network ended at chance level (one class for nearly every image); networks "
                     "without BatchNorm diverge at a high --lr: lower it for them or give pretrained --weights."]
         return out

@@ -197,3 +197,28 @@ def test_the_baselines_table_flags_a_network_that_collapsed_to_chance():
     md = "\n".join(_table(summarise(rows, "baselines", 0.8), "baselines", 21))
     assert "| squeezenet1_1 | 4.76 +- 0.00 (at chance on 2 of 2: training collapsed) |" in md
     assert "| resnet18 | 84.00 +- 1.41 |" in md and "lower it for them" in md
+
+
+def test_render_shows_the_front_only_when_no_final_stage_ran(capsys):
+    from search.report import SearchResult, render
+
+    res = SearchResult(study="s", storage="x", tracking_uri="x", experiment_id="1", parent_run_id="p", out_dir="o",
+                       artifact_uri="a", objectives=[("accuracy", "maximize"), ("params", "minimize")],
+                       counts={"finished": 1, "complete": 1, "inside_budget": 1},
+                       base={"trial": "base", "method": "resnet18", "test_oa": 0.8, "val_oa": 0.8, "params": 1e7},
+                       final=[{"trial": 0, "method": "prune", "test_oa": 0.7, "val_oa": 0.75, "params": 2e6,
+                               "meets_budget": True, "compression_rate": 5.0}],
+                       front=[{"trial": 0, "method": "prune", "val_oa": 0.6, "params": 2e6}])
+    res.chosen = dict(res.final[0])
+    render(res)
+    out = capsys.readouterr().out
+    assert "after final fine-tuning" in out and "chosen (best validation OA" in out
+    assert "no final stage run" not in out and "trial score" not in out
+    res.rank = {"trials": 3, "final_epochs": 20, "fidelity_epochs": 2,
+                "test_oa": {"spearman": 0.5, "kendall": 0.33}, "val_oa": {"spearman": None, "kendall": None}}
+    render(res)
+    out = capsys.readouterr().out
+    assert "test OA Spearman +0.50, Kendall +0.33; validation OA n/a" in out and "no final stage run" not in out
+    res.final, res.chosen, res.rank = [], None, {}
+    render(res)
+    assert "no final stage run" in capsys.readouterr().out
