@@ -19,7 +19,8 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
 RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data and the base checkpoint
 TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
-ALLOCATE = ("macs", "energy", "latency")    # layer costs of --allocate (spaces.allocate)
+ALLOCATE = ("macs", "params", "energy", "latency")  # layer costs of --allocate (spaces.allocate)
+ALLOCATE_DAMAGES = ("importance", "sensitivity")   # how --allocate prices a pruning cut's damage
 FINAL_PICKS = ("spread", "top")            # which trials the final stage fine-tunes (search.final.final_candidates)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
@@ -62,11 +63,16 @@ class SearchConfig:
     depth_bins: int = opt(4, "search one pruning ratio, Tucker rank pair or sparsity per contiguous depth bin of "
                              "the layers (4 = ResNet-18's stages) instead of one per layer; 0 = per layer "
                              "(default {default})", metavar="N")
-    allocate: str | None = opt(None, "allocate prune's and tucker's per-layer cuts by a layer cost - macs, energy "
-                                     "(the analytical model: energy-aware pruning) or latency (the --target "
+    allocate: str | None = opt(None, "allocate prune's and tucker's per-layer cuts by a layer cost - macs, params, "
+                                     "energy (the analytical model: energy-aware pruning) or latency (the --target "
                                      "lut:FILE table) - searching one kept fraction of that cost per method "
                                      "instead of per-bin ratios and ranks (prune-alloc, tucker-alloc)",
                                choices=ALLOCATE, metavar="COST")
+    allocate_damage: str = opt("importance", "what an allocated pruning cut costs in accuracy: importance (the "
+                                             "share of L1 mass removed) or sensitivity (each layer group pruned "
+                                             "alone, BatchNorm re-estimated, the rise of the loss on the "
+                                             "calibration batches measured; about a minute per base model) "
+                                             "(default {default})", choices=ALLOCATE_DAMAGES)
     objectives: tuple[str, ...] = opt(("accuracy", "params"), "comma list, accuracy first (default {default})",
                                       list=True)
 
@@ -199,6 +205,11 @@ class SearchConfig:
             raise ConfigError("--ray-data object-store needs --backend ray")
         if self.allocate is not None and self.allocate not in ALLOCATE:
             raise ConfigError(f"unknown allocate cost {self.allocate!r}; choose one of {', '.join(ALLOCATE)}")
+        if self.allocate_damage not in ALLOCATE_DAMAGES:
+            raise ConfigError(f"unknown allocate damage {self.allocate_damage!r}; choose one of "
+                              f"{', '.join(ALLOCATE_DAMAGES)}")
+        if self.allocate_damage != "importance" and self.allocate is None:
+            raise ConfigError("--allocate-damage needs --allocate COST (it prices the cuts an allocation makes)")
         if self.allocate == "latency" and parse_target(self.hardware).table is None:
             raise ConfigError("--allocate latency needs a latency table: --target lut:FILE (build one with "
                               "python -m search.profile)")
@@ -242,6 +253,8 @@ class SearchConfig:
         swap = {"prune": "prune-alloc", "tucker": "tucker-alloc"} if self.allocate else {}
         methods = tuple(swap.get(m, m) for m in self.methods)
         options = {m: {"cost": self.allocate} for m in methods if self.allocate and m in swap.values()}
+        if self.allocate_damage != "importance" and "prune-alloc" in options:
+            options["prune-alloc"]["damage"] = self.allocate_damage
         return methods, options
 
     @property

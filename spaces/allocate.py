@@ -18,6 +18,7 @@ an attribute ``shape_only = True``; its candidates are then built on the meta de
 ~4x faster to build). Layers are priced one by one and summed,
 which is how MACs and the analytical energy are defined, and close to how latency behaves on
 CPUs/GPUs per operator. :func:`macs_cost` counts like :func:`rsc.cost.count_macs`,
+:func:`params_cost` its weights (a params budget allocated where the parameters are),
 :func:`energy_cost` is :mod:`rsc.energy`'s model of the layer, and a latency lookup table is any
 object with a ``layer_cost(module, input_shape)`` method of the same signature
 (:func:`get_layer_cost` picks one by name). Every distinct layer shape is priced once per
@@ -32,9 +33,21 @@ per channel, so they are cut first.
 **Damage.** Tucker: the relative spectral energy a rank choice discards from the layer's mode-0
 and mode-1 unfoldings (squared singular values beyond the rank over their total; their sum bounds
 the relative squared reconstruction error of the Tucker-2 form; one SVD for a linear layer).
-Channels: the share of the group's importance (the space's criterion, as ``transform`` scores it:
-L1 by default) that its least important channels, the ones ``transform`` removes, carry. Both are
-normalised per layer or group, so a move's damage is comparable across layers of any size.
+Channels, ``damage="importance"``: the share of the group's importance (the space's criterion, as
+``transform`` scores it: L1 by default) that its least important channels, the ones ``transform``
+removes, carry. Both are normalised per layer or group, so a move's damage is comparable across
+layers of any size. A share of L1 mass is not what a layer loses in accuracy, though: measured
+(``benchmarks/README.md``, latency-aware allocation) it cuts the early, wide-feature-map layers
+deepest and loses accuracy against a uniform cut. ``damage="sensitivity"`` measures it instead, as
+the sensitivity analysis of Li et al. (2017) and EagleEye's adaptive-BN evaluation (Li et al. 2020)
+do without any fine-tuning: each group alone is pruned at :data:`SENSITIVITY_POINTS` depths, its
+BatchNorm statistics re-estimated on the context's calibration batches, and the rise of the
+cross-entropy on those batches (over the base's, re-estimated alike) is the damage; depths between
+are interpolated, the curve is made non-decreasing, and the importance share breaks ties where the
+loss did not rise. Summing the groups' rises is the usual first-order (independent layers)
+approximation. It costs one pruned copy and a few forward passes per point (about a minute for
+ResNet-18 at 64 px on 2 cores) and is computed once per model weights and settings in a process
+(:func:`channel_sensitivity`).
 
 **Moves.** A move lowers one mode of one layer (one group) by ``s >= 1`` rank (channel) steps of
 the space's rounding, ``s`` chosen to minimise damage per cost saved along that line: the lower
@@ -51,7 +64,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -65,19 +80,27 @@ from spaces.base import Context, Params
 from spaces.errors import SpaceError
 
 __all__ = [
-    "LayerCost", "LAYER_COSTS", "DAMAGES", "PATIENCE", "Allocation", "macs_cost", "energy_cost",
-    "get_layer_cost", "summed_cost", "tucker_allocation", "allocate_tucker", "channel_allocation",
-    "allocate_channels",
+    "LayerCost", "LAYER_COSTS", "DAMAGES", "CHANNEL_DAMAGES", "SENSITIVITY_POINTS", "PATIENCE", "Allocation",
+    "macs_cost", "params_cost", "energy_cost", "get_layer_cost", "summed_cost", "tucker_allocation",
+    "allocate_tucker", "channel_allocation", "channel_sensitivity", "allocate_channels",
 ]
 
 #: ``cost(module, input_shape) -> float``: the cost of one float Conv/Linear layer at a batch-1 input.
 LayerCost = Callable[[nn.Module, tuple[int, ...]], float]
 
 #: Names :func:`get_layer_cost` knows.
-LAYER_COSTS = ("macs", "energy", "latency")
+LAYER_COSTS = ("macs", "params", "energy", "latency")
 
 #: Damage measures of :func:`allocate_tucker` (spectral energy discarded by the truncation).
 DAMAGES = ("energy",)
+
+#: Damage measures of :func:`channel_allocation`: the share of the group's importance removed, or the
+#: measured rise of the calibration loss with the group pruned alone (module docstring).
+CHANNEL_DAMAGES = ("importance", "sensitivity")
+
+#: Pruning depths per group at which ``damage="sensitivity"`` measures the loss (evenly spaced over
+#: the group's choices up to ``max_ratio``; the choices between are interpolated).
+SENSITIVITY_POINTS = 4
 
 #: Scanned states along a line after its best ratio that may fail to improve on it before the
 #: scan stops (the ratio is unimodal for affine costs; 2 tolerates a kink of energy or latency).
@@ -228,6 +251,18 @@ def macs_cost(module: nn.Module, input_shape: tuple[int, ...]) -> float:
 macs_cost.shape_only = True  # type: ignore[attr-defined] - reads attributes only (see _Costs)
 
 
+def params_cost(module: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Parameters of one layer, weights and bias (as ``rsc.cost.count_params`` counts them; the input
+    shape does not matter)."""
+    layer = _Layer.of(module)
+    weights = layer.cin * layer.cout if layer.kind == "linear" else \
+        layer.cout * (layer.cin // layer.groups) * math.prod(layer.kernel)
+    return float(weights + (layer.cout if layer.bias else 0))
+
+
+params_cost.shape_only = True  # type: ignore[attr-defined]
+
+
 class _Feed(nn.Module):
     """Runs its one layer on zeros of a fixed shape, whatever it is given: a one-layer model whose
     layer sees exactly ``shape`` under :func:`rsc.energy.energy_breakdown`."""
@@ -265,10 +300,13 @@ energy_cost.shape_only = True  # type: ignore[attr-defined]
 
 
 def get_layer_cost(name: str, *, table: Any = None, energy_model: Any = None) -> LayerCost:
-    """The layer cost called ``name``: ``"macs"``, ``"energy"`` (``energy_model``: a calibrated
-    :class:`rsc.energy.EnergyModel`, or the default) or ``"latency"`` (``table.layer_cost``, in ms)."""
+    """The layer cost called ``name``: ``"macs"``, ``"params"``, ``"energy"`` (``energy_model``: a
+    calibrated :class:`rsc.energy.EnergyModel`, or the default) or ``"latency"`` (``table.layer_cost``,
+    in ms)."""
     if name == "macs":
         return macs_cost
+    if name == "params":
+        return params_cost
     if name == "energy":
         if energy_model is None:
             return energy_cost
@@ -816,8 +854,112 @@ def _group_scores(model: nn.Module, context: Context, criterion: str
     return dg, groups, scores, {m: n for n, m in work.named_modules()}
 
 
+#: Measured sensitivities by (model weights digest, criterion, round_to, max_ratio, points, image
+#: size, calibration digest), the most recent few: a search loads its base afresh for every trial, so
+#: the weights, not the object, say whether it is the same model.
+_SENSITIVITY: OrderedDict[tuple, dict[str, list[tuple[int, float]]]] = OrderedDict()
+_SENSITIVITY_KEPT = 8
+
+
+def _digest(tensors: Iterable[torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _batch_tensors(batches: Sequence[Any]) -> Iterable[torch.Tensor]:
+    for b in batches:
+        yield from (b if isinstance(b, (tuple, list)) else (b,))
+
+
+@torch.no_grad()
+def _calibrated_loss(model: nn.Module, batches: Sequence[Any]) -> float:
+    """Mean cross-entropy on ``batches`` after re-estimating ``model``'s BatchNorm statistics on them
+    (in place: pass a copy)."""
+    from rsc.training import recalibrate_bn
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    recalibrate_bn(model, batches, max_batches=len(batches), device=device)
+    total, n = 0.0, 0
+    for x, y in batches:
+        out = model(x.to(device))
+        total += float(nn.functional.cross_entropy(out.float(), y.to(device), reduction="sum"))
+        n += len(y)
+    return total / max(n, 1)
+
+
+def _sampled(n: int, points: int) -> list[int]:
+    """Indices of the ``points`` depths measured among choices ``1..n`` (evenly spaced, the last included)."""
+    return sorted({max(1, round(n * (k + 1) / points)) for k in range(points)}) if n else []
+
+
+def channel_sensitivity(space: Any, model: nn.Module, context: Context, *, criterion: str = "l1",
+                        round_to: int | None = None, points: int = SENSITIVITY_POINTS,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Per group (by root name): ``(kept channels, calibration-loss rise)`` at ``points`` depths up to
+    the space's ``max_ratio``, each group pruned alone with ``space.transform`` and its BatchNorm
+    statistics re-estimated on the context's calibration batches (the base re-estimated alike).
+    Rises are clamped at 0. Memoised by the model's weights and the settings; ``progress(done, total)`` is
+    called after each measurement of a fresh computation.
+
+    Raises:
+        SpaceError: no calibration batches in the context, or a group that cannot be pruned.
+    """
+    from spaces.prune import _groups, _trace
+
+    what = "prune.channel allocation damage 'sensitivity'"
+    batches = context.calibration_batches(what)
+    if round_to is None:
+        round_to = space.round_to_choices[0]
+    key = (_digest(model.state_dict().values()), type(model).__name__, criterion, round_to, float(space.max_ratio),
+           int(points), context.image_size, _digest(_batch_tensors(batches)))
+    if key in _SENSITIVITY:
+        _SENSITIVITY.move_to_end(key)
+        return _SENSITIVITY[key]
+    work = copy.deepcopy(model)
+    dg = _trace(work, context.example_input(1).to(next(work.parameters()).device))
+    names = [(name, len(group[0].idxs)) for name, group in _groups(work, dg, context)]
+    del work, dg
+    jobs = [(name, i, opts) for name, c in names
+            for opts in [_kept_choices(c, round_to, space.max_ratio)] for i in _sampled(len(opts) - 1, points)]
+    base = _calibrated_loss(copy.deepcopy(model), batches)
+    out: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in names}
+    for done, (name, i, opts) in enumerate(jobs, 1):
+        kept, ratio = opts[i]
+        try:
+            pruned = space.transform(model, {"criterion": criterion, "round_to": round_to,
+                                             "ratios": {name: ratio}}, context).model
+        except SpaceError:
+            continue  # a group the space cannot prune alone (one that reaches a grouped conv): left whole
+        out[name].append((kept, max(0.0, _calibrated_loss(pruned, batches) - base)))
+        if progress is not None:
+            progress(done, len(jobs))
+    _SENSITIVITY[key] = out
+    while len(_SENSITIVITY) > _SENSITIVITY_KEPT:
+        _SENSITIVITY.popitem(last=False)
+    return out
+
+
+def _interpolated(options: list[tuple[int, float]], measured: list[tuple[int, float]]) -> list[float]:
+    """The damage of every choice (kept channels, highest first) from the measured ``(kept, rise)``
+    points: linear in the kept count between them, 0 at the whole group, non-decreasing."""
+    pts = sorted([(options[0][0], 0.0), *measured], reverse=True)
+    out, best = [], 0.0
+    for k, _ in options:
+        hi = next(((a, da) for a, da in reversed(pts) if a >= k), pts[0])  # the nearest measured above k
+        lo = next(((a, da) for a, da in pts if a <= k), pts[-1])            # and below
+        d = hi[1] if hi[0] == lo[0] else hi[1] + (lo[1] - hi[1]) * (hi[0] - k) / (hi[0] - lo[0])
+        best = max(best, d)
+        out.append(best)
+    return out
+
+
 def channel_allocation(space: Any, model: nn.Module, context: Context, *, cost: LayerCost, keep: float,
-                       criterion: str = "l1", round_to: int | None = None, saturate: bool = False) -> Allocation:
+                       criterion: str = "l1", round_to: int | None = None, saturate: bool = False,
+                       damage: str = "importance") -> Allocation:
     """Per-group channel counts whose pruned model's summed layer ``cost`` is at most ``keep`` times
     the original (every Conv/Linear layer counted, the head and the stem included).
 
@@ -832,19 +974,25 @@ def channel_allocation(space: Any, model: nn.Module, context: Context, *, cost: 
             first ``round_to_choices``.
         saturate: A ``keep`` below the lowest reachable cost gives every group at ``max_ratio``
             instead of an error.
+        damage: ``"importance"`` (the share of the group's importance removed) or
+            ``"sensitivity"`` (the measured calibration-loss rise, :func:`channel_sensitivity`;
+            needs calibration batches in the context).
 
     A group's channel count sets the output channels of the layers it roots and the input channels
     of the layers that consume it (torch-pruning's dependency graph, as ``transform`` prunes);
     groups that reach a grouped (not depthwise) convolution are left whole.
 
     Raises:
-        SpaceError: bad ``keep``/``criterion``/``round_to``, a space of another kind, or a target
-            below what ``max_ratio`` everywhere reaches (the message says the best reachable fraction).
+        SpaceError: bad ``keep``/``criterion``/``round_to``/``damage``, a space of another kind, a
+            sensitivity without calibration batches, or a target below what ``max_ratio``
+            everywhere reaches (the message says the best reachable fraction).
     """
     from spaces.prune import CRITERIA, ChannelPruning
 
     what = "prune.channel allocation"
     keep = _checked(what, space, ChannelPruning, keep, "criterion", criterion, CRITERIA)
+    if damage not in CHANNEL_DAMAGES:
+        raise SpaceError(f"{what}: unknown damage {damage!r}; known: {', '.join(CHANNEL_DAMAGES)}")
     if round_to is None:
         round_to = space.round_to_choices[0]
     if not is_positive_int(round_to):
@@ -854,7 +1002,7 @@ def channel_allocation(space: Any, model: nn.Module, context: Context, *, cost: 
     dg, groups, scores, names = _group_scores(model, context, criterion)
     index = {n: i for i, n in enumerate(inputs)}
     layers = [_Priced(_Layer.of(m), shapes, [], [], {}) for m, shapes in inputs.values()]
-    channels, choices, damage = [], [], []
+    channels, choices, damages = [], [], []
     for g, ((_root, group), imp) in enumerate(zip(groups, scores)):
         c = len(group[0].idxs)
         seen: set[tuple[int, str]] = set()
@@ -876,10 +1024,17 @@ def channel_allocation(space: Any, model: nn.Module, context: Context, *, cost: 
         cum = torch.cumsum(order, 0)
         channels.append(c)
         choices.append(options)
-        damage.append([float(cum[c - k - 1]) / total if k < c and total > 0 else 0.0 for k, _ in options])
-    problem = _ChannelProblem(channels, choices, damage, layers, costs)
-    base = problem.total()
-    _solve(problem, what, base, problem.floor(), keep, saturate,
+        damages.append([float(cum[c - k - 1]) / total if k < c and total > 0 else 0.0 for k, _ in options])
+    problem = _ChannelProblem(channels, choices, damages, layers, costs)
+    base, floor = problem.total(), problem.floor()
+    if damage == "sensitivity" and not (saturate and keep * base <= floor * (1 + _REL_TOL)):
+        # measured only when the greedy runs (the strongest setting is every group at its floor)
+        measured = channel_sensitivity(space, model, context, criterion=criterion, round_to=round_to)
+        for g, (name, _) in enumerate(groups):
+            if len(choices[g]) > 1:  # the importance share (<= 1) only breaks ties where the loss did not rise
+                rises = _interpolated(choices[g], measured.get(name, []))
+                damages[g] = [r + 1e-6 * sh for r, sh in zip(rises, damages[g])]
+    _solve(problem, what, base, floor, keep, saturate,
            f"every group at max_ratio={space.max_ratio:g}, round_to={round_to}")
     ratios = {name: choices[g][problem.idx[g]][1] for g, (name, _) in enumerate(groups)}
     kept = {name: problem.kept(g) for g, (name, _) in enumerate(groups)}
@@ -888,8 +1043,8 @@ def channel_allocation(space: Any, model: nn.Module, context: Context, *, cost: 
 
 
 def allocate_channels(space: Any, model: nn.Module, context: Context, *, cost: LayerCost, keep: float,
-                      criterion: str = "l1", round_to: int | None = None) -> Params:
+                      criterion: str = "l1", round_to: int | None = None, damage: str = "importance") -> Params:
     """Params for ``space.transform``: per-group pruning ratios meeting ``keep`` of the summed layer
     cost (:func:`channel_allocation`)."""
     return channel_allocation(space, model, context, cost=cost, keep=keep, criterion=criterion,
-                              round_to=round_to).params
+                              round_to=round_to, damage=damage).params

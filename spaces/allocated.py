@@ -14,8 +14,10 @@ Params: ``{"criterion": "l1", "round_to": 8, "keep": 0.5}`` (pruning) or ``{"kee
 plan replays without the cost (no latency table needed to rebuild it). A ``keep`` below what the
 space can reach gives its strongest allocation (as ``scale`` saturates elsewhere).
 
-Options: ``cost`` (``"macs"``, ``"energy"``, ``"latency"``: ``context.latency_table`` must hold a
-table, :class:`rsc.latency_table.LatencyTable`); ``min_keep`` and ``step``, the sampled range
+Options: ``cost`` (``"macs"``, ``"params"``, ``"energy"``, ``"latency"``: ``context.latency_table``
+must hold a table, :class:`rsc.latency_table.LatencyTable`); pruning's ``damage`` (``"importance"``,
+the share of L1 mass removed, or ``"sensitivity"``, each group's measured calibration-loss rise with
+BatchNorm re-estimated: :func:`spaces.allocate.channel_sensitivity`); ``min_keep`` and ``step``, the sampled range
 ``[min_keep, 1 - step]``; the rest goes to the inner :class:`spaces.prune.ChannelPruning`
 (``criteria``, ``round_to_choices``, ``max_ratio``) or :class:`spaces.tucker.TuckerDecomposition`
 (``min_fraction``, ``round_to``, ``min_channels``, ``decompose_fc``, ``n_iter_max``).
@@ -107,8 +109,11 @@ class AllocatedPruning(_Allocated):
 
     def __init__(self, *, cost: str = "macs", min_keep: float = 0.05, step: float = 0.05,
                  criteria: tuple[str, ...] = ("l1",), round_to_choices: tuple[int, ...] = (8,),
-                 max_ratio: float = 0.8) -> None:
+                 max_ratio: float = 0.8, damage: str = "importance") -> None:
         self.inner = ChannelPruning(criteria=criteria, round_to_choices=round_to_choices, max_ratio=max_ratio)
+        if damage not in allocate.CHANNEL_DAMAGES:
+            raise SpaceError(f"{self.name}: unknown damage {damage!r}; known: {', '.join(allocate.CHANNEL_DAMAGES)}")
+        self.damage = damage
         self._init(cost, min_keep, step)
 
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
@@ -132,7 +137,7 @@ class AllocatedPruning(_Allocated):
         criterion = params.get("criterion", self.inner.criteria[0])
         return allocate.channel_allocation(self.inner, model, context, cost=self.layer_cost(context),
                                            keep=max(keep, 1e-9), criterion=criterion,
-                                           round_to=params.get("round_to"), saturate=True)
+                                           round_to=params.get("round_to"), saturate=True, damage=self.damage)
 
 
 @register_space("decompose.allocated")

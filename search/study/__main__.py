@@ -9,6 +9,8 @@ each method is and how the tables read.
 
 from __future__ import annotations
 
+import math
+
 import sys
 from dataclasses import fields
 
@@ -93,7 +95,8 @@ def build_parser():
     a("--search-rungs", type=positive_int, default=d.search_rungs,
       help="successive halving rungs of a searched cell's final stage (search --final-rungs)")
     a("--search-kd", action="store_true", default=d.search_kd,
-      help="KD from the base model during every fine-tune of a search (search --finetune-kd)")
+      help="KD from the base model during every fine-tune of a search (search --finetune-kd), "
+           "and of the quality experiment's baselines (the same fine-tune for every method)")
     a("--search-min-target", type=float, default=d.search_min_target,
       help="search --min-target: trials aim at [F, 1] of the budget (default: the search's)")
     a("--rank-sample", type=int, default=d.rank_sample,
@@ -103,6 +106,9 @@ def build_parser():
     a("--weights", action="append", default=[], metavar="NET=PATH",
       help="local pretrained weights of a network (repeat per network); the literature's figures use "
            "ImageNet-pretrained backbones at 224 px")
+    a("--network-lr", action="append", default=[], metavar="NET=LR",
+      help="a network's own peak learning rate from scratch (repeat per network; e.g. squeezenet1_1=0.01 "
+           "for networks without BatchNorm, which collapse at the default --lr)")
     a("--device", help="cpu, cuda, cuda:N (default: cuda when available); latency is always on the CPU")
     a("--threads", type=positive_int, help="torch CPU threads")
     a("--name", help="study name (default: study-<dataset>-<model>-<size>px); the same name resumes")
@@ -124,10 +130,20 @@ def config_from_args(args) -> StudyConfig:
         if not sep or not net or not path:
             raise ConfigError(f"--weights takes NET=PATH, got {item!r}")
         weights[net] = path
+    network_lr = {}
+    for item in args.network_lr:
+        net, sep, value = item.partition("=")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = math.nan
+        if not sep or not net or not lr > 0 or not math.isfinite(lr):
+            raise ConfigError(f"--network-lr takes NET=LR with LR > 0, got {item!r}")
+        network_lr[net] = lr
     names = {f.name for f in fields(StudyConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in names and k != "weights"}
+    kw = {k: v for k, v in vars(args).items() if k in names and k not in ("weights", "network_lr")}
     kw["teacher"] = None if str(args.teacher).lower() in ("none", "") else args.teacher
-    return StudyConfig(**kw, weights=weights)
+    return StudyConfig(**kw, weights=weights, network_lr=network_lr)
 
 
 def _plan_text(prep, done: set) -> str:

@@ -32,8 +32,8 @@ class Method:
     rate, fine-tuned; ``soft``: soft filter pruning; ``slimming``: Network Slimming; ``search``: the
     compression search at that rate; ``teacher``: the study's network trained from scratch by KD
     from a larger teacher); ``fixed_rate``: the method decides its own rate (VBMF ranks, a teacher);
-    ``search_methods``/``sampler``: what a ``search`` cell searches (``search.run --methods``) and with
-    which Optuna sampler.
+    ``search_methods``/``sampler``/``allocate``/``allocate_damage``: what a ``search`` cell searches
+    (``search.run --methods``), with which Optuna sampler, and how its per-layer cuts are allocated.
     """
 
     name: str
@@ -45,6 +45,8 @@ class Method:
     criterion: str | None = None
     search_methods: tuple[str, ...] = ()
     sampler: str = "nsga2"
+    allocate: str | None = None          # a search's --allocate (per-layer cuts allocated by this layer cost)
+    allocate_damage: str = "importance"  # and its --allocate-damage
 
 
 METHODS = {m.name: m for m in (
@@ -67,12 +69,20 @@ METHODS = {m.name: m for m in (
            criterion="l1"),
     Method("slimming", "pruning", "slimming", "Network Slimming: L1 on BN scales for half the epochs, prune "
            "by BN scale, fine-tune the rest", criterion="bn_scale"),
+    Method("l1-params", "pruning", "plan", "L1 channels, per-group counts allocated by params: the least L1 "
+           "mass removed per parameter saved (spaces.allocate)", criterion="l1"),
+    Method("l1-sensitivity", "pruning", "plan", "L1 channels, per-group counts allocated by params and each "
+           "group's measured loss rise (pruned alone, BN re-estimated; Li et al. 2017, EagleEye)", criterion="l1"),
     Method("searched", "pruning", "search", "per-layer pruning ratios searched at the rate (AMC-style)",
            search_methods=("prune",)),
     Method("search-nsga2", "search", "search", "the compression search (NSGA-II) over channel pruning and Tucker-2 "
            "at the rate", search_methods=("prune", "tucker")),
     Method("search-random", "search", "search", "random search over the same space, same trials and final stage",
            search_methods=("prune", "tucker"), sampler="random"),
+    Method("search-alloc", "search", "search", "the compression search (NSGA-II) over channel pruning and Tucker-2 "
+           "allocated by params, pruning cuts priced by their measured loss rise (--allocate params "
+           "--allocate-damage sensitivity)", search_methods=("prune", "tucker"), allocate="params",
+           allocate_damage="sensitivity"),
 )}
 
 #: Default methods of the two compression experiments (magnitude is the weight family and a pruning method).
@@ -130,17 +140,22 @@ class StudyConfig:
     search_final: int = 3                    # models a searched cell's final stage fine-tunes (search --final-max)
     search_pick: str = "spread"              # which (search --final-pick: spread or top)
     search_rungs: int = 1                    # successive halving rungs of a search's final stage (--final-rungs)
-    search_kd: bool = False                  # KD from the base during every fine-tune of a search (--finetune-kd)
+    search_kd: bool = False                  # KD in every search fine-tune (--finetune-kd) and the quality baselines'
     search_min_target: float | None = None   # search --min-target (None: the search's default)
     rank_sample: int = 0                     # more trials per searched cell fine-tuned for the rank correlation
     slimming_reg: float = 1e-4               # Network Slimming's lambda on |gamma|
     weights: dict[str, str] = field(default_factory=dict)   # network -> local weights file
+    network_lr: dict[str, float] = field(default_factory=dict)  # network -> its from-scratch lr (else lr)
     device: str | None = None
     name: str | None = None
     out: str = "runs"
     tracking_uri: str | None = None
     experiment: str = "rsc-study"
     progress: bool = True
+
+    def lr_of(self, network: str) -> float:
+        """The peak learning rate ``network`` is trained with from scratch (``--network-lr``, else ``--lr``)."""
+        return float(self.network_lr.get(network, self.lr))
 
     def study_name(self, dataset: str) -> str:
         return self.name or f"study-{dataset}-{self.model}-{self.image_size}px"
@@ -197,15 +212,14 @@ def plan_cells(config: StudyConfig, ratios: tuple[float, ...]) -> list[Cell]:
                     add(Cell("baseline", net, ratio, repeat), "baselines")
             for exp, methods, kds in (("families", config.family_methods, None),
                                       ("pruning", config.pruning_methods, config.kd),
-                                      ("quality", config.quality_methods, None)):
+                                      # the same fine-tune for every method: KD in all or in none
+                                      ("quality", config.quality_methods, (config.search_kd,))):
                 if exp not in config.experiments:
                     continue
                 add(Cell("baseline", config.model, ratio, repeat), exp)  # the reference row
                 for name in methods:
                     m = METHODS[name]
                     for kd in (kds if kds is not None else (m.kd_default,)):
-                        if m.kind == "search" and kd:
-                            continue  # no KD variant of a search: --search-kd makes all its fine-tunes distil
                         if m.kind == "teacher" and not config.teacher:
                             continue
                         for rate in ((None,) if m.fixed_rate else config.rates):
@@ -233,8 +247,8 @@ def cell_epochs(cell: Cell, config: StudyConfig) -> float:
         for i in range(config.search_rungs):  # successive halving: the better half goes on, twice the epochs
             final += left * (config.finetune_epochs / 2 ** (config.search_rungs - 1 - i))
             left = math.ceil(left / 2)
-        return (config.search_trials * config.search_fidelity + final
-                + config.rank_sample * config.finetune_epochs)
+        return ((config.search_trials * config.search_fidelity + final + config.rank_sample * config.finetune_epochs)
+                * (1.3 if cell.kd or config.search_kd else 1.0))
     return config.finetune_epochs * (1.3 if cell.kd else 1.0)
 
 

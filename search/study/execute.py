@@ -57,7 +57,8 @@ class Workspace:
             aug = augment_config(augment)
             path, _ = obtain_base_checkpoint(
                 model_name=network, weights=c.weights.get(network), data=self.data, split=self.split(ratio, repeat),
-                epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, seed=c.seed + repeat, device=str(self.device),
+                epochs=c.epochs, lr=c.lr_of(network), batch_size=c.batch_size, seed=c.seed + repeat,
+                device=str(self.device),
                 progress=c.progress, say=self.say, bn_batches=c.bn_batches,
                 augment=True if augment == "default" else (aug if aug is not None else False))
             self._bases[key] = path
@@ -150,6 +151,11 @@ def _plan_steps(method: str, cell: Cell, base: Any, ctx: Any) -> tuple[list[dict
         params = {"student": {"family": "self", "width": 0.95, "depth": 1.0}, "temperature": KD_TEMPERATURE,
                   "alpha": KD_ALPHA}
         return [{"space": space.name, "params": params}], limits
+    if method in ("l1-params", "l1-sensitivity"):  # a weak allocation; the projection lowers its kept fraction
+        options = {"cost": "params", "damage": "sensitivity" if method == "l1-sensitivity" else "importance"}
+        space = get_space(resolve_space("prune-alloc"), **options)
+        return [{"space": space.name, "params": {"criterion": "l1", "round_to": 8, "keep": 0.95},
+                 "options": options}], limits
     if m.criterion:
         space = get_space(resolve_space("prune"))
         params = {"criterion": m.criterion, "round_to": 8,
@@ -281,7 +287,7 @@ def _teacher_cell(ws: Workspace, cell: Cell, train: Any, val: Any, test: Any, bn
     c = ws.config
     teacher = ws.base_model(c.teacher, cell.train_ratio, cell.repeat, cell.augment)
     student = create_model(cell.network, ws.data.num_classes, image_size=ws.data.image_size).to(ws.device)
-    fit(student, train, epochs=c.epochs, lr=c.lr, loss_fn=_kd(teacher), device=ws.device,
+    fit(student, train, epochs=c.epochs, lr=c.lr_of(cell.network), loss_fn=_kd(teacher), device=ws.device,
         seed=c.seed + cell.repeat, progress=c.progress, desc=f"KD {c.teacher} -> {cell.network}")
     recalibrate_bn(student, bn, max_batches=len(bn), device=ws.device)
     row = {"epochs": c.epochs, "teacher": c.teacher, **measure_cell(ws, student, teacher, val, test)}
@@ -299,10 +305,11 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
     m = METHODS[cell.method]
     sc = SearchConfig(data=c.data, dataset=c.dataset, image_size=c.image_size, train_ratio=cell.train_ratio,
                       val_ratio=c.val_ratio, model=cell.network, weights=c.weights.get(cell.network),
-                      base_epochs=c.epochs, base_lr=c.lr, budgets=(f"params<={100 / cell.rate:.6g}%",),
+                      base_epochs=c.epochs, base_lr=c.lr_of(cell.network), budgets=(f"params<={100 / cell.rate:.6g}%",),
                       methods=m.search_methods, sampler=m.sampler, trials=c.search_trials,
+                      allocate=m.allocate, allocate_damage=m.allocate_damage,
                       fidelity_epochs=c.search_fidelity, final_epochs=c.finetune_epochs, final_max=c.search_final,
-                      final_pick=c.search_pick, final_rungs=c.search_rungs, rank_sample=c.rank_sample, finetune_kd=c.search_kd,
+                      final_pick=c.search_pick, final_rungs=c.search_rungs, rank_sample=c.rank_sample, finetune_kd=cell.kd or c.search_kd,
                       **({"min_target": c.search_min_target} if c.search_min_target is not None else {}),
                       finetune_lr=c.finetune_lr, batch_size=c.batch_size, bn_batches=c.bn_batches,
                       seed=c.seed + cell.repeat, study=f"{ws.study_dir.name}-{cell.id}", resume=True,
@@ -316,13 +323,14 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
     return {"epochs": c.search_trials * c.search_fidelity
             + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs
             + sum(len(r["val_oa"]) * r["epochs"] for r in result.halving),
-            "rank": result.rank or None, "search_kd": c.search_kd,
+            "rank": result.rank or None, "search_kd": cell.kd or c.search_kd,
             "val_oa": best["val_oa"], "test_oa": best["test_oa"], "params": best.get("params"),
             "macs": best.get("macs"), "size": best.get("size"), "base_params": base_params,
             "compression_rate": best.get("compression_rate"), "compression_rate_params": best.get("compression_rate"),
             "speedup": best.get("speedup"), "latency_ms": best.get("latency_ms"),
             "search": {"study": result.study, "trials": len(result.trials), "final": len(result.final),
                        "sampler": m.sampler, "methods": list(m.search_methods), "pick": c.search_pick,
+                       "allocate": m.allocate, "allocate_damage": m.allocate_damage,
                        "halving": result.halving,
                        "picked_trial": best["trial"], "method": best.get("method"),
                        "finalists": [{k: r.get(k) for k in ("trial", "method", "search_val_oa", "val_oa", "test_oa",

@@ -83,9 +83,10 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
     if _uses_teacher(cells) and sizes[config.teacher] <= sizes[config.model]:
         raise ConfigError(f"teacher {config.teacher} ({sizes[config.teacher] / 1e6:.2f}M params) is not larger than "
                           f"the student {config.model} ({sizes[config.model] / 1e6:.2f}M)")
-    extra = sorted(set(config.weights) - set(networks))
-    if extra:
-        raise ConfigError(f"--weights names network(s) the study does not train: {', '.join(extra)}")
+    for flag, given in (("--weights", config.weights), ("--network-lr", config.network_lr)):
+        extra = sorted(set(given) - set(networks))
+        if extra:
+            raise ConfigError(f"{flag} names network(s) the study does not train: {', '.join(extra)}")
     threads = torch.get_num_threads()
     speed = {net: _seconds_per_image(net, data, config) for net in networks}
     torch.set_num_threads(threads)
@@ -99,7 +100,7 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 
 #: Settings every finished cell depends on: a study resumed with others would mix incomparable rows.
 #: (Networks, methods, rates, repeats, experiments may grow or shrink: they only add or leave out cells.)
-FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs", "lr",
+FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs",
                   "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
                   "slimming_reg", "weights", "search_final", "search_pick", "search_rungs", "search_kd",
                   "search_min_target", "rank_sample")
@@ -117,9 +118,30 @@ def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None
     new = {**json.loads(json.dumps(dataclasses.asdict(config), default=str)), "dataset": dataset}
     changed = [f"{k}={old[k]!r} (now {new[k]!r})" for k in ("dataset", *FIXED_SETTINGS)
                if k in old and old[k] != new[k]]
+    # a network's lr may be set for a network the study has not trained yet, not changed under finished cells
+    trained = {r.get("network") for r in _finished_rows(study_dir)} | \
+              ({meta["settings"].get("teacher")} if any(r.get("method") == "distill-teacher"
+                                                        for r in _finished_rows(study_dir)) else set())
+    old_lr = meta.get("settings", {})
+    changed += [f"the lr of {net}={_lr(old_lr, net)!r} (now {_lr(new, net)!r})" for net in sorted(trained - {None})
+                if old_lr and _lr(old_lr, net) != _lr(new, net)]
     if changed:
         raise ConfigError(f"study {study_dir.name} was run with {', '.join(changed)}: run with those settings to "
                           f"resume it, or give another --name")
+
+
+def _lr(settings: dict[str, Any], network: str) -> float:
+    return float((settings.get("network_lr") or {}).get(network, settings.get("lr")))
+
+
+def _finished_rows(study_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((study_dir / "cells").glob("*.json")):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # an unreadable cell is run again
+    return rows
 
 
 def _uses_teacher(cells: list[Cell]) -> bool:

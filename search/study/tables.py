@@ -79,7 +79,8 @@ def _table(lines: list[dict[str, Any]], experiment: str, num_classes: int = 0) -
                        f"{mean_std(x['params'])[0] / 1e6:.2f} | {x['n']}/{x['of']} |")
         if collapsed:
             out += ["", "Collapsed: the network ended at chance level (one class for nearly every image); networks "
-                    "without BatchNorm diverge at a high --lr: lower it for them or give pretrained --weights."]
+                    "without BatchNorm diverge at a high --lr: lower it for them (--network-lr NET=LR) or give "
+                    "pretrained --weights."]
         return out
     if experiment == "augment":
         out = ["| model | augmentation | OA (%) | repeats |", "|---|---|---|---|"]

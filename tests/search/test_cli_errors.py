@@ -58,6 +58,7 @@ def test_help_is_fast():
          "cannot time int8 models"),
         (["--budget", "params<5M", "--target", "ray:target-jetson"], "pass --ray-address"),
         (["--budget", "params<5M", "--allocate", "latency"], "--allocate latency needs a latency table"),
+        (["--budget", "params<5M", "--allocate-damage", "sensitivity"], "--allocate-damage needs --allocate COST"),
     ],
 )
 def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
@@ -68,6 +69,7 @@ def test_bad_input_one_line(extra, pattern, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, pattern", [(["--targets", "everywhere"], "invalid choice: 'everywhere'"),
                                             (["--allocate", "joules"], "invalid choice: 'joules'"),
+                                            (["--allocate-damage", "pain"], "invalid choice: 'pain'"),
                                             (["--trials", "many"], "invalid int value: 'many'"),
                                             (["--no-such-flag"], "unrecognized arguments: --no-such-flag")])
 def test_bad_flags_are_one_line_too(argv, pattern, capsys):

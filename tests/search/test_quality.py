@@ -106,6 +106,29 @@ def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(
         prepare_study(StudyConfig(**{**config.__dict__, "search_pick": "spread"}), say=lambda m: None)
 
 
+def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_configured_so(tmp_path, monkeypatch):
+    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+                         rates=(3.0,), experiments=("quality",), search_trials=2, search_fidelity=1, search_final=1,
+                         quality_methods=("search-alloc", "l1-params", "l1-sensitivity"),
+                         quality_subject="l1-sensitivity", out=str(tmp_path / "runs"), progress=False, name="qa")
+    seen = []
+
+    def fake_run(sc):  # the search itself is tested in tests/search/test_allocate_search.py
+        seen.append(sc)
+        raise RuntimeError("not run here")
+    monkeypatch.setattr("search.driver.run", fake_run)
+    prep = prepare_study(config, say=lambda m: None)
+    run_study(prep, say=lambda m: None)
+    rows = {r["method"]: r for r in (json.loads(p.read_text()) for p in (prep.study_dir / "cells").glob("*.json"))}
+    assert seen and seen[0].allocate == "params" and seen[0].allocate_damage == "sensitivity"
+    assert seen[0].space_methods()[0] == ("prune-alloc", "tucker-alloc")
+    for method in ("l1-params", "l1-sensitivity"):
+        assert rows[method]["status"] == "ok", rows[method].get("reason")
+        assert 3.0 <= rows[method]["compression_rate"] <= 3.0 / 0.97 + 0.01
+    md = (prep.study_dir / "tables.md").read_text()
+    assert "| l1-params | 3x |" in md and "l1-sensitivity minus it (pts, paired)" in md
+
+
 @pytest.mark.parametrize("extra, pattern", [
     (["--quality-methods", "l1,nope"], "unknown nope"),
     (["--experiments", "quality", "--quality-methods", "l1", "--quality-subject", "search-nsga2"],

@@ -119,6 +119,29 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert len(prepare_study(tiny(tmp_path, repeats=3), say=lambda m: None).cells) > len(ids)
     with pytest.raises(ConfigError, match=r"was run with finetune_epochs=1 \(now 2\).*another --name"):
         prepare_study(tiny(tmp_path, finetune_epochs=2), say=lambda m: None)
+    # a network's own lr: not changed under its finished cells, set freely for a network not trained yet
+    with pytest.raises(ConfigError, match=r"the lr of resnet18=0.05 \(now 0.01\)"):
+        prepare_study(tiny(tmp_path, network_lr={"resnet18": 0.01}), say=lambda m: None)
+    with pytest.raises(ConfigError, match=r"the lr of resnet18=0.05 \(now 0.02\)"):
+        prepare_study(tiny(tmp_path, lr=0.02), say=lambda m: None)
+    grown = tiny(tmp_path, experiments=("baselines", "families", "pruning"), networks=("resnet18", "squeezenet1_1"),
+                 network_lr={"squeezenet1_1": 0.01})
+    assert len(prepare_study(grown, say=lambda m: None).cells) > len(ids)
+
+
+def test_each_network_trains_from_scratch_at_its_own_lr(tmp_path, monkeypatch):
+    from search.study.execute import Workspace
+
+    config = tiny(tmp_path, network_lr={"squeezenet1_1": 0.01})
+    assert config.lr_of("squeezenet1_1") == 0.01 and config.lr_of("resnet18") == config.lr == 0.05
+    asked = []
+    monkeypatch.setattr("search.base_model.obtain_base_checkpoint",
+                        lambda **kw: asked.append((kw["model_name"], kw["lr"])) or (tmp_path / "x.pt", None))
+    ws = Workspace(config=config, data=None, device="cpu", study_dir=tmp_path, tracking_uri="", say=lambda m: None)
+    monkeypatch.setattr(ws, "split", lambda ratio, repeat: None)
+    for net in ("squeezenet1_1", "resnet18"):
+        ws.base_path(net, 0.8, 0, "default")
+    assert asked == [("squeezenet1_1", 0.01), ("resnet18", 0.05)]
 
 
 def test_a_rate_the_method_cannot_reach_is_said_in_its_cell_and_the_study_goes_on(tmp_path):
@@ -145,15 +168,25 @@ def test_cells_are_planned_once_and_split_by_split():
     assert set(shared.experiments) == {"families", "pruning"}
     ref = next(c for c in cells if c.id == "baseline-resnet18-r0.5-aug-default-s0")
     assert set(ref.experiments) == {"baselines", "families", "pruning"}
-    assert not any(c.method == "searched" and c.kd for c in cells)  # the search fine-tunes without a teacher
+    # the searched policy with and without KD from the base, like every pruning method
+    assert {c.kd for c in cells if c.method == "searched"} == {False, True}
     assert [c for c in cells if c.method == "tucker-vbmf"][0].rate is None
     # every split's base comes before the cells that start from it, and split 0 is done first
     assert [c.repeat for c in cells] == sorted(c.repeat for c in cells)
     first = {c.repeat: i for i, c in reversed(list(enumerate(cells))) if c.method == "baseline"}
     assert all(first[c.repeat] <= i for i, c in enumerate(cells))
     per_split = len([c for c in cells if c.repeat == 0])
-    # 2 ratios x (2 baselines + magnitude/l1 x 2 rates x 2 KD + vbmf + teacher + searched x 2 + 2 x (base + l1))
-    assert per_split == 2 * (2 + 2 * 2 * 2 + 1 + 1 + 2 + 2 * 2)
+    # 2 ratios x (2 baselines + magnitude/l1/searched x 2 rates x 2 KD + vbmf + teacher + 2 x (base + l1))
+    assert per_split == 2 * (2 + 3 * 2 * 2 + 1 + 1 + 2 * 2)
+
+
+def test_the_quality_protocol_fine_tunes_every_method_alike():
+    """With --search-kd the baselines distil from the base too: the same fine-tune for everything."""
+    for kd in (False, True):
+        config = StudyConfig(repeats=1, rates=(4.0,), experiments=("quality",), search_kd=kd)
+        cells = [c for c in plan_cells(config, (0.8,)) if c.method != "baseline"]
+        assert {c.method for c in cells} == {"search-nsga2", "search-random", "l1", "tucker-vbmf-scaled"}
+        assert {c.kd for c in cells} == {kd}
 
 
 def test_summary_groups_repeats_into_mean_and_sample_std():
@@ -189,6 +222,9 @@ def _cli(argv, capsys):
     (["--kd", "maybe"], "--kd takes off, on"),
     (["--weights", "resnet18"], "--weights takes NET=PATH"),
     (["--weights", "vgg16=/nope.pt"], "--weights names network(s) the study does not train: vgg16"),
+    (["--network-lr", "vgg16"], "--network-lr takes NET=LR with LR > 0, got 'vgg16'"),
+    (["--network-lr", "vgg16=-1"], "--network-lr takes NET=LR with LR > 0"),
+    (["--network-lr", "vgg16=0.01"], "--network-lr names network(s) the study does not train: vgg16"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_before_anything_trains(tmp_path, capsys, extra, pattern):
     argv = ["--image-size", "32", "--networks", "resnet18", "--teacher", "none", "--repeats", "1", "--epochs", "1",
