@@ -51,6 +51,8 @@ def main() -> int:
     p.add_argument("--base-epochs", type=int, default=10)
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--no-finetune", dest="finetune", action="store_false")
+    p.add_argument("--damage", choices=("importance", "sensitivity"), default="importance",
+                   help="how the channel allocation prices a cut (spaces.allocate: L1 share, or measured loss rise)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "UCMerced_LandUse"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_allocate"))
     args = p.parse_args()
@@ -105,19 +107,21 @@ def main() -> int:
     arch = {"model": args.model, "num_classes": args.num_classes, "image_size": args.image_size}
     base_macs = count_macs(base, image_size=args.image_size)
     allocated = {"prune.channel": "prune.allocated", "decompose.tucker": "decompose.allocated"}
+    damage = {"prune.channel": {"damage": args.damage} if args.damage != "importance" else {}}
     jobs = []
     for method in args.methods:
         for x in args.targets:
             # every plan is moved onto its budget by the search's own projection (whole-model cost)
             start = Step(space=method, params=start_params(method, get_space(method), base, ctx))
             aims = [("uniform", start, ctx, cost_gap({"macs": base_macs / x}, args.image_size)),
-                    ("macs", Step(space=allocated[method], params={"keep": 0.9}, options={"cost": "macs"}), ctx,
+                    ("macs", Step(space=allocated[method], params={"keep": 0.9},
+                                  options={"cost": "macs", **damage.get(method, {})}), ctx,
                      cost_gap({"macs": base_macs / x}, args.image_size))]
             for batch, table in tables.items():  # the same speed-up aimed at with a uniform shape, then allocated
                 aim = cost_gap({"latency_ms": table.predict(base) / x}, args.image_size, {"latency_ms": table.predict})
                 aims.append((f"uniform latency b{batch}", start, ctx, aim))
                 aims.append((f"latency b{batch}", Step(space=allocated[method], params={"keep": 0.9},
-                                                       options={"cost": "latency"}),
+                                                       options={"cost": "latency", **damage.get(method, {})}),
                              dataclasses.replace(ctx, latency_table=table), aim))
             for name, step, c, gap in aims:
                 t0 = time.perf_counter()
@@ -163,7 +167,8 @@ def main() -> int:
     meta = {"argv": sys.argv[1:], "torch": torch.__version__, "machine": platform.machine(),
             "processor": tables[1].fingerprint.get("device_name"), "repeats": args.repeats,
             "batch_size": args.batch_size, "image_size": args.image_size, "model": args.model,
-            "finetune": args.finetune, "base_epochs": args.base_epochs, "ft_epochs": args.ft_epochs}
+            "finetune": args.finetune, "base_epochs": args.base_epochs, "ft_epochs": args.ft_epochs,
+            "damage": args.damage}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     b = args.batch_size
     columns = {"method": "{method}", "x": "x{target:g}", "allocation": "{allocation}", "reached": "{reached}", "params (M)": "{params_m:.2f}",
