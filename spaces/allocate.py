@@ -897,18 +897,18 @@ def _sampled(n: int, points: int) -> list[int]:
 
 
 def channel_sensitivity(space: Any, model: nn.Module, context: Context, *, criterion: str = "l1",
-                        round_to: int | None = None, points: int = SENSITIVITY_POINTS,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, list[tuple[int, float]]]:
+                        round_to: int | None = None, points: int = SENSITIVITY_POINTS
+                        ) -> dict[str, list[tuple[int, float]]]:
     """Per group (by root name): ``(kept channels, calibration-loss rise)`` at ``points`` depths up to
     the space's ``max_ratio``, each group pruned alone with ``space.transform`` and its BatchNorm
     statistics re-estimated on the context's calibration batches (the base re-estimated alike).
-    Rises are clamped at 0. Memoised by the model's weights and the settings; ``progress(done, total)`` is
-    called after each measurement of a fresh computation.
+    Rises are clamped at 0; a group the space cannot prune alone gets no points (it is left whole).
+    Memoised by the model's weights and the settings.
 
     Raises:
-        SpaceError: no calibration batches in the context, or a group that cannot be pruned.
+        SpaceError: no calibration batches in the context.
     """
-    from spaces.prune import _groups, _trace
+    from spaces.prune import prunable_groups
 
     what = "prune.channel allocation damage 'sensitivity'"
     batches = context.calibration_batches(what)
@@ -919,15 +919,12 @@ def channel_sensitivity(space: Any, model: nn.Module, context: Context, *, crite
     if key in _SENSITIVITY:
         _SENSITIVITY.move_to_end(key)
         return _SENSITIVITY[key]
-    work = copy.deepcopy(model)
-    dg = _trace(work, context.example_input(1).to(next(work.parameters()).device))
-    names = [(name, len(group[0].idxs)) for name, group in _groups(work, dg, context)]
-    del work, dg
-    jobs = [(name, i, opts) for name, c in names
-            for opts in [_kept_choices(c, round_to, space.max_ratio)] for i in _sampled(len(opts) - 1, points)]
+    groups = prunable_groups(model, context)
+    jobs = [(g.name, i, opts) for g in groups
+            for opts in [_kept_choices(g.channels, round_to, space.max_ratio)] for i in _sampled(len(opts) - 1, points)]
     base = _calibrated_loss(copy.deepcopy(model), batches)
-    out: dict[str, list[tuple[int, float]]] = {name: [] for name, _ in names}
-    for done, (name, i, opts) in enumerate(jobs, 1):
+    out: dict[str, list[tuple[int, float]]] = {g.name: [] for g in groups}
+    for name, i, opts in jobs:
         kept, ratio = opts[i]
         try:
             pruned = space.transform(model, {"criterion": criterion, "round_to": round_to,
@@ -935,8 +932,6 @@ def channel_sensitivity(space: Any, model: nn.Module, context: Context, *, crite
         except SpaceError:
             continue  # a group the space cannot prune alone (one that reaches a grouped conv): left whole
         out[name].append((kept, max(0.0, _calibrated_loss(pruned, batches) - base)))
-        if progress is not None:
-            progress(done, len(jobs))
     _SENSITIVITY[key] = out
     while len(_SENSITIVITY) > _SENSITIVITY_KEPT:
         _SENSITIVITY.popitem(last=False)

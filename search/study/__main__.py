@@ -121,25 +121,31 @@ def build_parser():
     return p
 
 
-def config_from_args(args) -> StudyConfig:
+def _by_network(items: list[str], flag: str, form: str, parse) -> dict:
+    """``NET=VALUE`` items of a repeated flag, by network; ``parse`` returns the value or None when bad."""
     from rsc.errors import ConfigError
 
-    weights = {}
-    for item in args.weights:
-        net, sep, path = item.partition("=")
-        if not sep or not net or not path:
-            raise ConfigError(f"--weights takes NET=PATH, got {item!r}")
-        weights[net] = path
-    network_lr = {}
-    for item in args.network_lr:
+    out = {}
+    for item in items:
         net, sep, value = item.partition("=")
-        try:
-            lr = float(value)
-        except ValueError:
-            lr = math.nan
-        if not sep or not net or not lr > 0 or not math.isfinite(lr):
-            raise ConfigError(f"--network-lr takes NET=LR with LR > 0, got {item!r}")
-        network_lr[net] = lr
+        parsed = parse(value) if sep and net else None
+        if parsed is None:
+            raise ConfigError(f"{flag} takes NET={form}, got {item!r}")
+        out[net] = parsed
+    return out
+
+
+def _positive_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 and math.isfinite(value) else None
+
+
+def config_from_args(args) -> StudyConfig:
+    weights = _by_network(args.weights, "--weights", "PATH", lambda v: v or None)
+    network_lr = _by_network(args.network_lr, "--network-lr", "LR with LR > 0", _positive_float)
     names = {f.name for f in fields(StudyConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names and k not in ("weights", "network_lr")}
     kw["teacher"] = None if str(args.teacher).lower() in ("none", "") else args.teacher

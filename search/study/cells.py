@@ -32,8 +32,9 @@ class Method:
     rate, fine-tuned; ``soft``: soft filter pruning; ``slimming``: Network Slimming; ``search``: the
     compression search at that rate; ``teacher``: the study's network trained from scratch by KD
     from a larger teacher); ``fixed_rate``: the method decides its own rate (VBMF ranks, a teacher);
-    ``search_methods``/``sampler``/``allocate``/``allocate_damage``: what a ``search`` cell searches
-    (``search.run --methods``), with which Optuna sampler, and how its per-layer cuts are allocated.
+    ``search_methods``/``sampler``: what a ``search`` cell searches (``search.run --methods``) and with
+    which Optuna sampler; ``allocate``/``allocate_damage``: how a search's or a pruning plan's
+    per-layer cuts are allocated (``prune-alloc``, ``tucker-alloc``).
     """
 
     name: str
@@ -45,8 +46,8 @@ class Method:
     criterion: str | None = None
     search_methods: tuple[str, ...] = ()
     sampler: str = "nsga2"
-    allocate: str | None = None          # a search's --allocate (per-layer cuts allocated by this layer cost)
-    allocate_damage: str = "importance"  # and its --allocate-damage
+    allocate: str | None = None          # per-layer cuts allocated by this layer cost (a search's --allocate)
+    allocate_damage: str = "importance"  # and priced so (--allocate-damage)
 
 
 METHODS = {m.name: m for m in (
@@ -70,9 +71,10 @@ METHODS = {m.name: m for m in (
     Method("slimming", "pruning", "slimming", "Network Slimming: L1 on BN scales for half the epochs, prune "
            "by BN scale, fine-tune the rest", criterion="bn_scale"),
     Method("l1-params", "pruning", "plan", "L1 channels, per-group counts allocated by params: the least L1 "
-           "mass removed per parameter saved (spaces.allocate)", criterion="l1"),
+           "mass removed per parameter saved (spaces.allocate)", criterion="l1", allocate="params"),
     Method("l1-sensitivity", "pruning", "plan", "L1 channels, per-group counts allocated by params and each "
-           "group's measured loss rise (pruned alone, BN re-estimated; Li et al. 2017, EagleEye)", criterion="l1"),
+           "group's measured loss rise (pruned alone, BN re-estimated; Li et al. 2017, EagleEye)", criterion="l1",
+           allocate="params", allocate_damage="sensitivity"),
     Method("searched", "pruning", "search", "per-layer pruning ratios searched at the rate (AMC-style)",
            search_methods=("prune",)),
     Method("search-nsga2", "search", "search", "the compression search (NSGA-II) over channel pruning and Tucker-2 "

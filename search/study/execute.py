@@ -151,10 +151,10 @@ def _plan_steps(method: str, cell: Cell, base: Any, ctx: Any) -> tuple[list[dict
         params = {"student": {"family": "self", "width": 0.95, "depth": 1.0}, "temperature": KD_TEMPERATURE,
                   "alpha": KD_ALPHA}
         return [{"space": space.name, "params": params}], limits
-    if method in ("l1-params", "l1-sensitivity"):  # a weak allocation; the projection lowers its kept fraction
-        options = {"cost": "params", "damage": "sensitivity" if method == "l1-sensitivity" else "importance"}
+    if m.criterion and m.allocate:  # a weak allocation; the projection lowers its kept fraction
+        options = {"cost": m.allocate, "damage": m.allocate_damage}
         space = get_space(resolve_space("prune-alloc"), **options)
-        return [{"space": space.name, "params": {"criterion": "l1", "round_to": 8, "keep": 0.95},
+        return [{"space": space.name, "params": {"criterion": m.criterion, "round_to": 8, "keep": 0.95},
                  "options": options}], limits
     if m.criterion:
         space = get_space(resolve_space("prune"))

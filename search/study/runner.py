@@ -119,12 +119,11 @@ def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None
     changed = [f"{k}={old[k]!r} (now {new[k]!r})" for k in ("dataset", *FIXED_SETTINGS)
                if k in old and old[k] != new[k]]
     # a network's lr may be set for a network the study has not trained yet, not changed under finished cells
-    trained = {r.get("network") for r in _finished_rows(study_dir)} | \
-              ({meta["settings"].get("teacher")} if any(r.get("method") == "distill-teacher"
-                                                        for r in _finished_rows(study_dir)) else set())
-    old_lr = meta.get("settings", {})
-    changed += [f"the lr of {net}={_lr(old_lr, net)!r} (now {_lr(new, net)!r})" for net in sorted(trained - {None})
-                if old_lr and _lr(old_lr, net) != _lr(new, net)]
+    rows = finished_rows(study_dir).values()
+    trained = {r.get("network") for r in rows} | \
+              ({old.get("teacher")} if any(r.get("method") == "distill-teacher" for r in rows) else set())
+    changed += [f"the lr of {net}={_lr(old, net)!r} (now {_lr(new, net)!r})" for net in sorted(trained - {None})
+                if "lr" in old and _lr(old, net) != _lr(new, net)]
     if changed:
         raise ConfigError(f"study {study_dir.name} was run with {', '.join(changed)}: run with those settings to "
                           f"resume it, or give another --name")
@@ -132,16 +131,6 @@ def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None
 
 def _lr(settings: dict[str, Any], network: str) -> float:
     return float((settings.get("network_lr") or {}).get(network, settings.get("lr")))
-
-
-def _finished_rows(study_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted((study_dir / "cells").glob("*.json")):
-        try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # an unreadable cell is run again
-    return rows
 
 
 def _uses_teacher(cells: list[Cell]) -> bool:
