@@ -97,6 +97,14 @@ class SearchConfig:
                                            "off the Pareto front", metavar="OA")
     early_stop_margin: float | None = opt(0.1, "OA margin for stopping dominated trials (default {default}; "
                                                "<0 disables)")
+    zero_shot: bool = opt(False, "score every trial right after compression, before any fine-tuning, by its "
+                                 "validation OA with BatchNorm re-estimated on the --bn-batches (EagleEye's "
+                                 "adaptive-BN evaluation, about a second): recorded (zero_shot_oa; ranked against "
+                                 "the final OA with --rank-sample), and a trial whose score a finished, cheaper trial "
+                                 "beats by --zero-shot-margin is screened - stopped before fine-tuning and not "
+                                 "counted towards --trials (at most --trials such)")
+    zero_shot_margin: float = opt(0.1, "adaptive-BN OA margin of the --zero-shot screen (default {default}; <0: score, "
+                                       "never screen)")
     calibration_batches: int = opt(2, "unaugmented training batches for data-dependent choices and int8 "
                                       "calibration (default {default})")
     finetune_kd: bool = opt(False, "distil from the uncompressed model (Hinton KD) during every fine-tune, trials and "

@@ -65,24 +65,27 @@ class Pending:
     aim: dict[str, float]
 
 
-def epoch_fronts(done: Sequence[Any], epochs: int, directions: Sequence[str]) -> dict[str, list[list[float]]]:
+def epoch_fronts(done: Sequence[Any], epochs: int, directions: Sequence[str], *,
+                 zero_shot: bool = False) -> dict[str, list[list[float]]]:
     """Per-epoch fronts for early stopping: epoch (as a string) -> non-dominated [val OA then, costs...].
 
     A trial half-way through its fine-tune is compared only with what finished trials scored after
     the same number of epochs of the same schedule: their final OA is higher by construction (a
     one-cycle schedule ends low), so comparing with it stopped most trials of a 2-epoch search after
     its first epoch. Trials without a per-epoch history (an older study) take no part; the last
-    epoch needs no front, as nothing is stopped there.
+    epoch needs no front, as nothing is stopped there. With ``zero_shot``, epoch "0" holds the
+    finished trials' adaptive-BN scores before fine-tuning (``zero_shot_oa``), for the screen.
     """
     from tracking.pareto import pareto_mask
 
     out: dict[str, list[list[float]]] = {}
-    for epoch in range(1, epochs):
+    for epoch in range(0 if zero_shot else 1, epochs):
         points = []
         for t in done:
-            history = t.user_attrs.get("val_history") or []
-            if len(history) >= epoch and history[epoch - 1] is not None and math.isfinite(history[epoch - 1]):
-                points.append([float(history[epoch - 1]), *[float(v) for v in t.values[1:]]])
+            history = [t.user_attrs.get("zero_shot_oa"), *(t.user_attrs.get("val_history") or [])]
+            oa = history[epoch] if len(history) > epoch else None
+            if oa is not None and math.isfinite(oa):
+                points.append([float(oa), *[float(v) for v in t.values[1:]]])
         if points:
             out[str(epoch)] = [p for p, m in zip(points, pareto_mask(points, directions)) if m]
     return out
@@ -121,13 +124,28 @@ class Search:
         return done, [bool(m) for m in mask], hv
 
     def early_stop(self) -> dict[str, Any] | None:
-        """What a trial needs to stop itself when clearly dominated (None: no early stop)."""
+        """What a trial needs to stop itself when clearly dominated: after an epoch of its fine-tune, or
+        before it (the ``zero_shot`` screen) (None: neither)."""
         c = self.config
-        if c.early_stop_margin is None or c.fidelity_epochs <= 1:
+        stop, screen = c.early_stop_margin is not None and c.fidelity_epochs > 1, self.screening
+        if not (stop or screen) or c.fidelity_epochs < 1:
             return None
-        fronts = epoch_fronts(self.eligible(), c.fidelity_epochs, self.directions)
+        fronts = epoch_fronts(self.eligible(), c.fidelity_epochs if stop else 1, self.directions, zero_shot=screen)
         return {"fronts": fronts, "directions": self.directions, "cost_keys": self.cost_keys,
-                "margin": c.early_stop_margin} if fronts else None
+                "margin": c.early_stop_margin if stop else None,
+                "zero_shot_margin": c.zero_shot_margin if screen else None} if fronts else None
+
+    @property
+    def screening(self) -> bool:
+        """Whether trials are screened before fine-tuning by their adaptive-BN score (``--zero-shot``)."""
+        return bool(self.config.zero_shot) and self.config.zero_shot_margin >= 0
+
+    def counted(self) -> int:
+        """Finished trials that count towards ``--trials``: screened ones (a second each, no fine-tune) do
+        not, up to ``--trials`` of them, so the screen buys more candidates rather than fewer trials."""
+        done = self.engine.finished()
+        screened = sum(1 for t in done if t.user_attrs.get("screened"))
+        return len(done) - min(screened, int(self.config.trials))
 
     # -- one outcome, written everywhere -------------------------------------------------------
 
@@ -152,12 +170,20 @@ class Search:
                                                             "reason": outcome.error[:5000]}, status="KILLED")
             row["error"] = outcome.error
         elif outcome.state == "pruned":
+            if result.get("zero_shot_oa") is not None:
+                trial.set_user_attr("zero_shot_oa", result["zero_shot_oa"])
+            if result.get("screened"):
+                trial.set_user_attr("screened", True)
             self.engine.tell_pruned(trial)
             tracker.finish_trial(p.run_id, plan=plan,
-                                 metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run")},
-                                 tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", "")},
+                                 metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run"),
+                                          "zero_shot_oa": result.get("zero_shot_oa")},
+                                 tags={"state": "PRUNED", "feasible": "unknown", "reason": result.get("reason", ""),
+                                       **({"screened": "true"} if result.get("screened") else {})},
                                  series={"val_oa_epoch": curve})
             row["val_oa"] = result.get("val_oa")
+            if result.get("screened"):
+                row["screened"] = True
         else:
             self._complete(p, outcome, plan, curve, row)
         done, mask, hv = self.front_state()
@@ -175,6 +201,8 @@ class Search:
         for key, value in (("feasible", feasible), ("plan", result["plan"]), ("costs", costs),
                            ("seconds", result.get("seconds") or {}), ("val_history", curve)):
             trial.set_user_attr(key, value)
+        if result.get("zero_shot_oa") is not None:
+            trial.set_user_attr("zero_shot_oa", result["zero_shot_oa"])
         tags = {"state": "COMPLETE", "feasible": str(feasible).lower()}
         if result.get("worker"):
             trial.set_user_attr("worker", result["worker"])
@@ -191,6 +219,7 @@ class Search:
         metrics = {"val_oa": result["val_oa"], **costs, "compression_rate": result.get("compression_rate"),
                    "speedup": result.get("speedup"), "projection": result.get("projection"),
                    "epochs_run": result.get("epochs_run"), "seconds": (result.get("seconds") or {}).get("total"),
+                   "zero_shot_oa": result.get("zero_shot_oa"),
                    **{f"target_{k}": v for k, v in p.aim.items()}}
         self.tracker.finish_trial(p.run_id, plan=plan, metrics=metrics, tags=tags, series={"val_oa_epoch": curve})
         row.update(feasible=feasible, val_oa=result["val_oa"], costs=costs, values=outcome.values)
@@ -212,6 +241,8 @@ class Search:
                 key = "interrupted"
             elif t.state == TrialState.FAIL and t.user_attrs.get("lost"):
                 key = "lost"
+            elif t.state == TrialState.PRUNED and t.user_attrs.get("screened"):
+                key = "screened"
             counts[key] = counts.get(key, 0) + 1
         complete = engine.complete()
         counts["inside_budget"] = sum(1 for t in complete if t.user_attrs.get("feasible", True))
@@ -276,7 +307,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     trial_device = s.device if config.backend == "local" else ("cuda" if config.trial_gpus > 0 else "cpu")
     timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0, "driver": 0.0}
     interrupted = False
-    finished = len(engine.finished())
+    finished = search.counted()
     lost: list[str] = []
     rep.start(config.trials, min(finished, config.trials))
     t_loop = time.perf_counter()
@@ -316,7 +347,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
             row = search.record(in_flight.pop(number), outcome)
             if outcome.state == "lost":
                 lost.append(f"trial {number}: {outcome.error}")
-            finished = len(engine.finished())
+            finished = search.counted()
             timing["trials"] += 1
             timing["driver"] += time.perf_counter() - t_driver
             rep.trial(row)

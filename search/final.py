@@ -143,6 +143,8 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                **({"latency_ms_predicted": costs["latency_ms_predicted"]} if "latency_ms_predicted" in costs else {}),
                "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
                "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
+               **({"zero_shot_oa": t.user_attrs["zero_shot_oa"]} if t.user_attrs.get("zero_shot_oa") is not None
+                  else {}),
                "hardware": hardware}
         row["meets_budget"] = _meets_budget(budgets, row, result.base, out)
         ranked.append(row)
@@ -167,6 +169,14 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                        "val_oa": rank_correlation(score, [r["val_oa"] for r in ranked])}
         metrics = {f"rank_{k}_{m}": result.rank[k][m] for k in ("test_oa", "val_oa") for m in ("spearman", "kendall")
                    if result.rank[k][m] is not None}
+        scored = [r for r in ranked if r.get("zero_shot_oa") is not None]
+        if scored:  # how EagleEye's adaptive-BN score, before any fine-tuning, ranks the same final OA
+            zero = [r["zero_shot_oa"] for r in scored]
+            result.rank["zero_shot"] = {"trials": len(scored),
+                                        "test_oa": rank_correlation(zero, [r["test_oa"] for r in scored]),
+                                        "val_oa": rank_correlation(zero, [r["val_oa"] for r in scored])}
+            metrics.update({f"rank_zero_shot_{k}_{m}": result.rank["zero_shot"][k][m] for k in ("test_oa", "val_oa")
+                            for m in ("spearman", "kendall") if result.rank["zero_shot"][k][m] is not None})
         if metrics:
             tracker.log_metrics(result.parent_run_id, metrics)
 

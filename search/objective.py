@@ -11,9 +11,12 @@ Order of work inside a trial:
 1. load the cached dataset and rebuild the seeded split (its digest must match the driver's);
 2. project the sampled choices onto the analytic budget (:func:`spaces.project.project_plan`:
    one global strength factor, as AMC clips its actions), so a trial never lands over budget;
-3. :func:`spaces.finetune.finetune_plan`: compress, fine-tune ``epochs`` epochs (with the loss a
+3. :func:`spaces.finetune.finetune_plan`: compress; with ``zero_shot``, score the compressed model
+   before any gradient step (EagleEye's adaptive-BN validation OA,
+   :func:`spaces.finetune.zero_epoch_oa`) and stop it there - screened - when a finished trial is
+   cheaper and clearly better by that score; fine-tune ``epochs`` epochs (with the loss a
    distillation step asks for), stopping early when a finished trial is cheaper and clearly more
-   accurate, then apply post-training steps (int8);
+   accurate after as many epochs, then apply post-training steps (int8);
 4. measure OA on the validation split (the test split only in the final stage), costs,
    compression rate and speed-up.
 """
@@ -38,7 +41,8 @@ class EarlyStopped(StopFinetune):
     """Raised inside fine-tuning when a trial is clearly dominated; the engine records it as pruned."""
 
     def __init__(self, epoch: int, val_oa: float) -> None:
-        super().__init__(f"stopped after epoch {epoch}: val OA {val_oa:.3f} is clearly dominated")
+        super().__init__(f"screened before fine-tuning: adaptive-BN val OA {val_oa:.3f} is clearly dominated"
+                         if epoch == 0 else f"stopped after epoch {epoch}: val OA {val_oa:.3f} is clearly dominated")
         self.epoch = epoch
         self.val_oa = val_oa
 
@@ -62,14 +66,17 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     ``calibration_batches``, ``bn_batches`` (BatchNorm re-estimation after every fine-tune epoch;
     0: off), ``latency`` (bool), ``hardware`` (the :mod:`rsc.targets` spec latency is measured on;
     default ``cpu``), ``distill`` (bool: KD from the base model
-    during the fine-tune even without a distillation step), ``early_stop`` (or null: {fronts, directions, cost_keys, margin};
-    ``fronts`` maps an epoch, as a string, to the points [val OA after that epoch, costs...] of
-    finished trials, so a trial is only ever compared with others at the same point of the same
-    schedule), ``evaluate_test`` (bool), ``threads`` (or null).
+    during the fine-tune even without a distillation step), ``zero_shot`` (bool: score the
+    compressed model before fine-tuning), ``early_stop`` (or null: {fronts, directions, cost_keys,
+    margin, zero_shot_margin}; ``fronts`` maps an epoch, as a string, to the points [val OA after that
+    epoch, costs...] of finished trials, so a trial is only ever compared with others at the same
+    point of the same schedule; epoch "0" holds their zero-shot scores, compared with
+    ``zero_shot_margin``), ``evaluate_test`` (bool), ``threads`` (or null).
 
     Result keys: ``status`` ("ok" or "pruned"), ``val_oa``, ``test_oa`` (final stage), ``costs``,
     ``compression_rate``, ``speedup``, ``plan`` (base + steps with records), ``projection``
-    (factor), ``history``, ``epochs_run``, ``seconds``. Exceptions propagate: the caller records
+    (factor), ``history``, ``epochs_run``, ``seconds``, ``zero_shot_oa`` (with ``zero_shot``), ``screened``
+    (pruned before fine-tuning). Exceptions propagate: the caller records
     the trial as failed (or pruned for :class:`rsc.errors.BudgetInfeasible`).
     """
     import torch
@@ -81,7 +88,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
     from spaces.compose import split_plan, to_cpu
-    from spaces.finetune import finetune_plan
+    from spaces.finetune import finetune_plan, zero_epoch_oa
     from spaces.project import cost_gap, project_plan
     from tracking.pareto import dominated_by
 
@@ -153,26 +160,33 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     history: list[dict] = []
     pre_costs: dict[str, float] = {}
     marks = {"compressed": time.perf_counter()}
+    zero_shot: dict[str, float] = {}
+
+    def stop_if_dominated(epoch: int, val_oa: float, margin: Any) -> None:
+        front = (early.get("fronts") or {}).get(str(epoch)) if early else None
+        if not front or margin is None or float(margin) < 0:
+            return  # nobody finished has a score at this point to compare with, or no stopping here
+        keys = early["cost_keys"]
+        if not all(k in pre_costs for k in keys):
+            return  # a measured cost objective: not known before the end
+        point = [val_oa, *[pre_costs[k] for k in keys]]
+        if dominated_by(point, front, early["directions"], margin=[float(margin)] + [0.0] * len(keys)):
+            raise EarlyStopped(epoch, val_oa)
 
     def on_compressed(model: Any) -> None:
         marks["compressed"] = time.perf_counter()
         if early and epochs > 0:
             pre_costs.update(measure(model, [k for k in early.get("cost_keys", []) if k in analytic_keys], settings))
+        if request.get("zero_shot"):
+            zero_shot["oa"] = zero_epoch_oa(model, bn_batches or calib, val, num_classes=num_classes, device=device)
+            seconds["zero_shot"] = time.perf_counter() - marks["compressed"]
+            if epochs > 0:
+                stop_if_dominated(0, zero_shot["oa"], early.get("zero_shot_margin") if early else None)
 
     def on_epoch(record: dict) -> None:
         history.append(dict(record))
-        if not early or record["epoch"] >= epochs:
-            return
-        front = (early.get("fronts") or {}).get(str(record["epoch"]))
-        if not front:
-            return  # nobody finished has an OA at this epoch to compare with
-        keys = early["cost_keys"]
-        if not all(k in pre_costs for k in keys):
-            return  # a measured cost objective: not known before the end
-        point = [record.get("val_oa", math.nan), *[pre_costs[k] for k in keys]]
-        margin = [float(early.get("margin", 0.1))] + [0.0] * len(keys)
-        if dominated_by(point, front, early["directions"], margin=margin):
-            raise EarlyStopped(record["epoch"], point[0])
+        if early and record["epoch"] < epochs:
+            stop_if_dominated(record["epoch"], record.get("val_oa", math.nan), early.get("margin", 0.1))
 
     t = time.perf_counter()
     try:
@@ -183,12 +197,13 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
                                        distill=True if request.get("distill") else None)
     except EarlyStopped as stop:
         seconds["compress"] = marks["compressed"] - t
-        seconds["finetune"] = time.perf_counter() - marks["compressed"]
+        seconds["finetune"] = time.perf_counter() - marks["compressed"] - seconds.get("zero_shot", 0.0)
         return {"status": "pruned", "val_oa": stop.val_oa, "epochs_run": stop.epoch, "history": history,
                 "projection": factor, "plan": stop.plan.to_dict() if stop.plan else plan.to_dict(),
-                "seconds": seconds, "reason": str(stop)}
+                "seconds": seconds, "reason": str(stop), "screened": stop.epoch == 0,
+                **({"zero_shot_oa": zero_shot["oa"]} if zero_shot else {})}
     seconds["compress"] = marks["compressed"] - t
-    seconds["finetune"] = time.perf_counter() - marks["compressed"]
+    seconds["finetune"] = time.perf_counter() - marks["compressed"] - seconds.get("zero_shot", 0.0)
 
     t = time.perf_counter()
     eval_device = "cpu" if split_plan(plan)[1].steps else device  # post-training models run on the CPU
@@ -200,6 +215,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     costs = measure(model, analytic_keys, settings)
     base_costs = request.get("base_costs") or measure(base, analytic_keys, settings)
     result: dict[str, Any] = {"status": "ok", "val_oa": float(val_oa), "epochs_run": len(history), "history": history}
+    if zero_shot:
+        result["zero_shot_oa"] = zero_shot["oa"]
     if request.get("latency", True):
         models = {"base": base.cpu(), "model": model.cpu()}
         if hardware.table is not None and request.get("evaluate_test"):

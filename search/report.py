@@ -165,6 +165,8 @@ def render(result: SearchResult, stream: Any = None) -> None:
           f"({c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned/infeasible, {c.get('fail', 0)} failed"
           + (f", {c['interrupted']} interrupted" if c.get("interrupted") else "")
           + (f", {c['lost']} lost with their workers" if c.get("lost") else "")
+          + (f"; {c['screened']} more screened before fine-tuning by their adaptive-BN score" if c.get("screened")
+             else "")
           + f"); {c.get('inside_budget', 0)} of {c.get('complete', 0)} complete inside the budget"
           + (f", {c['above_floor']} of them at or above the accuracy floor {result.min_accuracy:g}"
              if "above_floor" in c else "")
@@ -198,6 +200,10 @@ def render(result: SearchResult, stream: Any = None) -> None:
             print(f"trial score ({result.rank['fidelity_epochs']} fine-tune epoch(s), validation OA) against OA after "
                   f"{result.rank['final_epochs']} epochs, over {result.rank['trials']} trial(s): test OA {_c(t)}; "
                   f"validation OA {_c(v)}", file=stream)
+            if result.rank.get("zero_shot"):
+                z = result.rank["zero_shot"]
+                print(f"zero-shot score (adaptive-BN validation OA before fine-tuning) against the same, over "
+                      f"{z['trials']} trial(s): test OA {_c(z['test_oa'])}; validation OA {_c(z['val_oa'])}", file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)

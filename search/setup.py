@@ -198,6 +198,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
         "latency": config.latency, "hardware": hardware.spec,
         **({"distill": True} if config.finetune_kd else {}),
+        **({"zero_shot": True} if config.zero_shot else {}),
     }
     search = Search(config, engine, tracker, parent_id, joint, budgets, objectives, base_costs)
     return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,

@@ -5,6 +5,8 @@ Compression moves the activations every later layer sees; two cheap remedies:
 * :func:`recalibrate_bn` re-estimates BatchNorm running statistics on a few training batches,
   without any gradient step. It is what makes a pruned or decomposed model's accuracy meaningful
   at zero fine-tuning epochs (the search's cheapest fidelity).
+* :func:`zero_epoch_oa` scores a compressed model so, on a copy: EagleEye's adaptive-BN
+  accuracy (Li et al. 2020), a candidate's rank before any fine-tuning.
 * :func:`finetune` runs a short ``rsc.training.fit`` schedule, optionally distilling from the
   uncompressed model (``loss_fn``), keeps magnitude-pruned zeros at zero (the zero pattern is
   applied as a fixed mask during training and made permanent again afterwards) and, given
@@ -106,6 +108,22 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
                 tprune.remove(m, "weight")
 
 
+@torch.no_grad()
+def zero_epoch_oa(model: nn.Module, bn_batches: Sequence[Any], val_loader: Any, *, num_classes: int,
+                  device: str | torch.device = "cpu") -> float:
+    """Validation OA of ``model`` with its BatchNorm statistics re-estimated on ``bn_batches`` and no
+    gradient step: EagleEye's adaptive-BN evaluation (Li et al. 2020). Scored on a copy, so the
+    caller's model - and the fine-tune that follows - is exactly as it was."""
+    import copy
+
+    from rsc.evaluation import evaluate
+
+    scored = copy.deepcopy(model)
+    if bn_batches:
+        recalibrate_bn(scored, bn_batches, max_batches=len(bn_batches), device=device)
+    return float(evaluate(scored.eval(), val_loader, num_classes=num_classes, device=device).oa)
+
+
 class StopFinetune(Exception):
     """Raised by an ``on_epoch`` hook to end a fine-tune early (a search stops dominated trials so).
 
@@ -138,7 +156,8 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
         recalibrate_first: Also re-estimate them once before fine-tuning.
         val_loader, on_epoch: Passed to ``fit``; an ``on_epoch`` that raises :class:`StopFinetune`
             ends the fine-tune (the exception carries the plan compressed so far).
-        on_compressed: Called with the compressed model before it is fine-tuned.
+        on_compressed: Called with the compressed model before it is fine-tuned; it may raise
+            :class:`StopFinetune` too (the plan compressed is set on it as for ``on_epoch``).
         label_smoothing: Of the KD loss's hard-label term (``fit``'s own CE uses 0.1).
 
     Returns:
@@ -151,7 +170,11 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
     model, pre_done = compress(base_model, pre, ctx)
     model.to(device)
     if on_compressed is not None:
-        on_compressed(model)
+        try:
+            on_compressed(model)
+        except StopFinetune as stop:  # stopped before any fine-tuning (a search's zero-epoch screen)
+            stop.plan = pre_done
+            raise
     if isinstance(bn_batches, int):
         batches = [(b[0].detach().cpu(), b[1].detach().cpu()) for _, b in zip(range(bn_batches), train_loader)]
     else:

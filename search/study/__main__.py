@@ -99,6 +99,9 @@ def build_parser():
            "and of the quality experiment's baselines (the same fine-tune for every method)")
     a("--search-min-target", type=float, default=d.search_min_target,
       help="search --min-target: trials aim at [F, 1] of the budget (default: the search's)")
+    a("--search-zero-shot", action="store_true", default=d.search_zero_shot,
+      help="search --zero-shot: score every trial before fine-tuning by its adaptive-BN validation OA (EagleEye), "
+           "screen the clearly dominated, and rank the final OA by that score too")
     a("--rank-sample", type=int, default=d.rank_sample,
       help="more trials per searched cell fine-tuned like the finalists, for the rank correlation of trial "
            "score with final OA (search --rank-sample)")

@@ -144,6 +144,7 @@ class StudyConfig:
     search_rungs: int = 1                    # successive halving rungs of a search's final stage (--final-rungs)
     search_kd: bool = False                  # KD in every search fine-tune (--finetune-kd) and the quality baselines'
     search_min_target: float | None = None   # search --min-target (None: the search's default)
+    search_zero_shot: bool = False           # search --zero-shot: adaptive-BN score and screen before fine-tuning
     rank_sample: int = 0                     # more trials per searched cell fine-tuned for the rank correlation
     slimming_reg: float = 1e-4               # Network Slimming's lambda on |gamma|
     weights: dict[str, str] = field(default_factory=dict)   # network -> local weights file

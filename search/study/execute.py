@@ -311,6 +311,7 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
                       fidelity_epochs=c.search_fidelity, final_epochs=c.finetune_epochs, final_max=c.search_final,
                       final_pick=c.search_pick, final_rungs=c.search_rungs, rank_sample=c.rank_sample, finetune_kd=cell.kd or c.search_kd,
                       **({"min_target": c.search_min_target} if c.search_min_target is not None else {}),
+                      **({"zero_shot": True} if c.search_zero_shot else {}),
                       finetune_lr=c.finetune_lr, batch_size=c.batch_size, bn_batches=c.bn_batches,
                       seed=c.seed + cell.repeat, study=f"{ws.study_dir.name}-{cell.id}", resume=True,
                       out=str(ws.study_dir / "searches"), tracking_uri=ws.tracking_uri, device=c.device,

@@ -103,7 +103,7 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs",
                   "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
                   "slimming_reg", "weights", "search_final", "search_pick", "search_rungs", "search_kd",
-                  "search_min_target", "rank_sample")
+                  "search_min_target", "search_zero_shot", "rank_sample")
 
 
 def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:

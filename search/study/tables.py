@@ -172,14 +172,17 @@ def rank_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
             groups[(r["method"], r.get("target_rate"))].append(r["rank"])
     if not groups:
         return []
+    zero = any(g.get("zero_shot") for ranks in groups.values() for g in ranks)
     out = ["| searched cell | target rate | trials fine-tuned in full | Spearman (test OA) | Kendall (test OA) | "
-           "Spearman (val OA) | repeats |", "|---|---|---|---|---|---|---|"]
+           "Spearman (val OA) | " + ("zero-shot score: Spearman (test OA) | " if zero else "") + "repeats |",
+           "|---|---|---|---|---|---|" + ("---|" if zero else "") + "---|"]
     for (method, rate), ranks in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
-        def col(key: str, stat: str) -> str:
-            return _pm([g[key][stat] for g in ranks if g[key][stat] is not None], 2)
+        def col(key: str, stat: str, of: str | None = None) -> str:
+            found = [g[of] if of else g for g in ranks if not of or g.get(of)]
+            return _pm([g[key][stat] for g in found if g[key][stat] is not None], 2)
         out.append(f"| {method} | {rate:g}x | {mean_std([g['trials'] for g in ranks])[0]:.0f} | "
                    f"{col('test_oa', 'spearman')} | {col('test_oa', 'kendall')} | {col('val_oa', 'spearman')} | "
-                   f"{len(ranks)} |")
+                   + (f"{col('test_oa', 'spearman', 'zero_shot')} | " if zero else "") + f"{len(ranks)} |")
     return out
 
 
