@@ -135,6 +135,9 @@ class SearchConfig:
     rank_sample: int = opt(0, "also fine-tune this many more finished trials, spread over their trial scores, like "
                               "the final set, and report how well trial scores rank the final OA (Spearman, Kendall) "
                               "(default {default})", metavar="N")
+    latency_repair: bool = opt(True, "do not re-project a final model that measures over a latency budget on the "
+                                     "target (with --target lut:FILE, where the table under-predicted it) onto the "
+                                     "budget scaled by that error, and fine-tune it again", flag="--no-latency-repair")
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 
     # -- bookkeeping
