@@ -21,7 +21,7 @@ RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data an
 TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
 ALLOCATE = ("macs", "params", "energy", "latency")  # layer costs of --allocate (spaces.allocate)
 ALLOCATE_DAMAGES = ("importance", "sensitivity")   # how --allocate prices a pruning cut's damage
-FINAL_PICKS = ("spread", "top")            # which trials the final stage fine-tunes (search.final.final_candidates)
+FINAL_PICKS = ("spread", "top", "top-per-method")            # which trials the final stage fine-tunes (search.final.final_candidates)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
 
 
@@ -126,7 +126,9 @@ class SearchConfig:
     final_pick: str = opt("spread", "which trials the final stage fine-tunes: spread (--final-max models spread along "
                                     "the Pareto front: the trade-off) or top (the --final-max finished trials inside "
                                     "the budget with the best trial score, on the front or not: the best model at the "
-                                    "budget) (default {default})", choices=FINAL_PICKS)
+                                    "budget), or top-per-method (the same, taken in turn from each method combination's best: a short fine-tune "
+                                    "favours methods that recover fast, so every method reaches the full fine-tune) "
+                                    "(default {default})", choices=FINAL_PICKS)
     final_rungs: int = opt(1, "successive halving before the final fine-tune: R rungs, rung i fine-tunes the "
                               "candidates left for final-epochs/2^(R-1-i) epochs and keeps the better half by "
                               "validation OA, the last rung is the final fine-tune; with --final-pick top and a "

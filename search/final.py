@@ -60,12 +60,23 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
     The final set: ``final_pick`` ``spread`` takes ``final_max`` models spread along the front
     (:func:`spread_pick`; the front is sorted by cost), ``top`` the ``final_max`` eligible trials
     (finished, inside the budget) with the best trial score, on the front or not - where the
-    budget's best model is decided. The rank sample: ``rank_sample`` more eligible trials, spread
+    budget's best model is decided; ``top-per-method`` the same taken in turn from each method
+    combination (each one's best first, by score; then each one's second...), since a short
+    fine-tune can rank methods that recover at different speeds in the wrong order, and only the
+    full fine-tune should decide between them. The rank sample: ``rank_sample`` more eligible trials, spread
     evenly over the trial scores (best and worst kept), fine-tuned only to measure how well the
     trial score ranks the final OA.
     """
-    if config.final_pick == "top":
+    if config.final_pick in ("top", "top-per-method"):
         ranked = sorted(eligible, key=lambda t: (-t.values[0], t.number))
+        if config.final_pick == "top-per-method":
+            seen: dict[str, int] = {}
+            turn: dict[int, int] = {}
+            for t in ranked:  # a trial's turn: how many of its method combination scored better
+                method = getattr(t, "user_attrs", {}).get("method", "")
+                turn[t.number] = seen.get(method, 0)
+                seen[method] = turn[t.number] + 1
+            ranked = sorted(ranked, key=lambda t: (turn[t.number], -t.values[0], t.number))
         chosen = ranked if config.final_max is None else ranked[:max(config.final_max, 0)]
     else:
         chosen = spread_pick(front, config.final_max)
@@ -115,7 +126,8 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     chosen, sample = final_candidates(config, front, eligible or front)
     if not chosen:
         return
-    what = "Pareto model(s)" if config.final_pick == "spread" else "best-scored model(s) inside the budget"
+    what = {"spread": "Pareto model(s)", "top": "best-scored model(s) inside the budget"}.get(
+        config.final_pick, "best-scored model(s) of each method inside the budget")
     say(f"final stage: fine-tuning {len(chosen)} {what}"
         + (f" by successive halving over {config.final_rungs} rungs" if config.final_rungs > 1 and len(chosen) > 1
            else "")

@@ -36,6 +36,21 @@ def test_spread_pick_spans_the_front_and_top_takes_the_best_scores_inside_the_bu
     assert len(every) == len(TRIALS)
 
 
+def test_top_per_method_takes_each_method_combinations_best_in_turn():
+    def t(number, oa, method):
+        return SimpleNamespace(number=number, values=(oa, 1.0e6), user_attrs={"method": method})
+
+    trials = [t(0, 0.80, "tucker"), t(1, 0.79, "tucker"), t(2, 0.70, "prune"), t(3, 0.78, "tucker"),
+              t(4, 0.60, "prune"), t(5, 0.65, "prune+tucker")]
+    chosen, sample = final_candidates(SearchConfig(final_pick="top-per-method", final_max=4, rank_sample=1), [], trials)
+    assert [x.number for x in chosen] == [0, 2, 5, 1]  # each one's best by score, then the seconds
+    assert len(sample) == 1 and sample[0].number in (3, 4)
+    top, _ = final_candidates(SearchConfig(final_pick="top", final_max=3), [], trials)
+    assert [x.number for x in top] == [0, 1, 3]  # by score alone: one method only
+    everything, _ = final_candidates(SearchConfig(final_pick="top-per-method", final_max=None), [], trials)
+    assert [x.number for x in everything] == [0, 2, 5, 1, 4, 3]
+
+
 def test_the_rank_sample_is_spread_over_the_scores_and_never_repeats_a_finalist():
     chosen, sample = final_candidates(SearchConfig(final_max=2, final_pick="top", rank_sample=3), FRONT, TRIALS)
     assert [t.number for t in chosen] == [1, 4]
