@@ -14,9 +14,10 @@ per cell:
   fine-tuned in full (finalists + rank sample), beside the same for the trial score (validation OA after
   ``--fidelity-epochs``: what the search ranks by);
 * the score against the trial score over all complete trials;
+* the same within each method combination (the score's own premise: EagleEye ranks candidates of one method);
 * what the screen would have done at ``--margin``: the trials, in the order they finished, whose score a
-  finished, at-least-as-cheap trial beat by the margin, and whether a trial fine-tuned in full among them
-  ended above the cell's chosen model.
+  finished, at-least-as-cheap trial of the same method combination beat by the margin, and the final OA of
+  those among them that were fine-tuned in full, beside the cell's chosen model.
 
 Costs about a second a trial on the CPU. Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -75,21 +76,27 @@ def score_cell(ws, cell: dict, study_dir: Path, margin: float) -> dict:
         model, _ = compress(base, Plan.from_dict(t.user_attrs["plan"]), ctx)
         scores[t.number] = zero_epoch_oa(model, bn, val, num_classes=ws.data.num_classes)
     full = [*cell["search"]["finalists"], *cell["search"]["rank_sample"]]
+    method = {t.number: t.user_attrs.get("method", "") for t in trials}
     for r in full:
-        r["zero_shot_oa"] = scores.get(r["trial"])
+        r["zero_shot_oa"], r["method"] = scores.get(r["trial"]), method.get(r["trial"], "")
+    within = {m: rank_correlation([r["zero_shot_oa"] for r in full if r["method"] == m],
+                                  [r["test_oa"] for r in full if r["method"] == m]) for m in sorted(set(method.values()))}
     chosen = cell["search"]["picked_trial"]
     chosen_test = next((r["test_oa"] for r in full if r["trial"] == chosen), None)
     # the screen, replayed in the order the trials finished: dominated by a finished trial's score
     directions = ["maximize", "minimize"]
     screened = []
     for i, t in enumerate(trials):
-        fronts = epoch_fronts([_Scored(u, scores[u.number]) for u in trials[:i]], 1, directions, zero_shot=True)
+        same = [u for u in trials[:i] if u.user_attrs.get("method") == t.user_attrs.get("method")]  # as the search
+        fronts = epoch_fronts([_Scored(u, scores[u.number]) for u in same], 1, directions, zero_shot=True)
         if fronts and dominated_by([scores[t.number], t.values[1]], fronts["0"], directions, margin=[margin, 0.0]):
             screened.append(t.number)
     by_trial = {r["trial"]: r for r in full}
     return {
         "cell": cell["id"], "method": cell["method"], "repeat": cell["repeat"], "rate": cell["target_rate"],
-        "trials": [{"trial": t.number, "zero_shot_oa": scores[t.number], "trial_score": t.values[0],
+        "zero_shot_vs_final_test_per_method": within,
+        "trials": [{"trial": t.number, "method": method[t.number], "zero_shot_oa": scores[t.number],
+                    "trial_score": t.values[0],
                     "params": t.values[1], **({k: by_trial[t.number][k] for k in ("val_oa", "test_oa")}
                                               if t.number in by_trial else {})} for t in trials],
         "zero_shot_vs_final_test": rank_correlation([r["zero_shot_oa"] for r in full], [r["test_oa"] for r in full]),
@@ -163,14 +170,16 @@ def main(argv=None) -> int:
              f"unaugmented training batches, validation OA with no gradient step; final OA after "
              f"{config.finetune_epochs} epochs of fine-tuning (finalists + rank sample). Spearman / Kendall.", "",
              "| cell | trials fine-tuned in full | zero-shot vs final test OA | trial score vs final test OA | "
-             "zero-shot vs final val OA | zero-shot vs trial score (all trials) | screened at "
+             "zero-shot vs final val OA | zero-shot vs final test OA, per method (n) | "
+             "zero-shot vs trial score (all trials) | screened at "
              f"{a.margin:g} | fine-tuned ones screened (test OA; chosen) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out:
         sf = ", ".join(f"{x['trial']}: {100 * x['test_oa']:.1f}" for x in r["screened_fine_tuned"]) or "none"
         lines.append(f"| {r['cell']} | {r['zero_shot_vs_final_test']['n']} | {_c(r['zero_shot_vs_final_test'])} | "
                      f"{_c(r['trial_score_vs_final_test'])} | {_c(r['zero_shot_vs_final_val'])} | "
-                     f"{_c(r['zero_shot_vs_trial_score'])} | {len(r['screened'])} of {len(r['trials'])} | "
+                     + "; ".join(f"{m} {_c(v)} ({v['n']})" for m, v in r["zero_shot_vs_final_test_per_method"].items())
+                     + f" | {_c(r['zero_shot_vs_trial_score'])} | {len(r['screened'])} of {len(r['trials'])} | "
                      f"{sf}; chosen {r['chosen']}: {100 * (r['chosen_test_oa'] or float('nan')):.1f} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.out}.json").write_text(json.dumps({"study": study_dir.name, "margin": a.margin, "cells": out,

@@ -123,22 +123,24 @@ class Search:
         hv = hypervolume(norm, self.directions, [0.0] + [1.0] * len(self.cost_keys))
         return done, [bool(m) for m in mask], hv
 
-    def early_stop(self) -> dict[str, Any] | None:
-        """What a trial needs to stop itself when clearly dominated: after an epoch of its fine-tune, or
-        before it (the ``zero_shot`` screen) (None: neither)."""
+    def early_stop(self, combo: str | None = None) -> dict[str, Any] | None:
+        """What a trial of method combination ``combo`` needs to stop itself when clearly dominated: after
+        an epoch of its fine-tune, or before it (the ``zero_shot`` screen, against finished trials of the
+        same combination only: before any fine-tuning, Tucker-2 at 10x keeps about 0.5 OA on UC Merced and
+        channel pruning about 0.1, yet pruning ends as accurate) (None: neither)."""
         c = self.config
-        stop, screen = c.early_stop_margin is not None and c.fidelity_epochs > 1, self.screening
+        stop = c.early_stop_margin is not None and c.fidelity_epochs > 1
+        screen = bool(c.zero_shot) and c.zero_shot_margin >= 0
         if not (stop or screen) or c.fidelity_epochs < 1:
             return None
-        fronts = epoch_fronts(self.eligible(), c.fidelity_epochs if stop else 1, self.directions, zero_shot=screen)
+        done = self.eligible()
+        fronts = epoch_fronts(done, c.fidelity_epochs, self.directions) if stop else {}
+        if screen:
+            fronts.update(epoch_fronts([t for t in done if t.user_attrs.get("method") == combo], 1, self.directions,
+                                       zero_shot=True))
         return {"fronts": fronts, "directions": self.directions, "cost_keys": self.cost_keys,
                 "margin": c.early_stop_margin if stop else None,
                 "zero_shot_margin": c.zero_shot_margin if screen else None} if fronts else None
-
-    @property
-    def screening(self) -> bool:
-        """Whether trials are screened before fine-tuning by their adaptive-BN score (``--zero-shot``)."""
-        return bool(self.config.zero_shot) and self.config.zero_shot_margin >= 0
 
     def counted(self) -> int:
         """Finished trials that count towards ``--trials``: screened ones (a second each, no fine-tune) do
@@ -333,7 +335,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
                 trial.set_user_attr("method", combo)
                 plan = {"base": s.arch, "steps": [st.to_dict() for st in steps]}
                 request = {**request_base, "plan": plan, "target": aim, "device": trial_device,
-                           "seed": config.seed * 100003 + trial.number, "early_stop": search.early_stop()}
+                           "seed": config.seed * 100003 + trial.number, "early_stop": search.early_stop(combo)}
                 in_flight[trial.number] = Pending(trial, run_id, combo, plan, aim)
                 executor.submit(trial.number, json.loads(json.dumps(request)))
             timing["driver"] += time.perf_counter() - t_driver

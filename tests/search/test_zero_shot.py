@@ -88,6 +88,30 @@ def test_the_driver_sends_the_screen_only_when_asked(tmp_path):
     assert seen == [(None, None), (None, None)]
 
 
+def test_the_screen_compares_a_trial_only_with_its_own_method_combination(tmp_path):
+    """Before fine-tuning, methods start from very different places (Tucker-2 at 10x keeps ~0.5 OA,
+    channel pruning ~0.1, and both end alike): a trial is screened against its own kind only."""
+    from search.run import run
+
+    finished, checked = [], []
+
+    def fake_trial(request):
+        combo = "+".join(step["space"] for step in request["plan"]["steps"])
+        early = request.get("early_stop")
+        if early:
+            owners = {zs: c for c, zs in finished}
+            checked.append(all(owners[oa] == combo for oa, _ in early["fronts"].get("0", [])))
+        zs = round(0.01 * len(finished) + (0.5 if "prune.channel" in combo else 0.0), 6)
+        finished.append((combo, zs))
+        return {"status": "ok", "val_oa": 0.5, "zero_shot_oa": zs, "history": [{"epoch": 1, "val_oa": 0.5}],
+                "plan": request["plan"], "seconds": {},
+                "costs": {"params": 1e6, "nonzero_params": 1e6 - len(finished), "macs": 1e7, "size": 4e6}}
+
+    run(tiny_config(tmp_path, trials=8, final_max=0, methods=("sparse", "prune"), max_combo=1, zero_shot=True),
+        trial_fn=fake_trial)
+    assert len({c for c, _ in finished}) == 2 and checked and all(checked)
+
+
 def test_a_screened_trial_stops_before_fine_tuning_and_does_not_count(tmp_path):
     """The real trial function: a dominating adaptive-BN point screens the first trial before any epoch;
     the search still finishes its 2 counted trials, and the ones not screened are scored too."""
