@@ -217,6 +217,7 @@ def _final_request(config: SearchConfig, request_base: Mapping[str, Any], t: Any
     """A trial's plan fine-tuned again from the base: no projection, no early stop, its own seed (JSON-clean)."""
     return json.loads(json.dumps({**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": epochs,
                                   "seed": config.seed * 100003 + t.number, "early_stop": None,
+                                  "zero_shot": False,  # the trial's score is already kept; nothing to screen
                                   "evaluate_test": evaluate_test, **extra}))
 
 
