@@ -2,12 +2,14 @@
 again with another pick, on the same trials.
 
     .venv/bin/python benchmarks/bench_final_pick.py --study-dir runs/ucm-quality-aimed --pick top-per-method \
-        [--methods search-alloc] [--final 3] [--against l1] [--out benchmarks/results/bench_final_pick]
+        [--folds K] [--methods search-alloc] [--final 3] [--against l1] [--out benchmarks/results/bench_final_pick]
 
 For every finished searched cell, its search (Optuna storage, trials and their plans) is copied to a scratch
 folder and resumed there with ``--final-pick PICK`` (and no rank sample): no trial is run again, only the
 final stage - the picked trials fine-tuned ``--finetune-epochs`` from the same base on the same split, the
-chosen model the best validation OA among them, as in the study. Reported per cell beside the study's own
+chosen model the best validation OA among them, as in the study; with ``--folds K`` the best OA cross-validated
+over K folds of the training part instead (search ``--final-folds``: K more fine-tunes per finalist, each from a
+base trained without its fold; K base trainings per split, cached). Reported per cell beside the study's own
 answer: the finalists (method, trial score, validation and test OA), the chosen model, and both answers'
 paired difference to ``--against`` (another method of the same study, same split). The study folder is
 only read. Costs the final fine-tunes: about 3 x 10 epochs of a compressed ResNet-18 at 64 px per cell.
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study-dir", required=True, help="a study folder (runs/<name>) with finished searched cells")
     p.add_argument("--pick", default="top-per-method", help="the search's --final-pick to replay (default %(default)s)")
+    p.add_argument("--folds", type=int, default=0, help="choose by the OA cross-validated over K folds of the "
+                                                         "training part (search --final-folds; default 0: off)")
     p.add_argument("--final", type=int, default=None, help="models the final stage fine-tunes (default: the study's)")
     p.add_argument("--methods", default="search-alloc", help="comma list of searched methods (default %(default)s)")
     p.add_argument("--against", default="l1", help="the method both answers are paired with (default %(default)s)")
@@ -75,13 +79,17 @@ def main(argv=None) -> int:
         print(f"error: --pick takes one of {', '.join(FINAL_PICKS)}, got {a.pick!r}", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
+    how = a.pick + (f" + {a.folds}-fold" if a.folds else "")
     study_dir = Path(a.study_dir)
     meta = json.loads((study_dir / "study.json").read_text())
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_zero_shot import _study_config
 
     config = _study_config(meta["settings"])
-    config = dataclasses.replace(config, search_pick=a.pick, rank_sample=0,
+    if a.folds < 0 or a.folds == 1:
+        print(f"error: --folds takes 0 (off) or at least 2, got {a.folds}", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(config, search_pick=a.pick, rank_sample=0, search_folds=a.folds,
                                  search_final=a.final if a.final is not None else config.search_final)
     data = load_scene_data(meta.get("data") or config.data, dataset=config.dataset, image_size=config.image_size,
                            progress=False)
@@ -114,29 +122,34 @@ def main(argv=None) -> int:
                         "against": against.get(key), "seconds": time.perf_counter() - t})
             r = out[-1]
             print(f"{row['id']}: {row['search']['pick']} chose trial {r['study']['picked_trial']} "
-                  f"({r['study']['method']}, test {100 * r['study']['test_oa']:.2f}); {a.pick} chose trial "
+                  f"({r['study']['method']}, test {100 * r['study']['test_oa']:.2f}); {how} chose trial "
                   f"{r['replayed']['picked_trial']} ({r['replayed']['method']}, test {100 * r['replayed']['test_oa']:.2f})")
     finally:
         shutil.rmtree(scratch.parent, ignore_errors=True)
     paired = [r for r in out if r["against"] is not None]
+    by = "the best validation OA" + (f" ({out[0]['study']['pick']}), the best OA cross-validated over {a.folds} folds of "
+                                     f"the training part ({how})" if a.folds else "")
     lines = [f"# The final pick replayed: {study_dir.name}", "",
              f"The same searches' trials; final stage {config.search_final} model(s) x {config.finetune_epochs} epochs, "
-             f"the chosen model the best validation OA among them. Test OA %; minus {a.against}: paired by split, "
+             f"the chosen model {by} among them. Test OA %; minus {a.against}: paired by split, "
              f"mean +- sample std (wins/n).", "",
              f"| cell | {out[0]['study']['pick']}: finalists (trial method: trial score / val / test) | chosen | "
-             f"{a.pick}: finalists | chosen |", "|---|---|---|---|---|"]
+             f"{how}: finalists (... / val{' / cross-validated' if a.folds else ''} / test) | chosen |",
+             "|---|---|---|---|---|"]
 
     def fin(side: dict) -> str:
         return "; ".join(f"{f['trial']} {f['method']}: {100 * f['search_val_oa']:.1f} / {100 * f['val_oa']:.1f} / "
-                         f"{100 * f['test_oa']:.1f}" for f in side["finalists"])
+                         + (f"{100 * f['cv_oa']:.1f} / " if f.get("cv_oa") is not None else "")
+                         + f"{100 * f['test_oa']:.1f}" for f in side["finalists"])
     for r in out:
         lines.append(f"| {r['cell']} | {fin(r['study'])} | {r['study']['picked_trial']}: {100 * r['study']['test_oa']:.2f} "
                      f"| {fin(r['replayed'])} | {r['replayed']['picked_trial']}: {100 * r['replayed']['test_oa']:.2f} |")
     lines += ["", f"minus {a.against}: {out[0]['study']['pick']} {_pm([r['study']['test_oa'] - r['against'] for r in paired])}; "
-              f"{a.pick} {_pm([r['replayed']['test_oa'] - r['against'] for r in paired])}; {a.pick} minus "
+              f"{how} {_pm([r['replayed']['test_oa'] - r['against'] for r in paired])}; {how} minus "
               f"{out[0]['study']['pick']} {_pm([r['replayed']['test_oa'] - r['study']['test_oa'] for r in out])}"]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{a.out}.json").write_text(json.dumps({"study": study_dir.name, "pick": a.pick, "against": a.against,
+    Path(f"{a.out}.json").write_text(json.dumps({"study": study_dir.name, "pick": a.pick, "folds": a.folds,
+                                                 "against": a.against,
                                                  "cells": out, "seconds": time.perf_counter() - t0}, indent=1))
     Path(f"{a.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -353,6 +353,46 @@ def _split_from_assignment(data: SceneData, assignment: dict[int, str], *, train
                  digest=_digest(data.files, assignment))
 
 
+def fold_split(data: SceneData, split: Split, *, folds: int, fold: int) -> Split:
+    """Fold ``fold`` of ``folds`` of the training part (train + validation) of ``split``, as a split.
+
+    Per class, the training part's images are dealt, in a seeded random order, into ``folds`` parts
+    of near-equal size (byte-identical images stay together); fold ``fold`` is the validation part,
+    the rest the training part, and the test part is ``split``'s, untouched. The folds partition the
+    training part: every training image is held out exactly once over the ``folds`` splits, so a
+    model trained from scratch on each is scored on all of it (cross-validation). The seed is
+    ``split``'s, so the folds of a split are always the same.
+
+    Raises:
+        ConfigError: ``folds`` < 2, ``fold`` outside ``[0, folds)``, or a class with fewer training
+            images than folds.
+    """
+    if int(folds) < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
+    if not 0 <= int(fold) < int(folds):
+        raise ConfigError(f"fold {fold} is not one of 0..{int(folds) - 1}")
+    keys = data.sha256 or data.files
+    labels = data.labels.tolist()
+    by_class: dict[int, dict[str, list[int]]] = defaultdict(dict)
+    for i in sorted(torch.cat([split.train, split.val]).tolist()):
+        by_class[labels[i]].setdefault(keys[i], []).append(i)
+    assignment = {i: "test" for i in split.test.tolist()}
+    for c, groups in sorted(by_class.items()):
+        members = sorted(groups.values(), key=lambda g: data.files[g[0]])
+        n = sum(len(g) for g in members)
+        if n < folds:
+            raise ConfigError(f"class {data.classes[c]!r} has {n} training image(s), fewer than {folds} folds")
+        order = np.random.default_rng([split.seed, c, 1 + int(folds)]).permutation(len(members))
+        dealt = 0
+        for g in order:  # the group's fold: where its first image falls in the dealt order
+            part = dealt * int(folds) // n
+            for i in members[g]:
+                assignment[i] = "val" if part == int(fold) else "train"
+            dealt += len(members[g])
+    return _split_from_assignment(data, assignment, train_ratio=split.train_ratio,
+                                  val_ratio=1 / int(folds), seed=split.seed)
+
+
 def load_split(path: str | os.PathLike, data: SceneData) -> Split:
     """Read a saved manifest back, so a later run uses exactly the same split.
 

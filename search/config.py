@@ -134,6 +134,11 @@ class SearchConfig:
                               "validation OA, the last rung is the final fine-tune; with --final-pick top and a "
                               "larger --final-max, more candidates near the budget for the epochs (default {default}: "
                               "none)", metavar="R")
+    final_folds: int = opt(0, "choose the final model by its OA cross-validated over K folds of the training part "
+                              "(every training image held out once) instead of the validation split's: each final "
+                              "model is also fine-tuned K times, from a base trained without each fold (K base "
+                              "trainings, cached); the model shipped stays the one fine-tuned on the search's split "
+                              "(default {default}: off; K >= 2)", metavar="K")
     rank_sample: int = opt(0, "also fine-tune this many more finished trials, spread over their trial scores, like "
                               "the final set, and report how well trial scores rank the final OA (Spearman, Kendall) "
                               "(default {default})", metavar="N")
@@ -226,6 +231,8 @@ class SearchConfig:
         if self.allocate == "latency" and parse_target(self.hardware).table is None:
             raise ConfigError("--allocate latency needs a latency table: --target lut:FILE (build one with "
                               "python -m search.profile)")
+        if int(self.final_folds) < 0 or int(self.final_folds) == 1:
+            raise ConfigError(f"final_folds must be 0 (off) or at least 2, got {self.final_folds!r}")
         if int(self.final_rungs) < 1:
             raise ConfigError(f"final_rungs must be >= 1, got {self.final_rungs!r}")
         if self.final_pick not in FINAL_PICKS:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from search.config import SearchConfig
+from search.crossval import chosen_row
 from search.executors import TrialFn
 from search.report import SearchResult
 
@@ -85,15 +86,6 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
     return chosen, spread_pick(rest, config.rank_sample) if config.rank_sample else []
 
 
-def chosen_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The model a user ships: the best validation OA after the final fine-tune among the final models
-    that meet the budget as measured (ties to fewer params); the test OA only reports it."""
-    ok = [r for r in rows if r.get("val_oa") is not None and r.get("meets_budget") is not False]
-    if not ok:
-        return None
-    return dict(max(ok, key=lambda r: (r["val_oa"], -(r.get("params") or 0.0))))
-
-
 def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
                 trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None],
                 eligible: Sequence[Any] = ()) -> None:
@@ -137,6 +129,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     budgets = parse_budgets(config.budgets)
     chosen = _halve(config, result, chosen, request_base, trial_fn, say)
     ranked: list[dict[str, Any]] = []
+    plans: dict[int, Any] = {}
     picked = {t.number for t in chosen}
     def fine_tune(t: Any, **extra: Any) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
         try:
@@ -179,6 +172,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                     + ("inside it" if done[0]["meets_budget"] else "still over it"))
         row, model, out = done
         ranked.append(row)
+        plans[t.number] = out.get("plan") or t.user_attrs["plan"]
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
             tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
@@ -189,6 +183,16 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
         result.final.append(row)
         if model is not None:
             _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
+    if config.final_folds:  # the choice made on every training image (search.crossval)
+        from search.crossval import cross_validate
+
+        trials = {t.number: t for t in [*chosen, *sample]}
+        cross_validate(config, ranked, plans, lambda n, **x: _final_request(
+            config, request_base, trials[n], config.final_epochs, evaluate_test=False, **x), trial_fn, data, split,
+            request_base.get("device") or "cpu", say)
+        for row in ranked:
+            if row.get("cv_oa") is not None and row.get("mlflow_run_id"):
+                tracker.log_metrics(row["mlflow_run_id"], {"final_cv_oa": row["cv_oa"]})
     result.chosen = chosen_row(result.final)
     if config.rank_sample:
         from tracking.stats import rank_correlation
@@ -200,14 +204,14 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                        "val_oa": rank_correlation(score, [r["val_oa"] for r in ranked])}
         metrics = {f"rank_{k}_{m}": result.rank[k][m] for k in ("test_oa", "val_oa") for m in ("spearman", "kendall")
                    if result.rank[k][m] is not None}
-        scored = [r for r in ranked if r.get("zero_shot_oa") is not None]
-        if scored:  # how EagleEye's adaptive-BN score, before any fine-tuning, ranks the same final OA
-            zero = [r["zero_shot_oa"] for r in scored]
-            result.rank["zero_shot"] = {"trials": len(scored),
-                                        "test_oa": rank_correlation(zero, [r["test_oa"] for r in scored]),
-                                        "val_oa": rank_correlation(zero, [r["val_oa"] for r in scored])}
-            metrics.update({f"rank_zero_shot_{k}_{m}": result.rank["zero_shot"][k][m] for k in ("test_oa", "val_oa")
-                            for m in ("spearman", "kendall") if result.rank["zero_shot"][k][m] is not None})
+        for name in ("zero_shot", "cv"):  # EagleEye's adaptive-BN score before any fine-tuning; the folds' OA
+            scored = [r for r in ranked if r.get(f"{name}_oa") is not None]
+            if scored:
+                got = [r[f"{name}_oa"] for r in scored]
+                result.rank[name] = {"trials": len(scored), **{k: rank_correlation(got, [r[k] for r in scored])
+                                                               for k in ("test_oa", "val_oa")}}
+                metrics.update({f"rank_{name}_{k}_{m}": result.rank[name][k][m] for k in ("test_oa", "val_oa")
+                                for m in ("spearman", "kendall") if result.rank[name][k][m] is not None})
         if metrics:
             tracker.log_metrics(result.parent_run_id, metrics)
 

@@ -58,7 +58,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     """Run one trial described by a JSON ``request``; returns a JSON result (see the module docstring).
 
     Request keys: ``data`` {path, dataset, image_size, train_ratio, val_ratio, split_seed, digest, and
-    optionally file: the decoded set as :func:`rsc.data.save_scene_file` writes it, read instead of path},
+    optionally file: the decoded set as :func:`rsc.data.save_scene_file` writes it, read instead of path, and
+    fold: [folds, fold], that fold of the split's training part as validation (:func:`rsc.data.fold_split`)},
     ``base_checkpoint``, ``plan`` {base: {model, num_classes, image_size}, steps: [...]} (a
     :class:`spaces.Plan`), ``limits`` (analytic ceilings by cost key), ``target`` (optional, tighter
     ceilings the plan aims at; a plan that cannot reach them keeps its most compressed form within
@@ -82,7 +83,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     import torch
 
     from rsc.cost import CostSettings, analytic_costs, measure
-    from rsc.data import load_scene_data, load_scene_file, make_loaders, make_split
+    from rsc.data import fold_split, load_scene_data, load_scene_file, make_loaders, make_split
     from rsc.evaluation import evaluate
     from rsc.targets import compare_latency_on, parse_target
     from rsc.training import seed_everything
@@ -113,6 +114,8 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
 
         raise DataError(f"split digest {split.digest} differs from the driver's {d['digest']}: "
                         f"the worker sees different data at {d.get('path')}")
+    if d.get("fold"):  # [folds, fold]: a cross-validation fold of the training part (search.crossval)
+        split = fold_split(data, split, folds=int(d["fold"][0]), fold=int(d["fold"][1]))
     train, val, test = make_loaders(data, split, batch_size=int(request.get("batch_size", 64)), seed=seed, device=device)
     num_classes = data.num_classes
     image_size = data.image_size

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = ["Reporter", "TerminalReporter", "SearchResult", "cost_columns", "render", "render_table"]
 
-QUALITY_KEYS = ("val_oa", "test_oa", "search_val_oa")
+QUALITY_KEYS = ("val_oa", "test_oa", "search_val_oa", "cv_oa")
 RATIO_KEYS = ("compression_rate", "speedup")
 
 
@@ -172,7 +172,9 @@ def render(result: SearchResult, stream: Any = None) -> None:
              if "above_floor" in c else "")
           + f"; hypervolume {result.hypervolume:.4f}", file=stream)
     if result.final:
-        keys = ["trial", "method", "test_oa", "val_oa", *cost_columns([result.base, *result.final], result.searched),
+        keys = ["trial", "method", "test_oa", "val_oa", *(["cv_oa"] if any(r.get("cv_oa") is not None
+                                                                          for r in result.final) else []),
+                *cost_columns([result.base, *result.final], result.searched),
                 "speedup"]
         table = result.hardware.startswith("lut:")
         if table and "latency_ms" in keys:
@@ -188,8 +190,12 @@ def render(result: SearchResult, stream: Any = None) -> None:
                   "meet the budget" + (f"; over it: trial(s) {', '.join(over)}" if over else ""), file=stream)
         if result.chosen:
             ch = result.chosen
-            print(f"chosen (best validation OA after the final fine-tune, inside the budget): trial {ch['trial']} "
-                  f"{ch['method']}, val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
+            cv = ch.get("cv_oa") is not None
+            by = (f"best OA cross-validated over {len(ch['cv_fold_oa'])} folds of the training part" if cv
+                  else "best validation OA after the final fine-tune")
+            print(f"chosen ({by}, inside the budget): trial {ch['trial']} {ch['method']}, "
+                  + (f"cross-validated OA {ch['cv_oa']:.4f} on {ch['cv_images']} images, " if cv else "")
+                  + f"val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
                   f"{_fmt(ch.get('compression_rate'), 'compression_rate')} compression", file=stream)
         if result.rank:
             t, v = result.rank["test_oa"], result.rank["val_oa"]
@@ -204,6 +210,10 @@ def render(result: SearchResult, stream: Any = None) -> None:
                 z = result.rank["zero_shot"]
                 print(f"zero-shot score (adaptive-BN validation OA before fine-tuning) against the same, over "
                       f"{z['trials']} trial(s): test OA {_c(z['test_oa'])}; validation OA {_c(z['val_oa'])}", file=stream)
+            if result.rank.get("cv"):
+                z = result.rank["cv"]
+                print(f"cross-validated OA (the training part's folds) against the same, over {z['trials']} model(s): "
+                      f"test OA {_c(z['test_oa'])}; validation OA {_c(z['val_oa'])}", file=stream)
     elif result.front:
         keys = ["trial", "method", "val_oa", *cost_columns(result.front, result.searched)]
         print("\nPareto set (validation split; no final stage run):", file=stream)

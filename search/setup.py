@@ -159,6 +159,16 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                                      epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
                                      seed=config.data_seed, device=device, progress=config.progress, say=say,
                                      bn_batches=config.bn_batches)
+    if config.final_folds and config.weights is not None and Path(ckpt) == Path(config.weights):
+        from rsc.errors import ConfigError
+
+        raise ConfigError(f"--final-folds trains a base without each fold, but --weights {config.weights} is a model "
+                          "already trained on these classes (used as is): its folds would be scored on images it saw; "
+                          "give backbone weights, or no --final-folds")
+    if config.final_folds:  # a class too small for the folds: refused now, not after the search
+        from rsc.data import fold_split
+
+        fold_split(data, split, folds=config.final_folds, fold=0)
 
     parent_id = engine.get_attr("mlflow_parent_run_id")
     if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:

@@ -94,6 +94,10 @@ def build_parser():
       help="which: spread along the front or the top trial scores inside the budget (search --final-pick)")
     a("--search-rungs", type=positive_int, default=d.search_rungs,
       help="successive halving rungs of a searched cell's final stage (search --final-rungs)")
+    a("--search-folds", type=int, default=d.search_folds, metavar="K",
+      help="choose a searched cell's model by its OA cross-validated over K folds of the training part, each "
+           "final model fine-tuned K more times from a base trained without the fold (search --final-folds; "
+           "default 0: by validation OA)")
     a("--search-kd", action="store_true", default=d.search_kd,
       help="KD from the base model during every fine-tune of a search (search --finetune-kd), "
            "and of the quality experiment's baselines (the same fine-tune for every method)")

@@ -144,6 +144,7 @@ class StudyConfig:
     search_rungs: int = 1                    # successive halving rungs of a search's final stage (--final-rungs)
     search_kd: bool = False                  # KD in every search fine-tune (--finetune-kd) and the quality baselines'
     search_min_target: float | None = None   # search --min-target (None: the search's default)
+    search_folds: int = 0                    # search --final-folds: the final choice cross-validated over K folds
     search_zero_shot: bool = False           # search --zero-shot: adaptive-BN score and screen before fine-tuning
     rank_sample: int = 0                     # more trials per searched cell fine-tuned for the rank correlation
     slimming_reg: float = 1e-4               # Network Slimming's lambda on |gamma|
@@ -250,8 +251,11 @@ def cell_epochs(cell: Cell, config: StudyConfig) -> float:
         for i in range(config.search_rungs):  # successive halving: the better half goes on, twice the epochs
             final += left * (config.finetune_epochs / 2 ** (config.search_rungs - 1 - i))
             left = math.ceil(left / 2)
-        return ((config.search_trials * config.search_fidelity + final + config.rank_sample * config.finetune_epochs)
-                * (1.3 if cell.kd or config.search_kd else 1.0))
+        folds = config.search_folds  # K more fine-tunes per final model, and K bases on (K-1)/K of the data
+        cv = folds * (config.search_final + config.rank_sample) * config.finetune_epochs
+        bases = config.epochs * (folds - 1) if folds else 0
+        return ((config.search_trials * config.search_fidelity + final + config.rank_sample * config.finetune_epochs + cv)
+                * (1.3 if cell.kd or config.search_kd else 1.0) + bases)
     return config.finetune_epochs * (1.3 if cell.kd else 1.0)
 
 

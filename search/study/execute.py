@@ -312,6 +312,7 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
                       final_pick=c.search_pick, final_rungs=c.search_rungs, rank_sample=c.rank_sample, finetune_kd=cell.kd or c.search_kd,
                       **({"min_target": c.search_min_target} if c.search_min_target is not None else {}),
                       **({"zero_shot": True} if c.search_zero_shot else {}),
+                      **({"final_folds": c.search_folds} if c.search_folds else {}),
                       finetune_lr=c.finetune_lr, batch_size=c.batch_size, bn_batches=c.bn_batches,
                       seed=c.seed + cell.repeat, study=f"{ws.study_dir.name}-{cell.id}", resume=True,
                       out=str(ws.study_dir / "searches"), tracking_uri=ws.tracking_uri, device=c.device,
@@ -330,11 +331,11 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
             "compression_rate": best.get("compression_rate"), "compression_rate_params": best.get("compression_rate"),
             "speedup": best.get("speedup"), "latency_ms": best.get("latency_ms"),
             "search": {"study": result.study, "trials": len(result.trials), "final": len(result.final),
-                       "sampler": m.sampler, "methods": list(m.search_methods), "pick": c.search_pick,
+                       "sampler": m.sampler, "methods": list(m.search_methods), "pick": c.search_pick, "folds": c.search_folds,
                        "allocate": m.allocate, "allocate_damage": m.allocate_damage,
                        "halving": result.halving,
                        "picked_trial": best["trial"], "method": best.get("method"),
-                       "finalists": [{k: r.get(k) for k in ("trial", "method", "search_val_oa", "val_oa", "test_oa",
+                       "finalists": [{k: r.get(k) for k in ("trial", "method", "search_val_oa", "val_oa", "cv_oa", "test_oa",
                                                             "params")} for r in result.final],
-                       "rank_sample": [{k: r.get(k) for k in ("trial", "search_val_oa", "val_oa", "test_oa", "params")}
+                       "rank_sample": [{k: r.get(k) for k in ("trial", "search_val_oa", "val_oa", "cv_oa", "test_oa", "params")}
                                        for r in result.rank_sample]}}

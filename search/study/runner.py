@@ -64,6 +64,8 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
         raise ConfigError(f"--search-pick takes {' or '.join(FINAL_PICKS)}, got {config.search_pick!r}")
     if config.rank_sample < 0 or config.search_final < 1 or config.search_rungs < 1:
         raise ConfigError("--rank-sample must be >= 0, --search-final and --search-rungs >= 1")
+    if config.search_folds < 0 or config.search_folds == 1:
+        raise ConfigError(f"--search-folds takes 0 (off) or at least 2, got {config.search_folds}")
     if any(r <= 1 for r in config.rates):
         raise ConfigError(f"compression rates must be > 1 (original params / compressed), got {list(config.rates)}")
     if config.repeats < 1 or config.epochs < 1 or config.finetune_epochs < 0:
@@ -103,7 +105,7 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs",
                   "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
                   "slimming_reg", "weights", "search_final", "search_pick", "search_rungs", "search_kd",
-                  "search_min_target", "search_zero_shot", "rank_sample")
+                  "search_min_target", "search_zero_shot", "search_folds", "rank_sample")
 
 
 def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:
