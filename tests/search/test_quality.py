@@ -114,6 +114,13 @@ def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(
     assert "Search quality" in md and "search-nsga2 minus it (pts, paired)" in md
     assert "| search-nsga2 | 2x |" in md and "| l1 | 2x |" in md and "(itself)" in md
     assert "trials fine-tuned in full" in md
+    # a searched cell run again on its kept search (killed after the search, before its row) counts every trial,
+    # not only those of the last process
+    cell = next((prep.study_dir / "cells").glob("search-nsga2-*-s0.json"))
+    assert json.loads(cell.read_text())["search"]["trials"] == 3
+    cell.unlink()
+    run_study(prepare_study(config, say=lambda m: None), say=lambda m: None)
+    assert json.loads(cell.read_text())["search"]["trials"] == 3
     # resuming under another search setting would mix incomparable searched cells
     from rsc.errors import ConfigError
 
