@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,20 @@ def _digest(files: list[str], assignment: dict[int, str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _class_groups(data: SceneData, indices: Iterable[int]) -> dict[int, list[list[int]]]:
+    """``indices`` by class as groups of byte-identical images (same sha256; a group in its first image's
+    class), each class's groups sorted by their first file: what a split deals out, so duplicates stay together."""
+    keys = data.sha256 or data.files
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i in indices:
+        groups[keys[i]].append(i)
+    by_class: dict[int, list[list[int]]] = defaultdict(list)
+    labels = data.labels.tolist()
+    for members in groups.values():
+        by_class[labels[members[0]]].append(members)
+    return {c: sorted(g, key=lambda m: data.files[m[0]]) for c, g in by_class.items()}
+
+
 def make_split(data: SceneData, *, train_ratio: float, seed: int = 0, val_ratio: float = 0.1) -> Split:
     """Stratified, seeded split: per class, ``round(train_ratio * n)`` images train, the rest test.
 
@@ -302,17 +317,10 @@ def make_split(data: SceneData, *, train_ratio: float, seed: int = 0, val_ratio:
         raise ConfigError(f"train ratio must be in (0, 1), got {train_ratio}")
     if not 0 <= val_ratio < 1:
         raise ConfigError(f"validation ratio must be in [0, 1), got {val_ratio}")
-    keys = data.sha256 or data.files
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        groups[key].append(i)
-    by_class: dict[int, list[list[int]]] = defaultdict(list)
-    labels = data.labels.tolist()
-    for members in groups.values():
-        by_class[labels[members[0]]].append(members)
+    by_class = _class_groups(data, range(len(data.files)))
     assignment: dict[int, str] = {}
     for c in range(data.num_classes):
-        class_groups = sorted(by_class.get(c, []), key=lambda g: data.files[g[0]])
+        class_groups = by_class.get(c, [])
         n = sum(len(g) for g in class_groups)
         target = int(round(train_ratio * n))
         if target < 1:
@@ -371,14 +379,8 @@ def fold_split(data: SceneData, split: Split, *, folds: int, fold: int) -> Split
         raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
     if not 0 <= int(fold) < int(folds):
         raise ConfigError(f"fold {fold} is not one of 0..{int(folds) - 1}")
-    keys = data.sha256 or data.files
-    labels = data.labels.tolist()
-    by_class: dict[int, dict[str, list[int]]] = defaultdict(dict)
-    for i in sorted(torch.cat([split.train, split.val]).tolist()):
-        by_class[labels[i]].setdefault(keys[i], []).append(i)
     assignment = {i: "test" for i in split.test.tolist()}
-    for c, groups in sorted(by_class.items()):
-        members = sorted(groups.values(), key=lambda g: data.files[g[0]])
+    for c, members in sorted(_class_groups(data, sorted(torch.cat([split.train, split.val]).tolist())).items()):
         n = sum(len(g) for g in members)
         if n < folds:
             raise ConfigError(f"class {data.classes[c]!r} has {n} training image(s), fewer than {folds} folds")

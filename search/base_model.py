@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["obtain_base_checkpoint", "KEY_VERSION"]
+__all__ = ["obtain_base_checkpoint", "search_base_checkpoint", "KEY_VERSION"]
 
 #: v2: training ends on BatchNorm statistics re-estimated on ``bn_batches`` unaugmented batches.
 KEY_VERSION = 2
@@ -84,3 +84,13 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
                     split=split.info(), metrics={"val_oa": val_oa},
                     config={"epochs": epochs, "lr": lr, "bn_batches": bn_batches, "key_version": KEY_VERSION})
     return path, True
+
+
+def search_base_checkpoint(config: Any, data: Any, split: Any, device: str,
+                           say: Callable[[str], None]) -> tuple[Path, bool]:
+    """:func:`obtain_base_checkpoint` with a search's base recipe (``SearchConfig``): the search's own base
+    and, on a fold of its split, the bases of ``--final-folds`` (:mod:`search.crossval`)."""
+    return obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
+                                  epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
+                                  seed=config.data_seed, device=device, progress=config.progress, say=say,
+                                  bn_batches=config.bn_batches)

@@ -50,7 +50,7 @@ def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[i
     models, by ``trial``) whose plan is in ``plans``; ``request_for(number, **extra)`` is the final stage's
     request for that trial. A fold that fails leaves its row without ``cv_oa`` (said, not raised)."""
     from rsc.data import fold_split
-    from search.base_model import obtain_base_checkpoint
+    from search.base_model import search_base_checkpoint
 
     folds = int(config.final_folds)
     todo = [r for r in rows if r.get("trial") in plans]
@@ -62,17 +62,13 @@ def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[i
     sizes: list[int] = []
     for i in range(folds):
         part = fold_split(data, split, folds=folds, fold=i)
-        ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=part,
-                                         epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
-                                         seed=config.data_seed, device=device, progress=config.progress,
-                                         say=lambda m, i=i: say(f"fold {i + 1}/{folds}: {m}"),
-                                         bn_batches=config.bn_batches)
+        ckpt, _ = search_base_checkpoint(config, data, part, device, lambda m, i=i: say(f"fold {i + 1}/{folds}: {m}"))
         n = len(part.val)
         sizes.append(n)
         for r in todo:
             number = r["trial"]
-            request = request_for(number, plan=fold_plan(plans[number]), latency=False, base_checkpoint=str(ckpt),
-                                  data={**request_for(number)["data"], "fold": [folds, i]})
+            request = request_for(number, plan=fold_plan(plans[number]), latency=False, base_checkpoint=str(ckpt))
+            request["data"] = {**request["data"], "fold": [folds, i]}  # request_for returns a fresh (JSON) dict
             try:
                 oa = float(trial_fn(request)["val_oa"])
             except (KeyboardInterrupt, SystemExit):

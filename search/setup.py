@@ -71,7 +71,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from rsc.training import resolve_device
-    from search.base_model import obtain_base_checkpoint
+    from search.base_model import search_base_checkpoint
     from search.budget import parse_budgets
     from search.engines.optuna_engine import OptunaEngine
     from search.space import JointSpace
@@ -155,10 +155,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     fingerprint = hardware.fingerprint()
     tracker = Tracker(uri=uri, experiment=config.experiment, artifact_location=None if uri.startswith("http")
                       else (Path(config.out).resolve() / "mlartifacts").as_uri())
-    ckpt, _ = obtain_base_checkpoint(model_name=config.model, weights=config.weights, data=data, split=split,
-                                     epochs=config.base_epochs, lr=config.base_lr, batch_size=config.batch_size,
-                                     seed=config.data_seed, device=device, progress=config.progress, say=say,
-                                     bn_batches=config.bn_batches)
+    ckpt, _ = search_base_checkpoint(config, data, split, device, say)
     if config.final_folds and config.weights is not None and Path(ckpt) == Path(config.weights):
         from rsc.errors import ConfigError
 
