@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 from rsc.errors import BudgetInfeasible
 from search.config import SearchConfig
 from search.executors import TrialFn, TrialLost
-from search.report import Reporter, SearchResult
+from search.report import Reporter, SearchResult, stored_rows
 
-__all__ = ["run", "Search", "Outcome", "epoch_fronts", "ship_inputs"]
+__all__ = ["run", "Search", "Outcome", "epoch_fronts"]
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Search:
         self.joint, self.budgets, self.objectives, self.base_costs = joint, budgets, list(objectives), base_costs
         self.directions = [d for _, _, d in objectives]
         self.cost_keys = [k for _, k, d in objectives if d == "minimize"]
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = stored_rows(engine.study)  # a resumed study's trials, then this run's
 
     # -- the front ----------------------------------------------------------------------------
 
@@ -157,11 +157,13 @@ class Search:
         curve = [h.get("val_oa") for h in result.get("history") or []]  # val OA after each epoch
         plan = result.get("plan") or p.plan
         row: dict[str, Any] = {"number": trial.number, "method": p.combo, "state": outcome.state}
+        trial.set_user_attr("outcome", outcome.state)  # read back by search.report.stored_rows on --resume
         if outcome.state == "infeasible":
             self.engine.tell_pruned(trial)
             tracker.finish_trial(p.run_id, plan=plan, tags={"state": "PRUNED", "feasible": "false",
                                                             "reason": outcome.error[:5000]}, status="FINISHED")
         elif outcome.state == "failed":
+            trial.set_user_attr("error", outcome.error[:2000])
             self.engine.tell_failed(trial)
             tracker.finish_trial(p.run_id, plan=plan, tags={"state": "FAIL", "feasible": "false",
                                                             "error": outcome.error[:5000]}, status="FAILED")
@@ -176,6 +178,7 @@ class Search:
                 trial.set_user_attr("zero_shot_oa", result["zero_shot_oa"])
             if result.get("screened"):
                 trial.set_user_attr("screened", True)
+            trial.set_user_attr("val_oa", result.get("val_oa"))
             self.engine.tell_pruned(trial)
             tracker.finish_trial(p.run_id, plan=plan,
                                  metrics={"val_oa": result.get("val_oa"), "epochs_run": result.get("epochs_run"),
@@ -254,17 +257,6 @@ class Search:
         return counts
 
 
-def ship_inputs(executor: Any, s: Any) -> dict[str, Any]:
-    """The trial request with the data set and the base checkpoint sent through the executor's object
-    store instead of by path (the synthetic set is rebuilt from its seed on the worker)."""
-    from rsc.data import save_scene_file
-
-    files: dict[tuple[str, ...], tuple[str, Any]] = {("base_checkpoint",): ("base.pt", s.ckpt)}
-    if s.data.root is not None:
-        files[("data", "file")] = (f"{s.data.name}-{s.data.image_size}px.pt", save_scene_file(s.data))
-    return executor.ship(s.request_base, files)
-
-
 def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: TrialFn | None = None) -> SearchResult:
     """Run (or resume) the search described by ``config``.
 
@@ -277,7 +269,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     Raises:
         UserError: bad input, found before any training where possible.
     """
-    from search.executors import make_executor
+    from search.executors import make_executor, ship_inputs
     from search.final import final_stage, front_row, write_artifacts
     from search.objective import evaluate_trial
     from search.setup import prepare

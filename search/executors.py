@@ -40,7 +40,7 @@ from search.cluster import RayUnavailable, check_ray_address, code_version, prob
 from search.config import BACKENDS
 
 __all__ = ["SerialExecutor", "RayExecutor", "RayUnavailable", "TrialLost", "make_executor", "check_ray_address",
-           "probe_cluster", "code_version", "BACKENDS"]
+           "probe_cluster", "code_version", "ship_inputs", "BACKENDS"]
 
 TrialFn = Callable[[Mapping[str, Any]], dict]
 
@@ -293,3 +293,14 @@ def make_executor(backend: str, trial_fn: TrialFn, **kwargs: Any) -> SerialExecu
     if backend == "ray":
         return RayExecutor(trial_fn, **kwargs)
     raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def ship_inputs(executor: Any, s: Any) -> dict[str, Any]:
+    """The trial request with the data set and the base checkpoint sent through the executor's object
+    store instead of by path (the synthetic set is rebuilt from its seed on the worker)."""
+    from rsc.data import save_scene_file
+
+    files: dict[tuple[str, ...], tuple[str, Any]] = {("base_checkpoint",): ("base.pt", s.ckpt)}
+    if s.data.root is not None:
+        files[("data", "file")] = (f"{s.data.name}-{s.data.image_size}px.pt", save_scene_file(s.data))
+    return executor.ship(s.request_base, files)

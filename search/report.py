@@ -103,6 +103,33 @@ class SearchResult:
     halving: list[dict[str, Any]] = field(default_factory=list)  # the final stage's rungs (search.final._halve)
 
 
+def stored_rows(study: Any) -> list[dict[str, Any]]:
+    """The report rows (:attr:`SearchResult.trials`) of the trials an earlier process finished, as
+    ``search.driver.Search.record`` wrote them, less the hypervolume and front size at the time; trials
+    stored before the ``outcome`` attribute existed get their state from Optuna's (infeasible shows as
+    pruned). Interrupted trials have no row, as in the run that interrupted them."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        a = t.user_attrs
+        if a.get("interrupted"):
+            continue
+        old = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "lost" if a.get("lost") else "failed")
+        row: dict[str, Any] = {"number": t.number, "method": a.get("method"), "state": a.get("outcome", old)}
+        if t.state == TrialState.COMPLETE:
+            row.update(feasible=a.get("feasible", True), val_oa=t.values[0], costs=dict(a.get("costs") or {}),
+                       values=list(t.values))
+        elif row["state"] == "pruned":
+            row["val_oa"] = a.get("val_oa")
+            if a.get("screened"):
+                row["screened"] = True
+        elif row["state"] in ("failed", "lost"):
+            row["error"] = a.get("error") or a.get("lost") or ""
+        rows.append(row)
+    return rows
+
+
 def _fmt(v: Any, key: str) -> str:
     """A table cell: OAs to 4 digits, ratios as 1.23x, costs in their registered unit."""
     if v is None or v == "":

@@ -100,6 +100,36 @@ def test_same_seed_same_plans(tmp_path):
     assert len(first) == 4 and first == plans("b")
 
 
+def test_a_resumed_search_reports_the_trials_of_every_process(tmp_path):
+    """--resume: result.trials holds the earlier process's trials too (complete, pruned, failed, infeasible),
+    as that process reported them, then the new ones; the count and the front agree with it."""
+    from rsc.errors import BudgetInfeasible
+    from search.run import run
+
+    def fake_trial(request):
+        n = len(calls)
+        calls.append(n)
+        if n == 1:
+            raise RuntimeError("injected fault")
+        if n == 2:
+            raise BudgetInfeasible("cannot reach the budget")
+        if n == 3:
+            return {"status": "pruned", "val_oa": 0.25, "reason": "dominated"}
+        return {"status": "ok", "val_oa": 0.5 + 0.01 * n, "plan": request["plan"],
+                "costs": {"params": 1e6, "nonzero_params": 4e5, "macs": 1e7, "size": 4e6}, "seconds": {}}
+
+    calls: list[int] = []
+    first = run(tiny_config(tmp_path, trials=4, final_max=0), trial_fn=fake_trial)
+    strip = [{k: v for k, v in r.items() if k not in ("hypervolume", "front")} for r in first.trials]
+    assert [r["state"] for r in strip] == ["complete", "failed", "infeasible", "pruned"]
+    second = run(tiny_config(tmp_path, trials=6, final_max=0, resume=True), trial_fn=fake_trial)
+    assert second.trials[:4] == strip
+    assert [r["number"] for r in second.trials] == list(range(6))
+    assert [r["state"] for r in second.trials[4:]] == ["complete", "complete"]
+    assert second.counts["finished"] == len(second.trials) == 6
+    assert {r["trial"] for r in second.front} <= {r["number"] for r in second.trials if r["state"] == "complete"}
+
+
 def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
     """--targets spread: trial i aims at spread_target(i) under any sampler; --targets sampler
     lets the sampler pick (measured: TPE then put 0 of 16 guided trials above 0.6 of the budget)."""
