@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from search.report import Reporter
 from search.study.cells import METHODS, Cell, StudyConfig, augment_config
 
 __all__ = ["Workspace", "run_cell", "CellUnreachable"]
@@ -36,6 +37,7 @@ class Workspace:
     study_dir: Path
     tracking_uri: str
     say: Callable[[str], None] = print
+    status: Callable[[str], None] = lambda detail: None  # where the running cell is (the study bar's postfix)
     _splits: dict = field(default_factory=dict)
     _bases: dict = field(default_factory=dict)
 
@@ -294,6 +296,29 @@ def _teacher_cell(ws: Workspace, cell: Cell, train: Any, val: Any, test: Any, bn
     return row
 
 
+class _CellProgress(Reporter):
+    """A searched cell's progress on the study's bar: the trial count, then the final stage's step
+    (a cell runs for tens of minutes; the bar itself moves once per cell)."""
+
+    def __init__(self, status: Callable[[str], None]) -> None:
+        self.status, self.done, self.total = status, 0, 0
+
+    def message(self, text: str) -> None:
+        if text.startswith("final stage"):
+            self.status(text if len(text) <= 70 else text[:69] + "…")
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self.status(f"trial {done}/{total}")
+
+    def trial(self, row: dict[str, Any]) -> None:
+        self.done += row["state"] != "lost"
+        self.status(f"trial {self.done}/{self.total}")
+
+    def close(self) -> None:
+        self.status("final stage")
+
+
 def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
     """The compression search at the cell's rate (``params <= 1/rate`` of the base) over the method's
     spaces with its sampler; the final model with the best validation OA is the cell's answer (its test
@@ -317,7 +342,7 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
                       seed=c.seed + cell.repeat, study=f"{ws.study_dir.name}-{cell.id}", resume=True,
                       out=str(ws.study_dir / "searches"), tracking_uri=ws.tracking_uri, device=c.device,
                       progress=False, log_models=False)
-    result = run(sc)
+    result = run(sc, reporter=_CellProgress(ws.status))
     best = result.chosen if result.chosen and result.chosen.get("test_oa") is not None else None
     if best is None:
         raise CellUnreachable(f"the search found no model within params <= 1/{cell.rate:g} of the base")

@@ -250,7 +250,9 @@ def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, A
     interrupted = False
     try:
         for i, cell in enumerate(todo):
-            bar.set_postfix_str(f"cell {i + 1}/{len(todo)}: {cell.id}")
+            where = f"cell {i + 1}/{len(todo)}: {cell.id}"
+            bar.set_postfix_str(where)
+            ws.status = lambda detail, where=where: bar.set_postfix_str(f"{where}, {detail}")
             start = time.perf_counter()
             row: dict[str, Any] = cell.describe()
             try:

@@ -135,7 +135,7 @@ def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_confi
                          quality_subject="l1-sensitivity", out=str(tmp_path / "runs"), progress=False, name="qa")
     seen = []
 
-    def fake_run(sc):  # the search itself is tested in tests/search/test_allocate_search.py
+    def fake_run(sc, **kw):  # the search itself is tested in tests/search/test_allocate_search.py
         seen.append(sc)
         raise RuntimeError("not run here")
     monkeypatch.setattr("search.driver.run", fake_run)
@@ -267,3 +267,17 @@ def test_render_shows_the_front_only_when_no_final_stage_ran(capsys):
     res.final, res.chosen, res.rank = [], None, {}
     render(res)
     assert "no final stage run" in capsys.readouterr().out
+
+
+def test_a_searched_cell_shows_its_trials_and_final_stage_on_the_study_bar(tmp_path, capsys):
+    """A searched cell runs for tens of minutes: the study bar's postfix follows its trials and final stage."""
+    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+                         rates=(2.0,), experiments=("quality",), quality_methods=("search-nsga2",),
+                         quality_subject="search-nsga2", search_trials=2, search_fidelity=1, search_final=1,
+                         search_pick="top", rank_sample=0, out=str(tmp_path / "runs"), progress=True, name="bar")
+    res = run_study(prepare_study(config, say=lambda m: None), say=lambda m: None)
+    assert res["failed"] == []
+    err = capsys.readouterr().err
+    cell = "search-nsga2-resnet18-r0.8-x2-aug-default-s0"
+    for detail in ("trial 0/2", "trial 1/2", "trial 2/2", "final stage: fine-tuning 1"):
+        assert f"{cell}, {detail}" in err, detail

@@ -210,7 +210,7 @@ def test_the_flags_reach_the_search(tmp_path, monkeypatch):
     assert config_from_args(build_parser().parse_args([])).zero_shot is False
     seen = []
 
-    def fake_run(sc):
+    def fake_run(sc, **kw):
         seen.append(sc)
         raise RuntimeError("not run here")
     monkeypatch.setattr("search.driver.run", fake_run)
