@@ -110,12 +110,14 @@ def stored_rows(study: Any) -> list[dict[str, Any]]:
     pruned). Interrupted trials have no row, as in the run that interrupted them."""
     from optuna.trial import TrialState
 
+    from search.engines.optuna_engine import INTERRUPTED, LOST
+
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         a = t.user_attrs
-        if a.get("interrupted"):
+        if a.get(INTERRUPTED):
             continue
-        old = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "lost" if a.get("lost") else "failed")
+        old = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "lost" if a.get(LOST) else "failed")
         row: dict[str, Any] = {"number": t.number, "method": a.get("method"), "state": a.get("outcome", old)}
         if t.state == TrialState.COMPLETE:
             row.update(feasible=a.get("feasible", True), val_oa=t.values[0], costs=dict(a.get("costs") or {}),
@@ -125,7 +127,7 @@ def stored_rows(study: Any) -> list[dict[str, Any]]:
             if a.get("screened"):
                 row["screened"] = True
         elif row["state"] in ("failed", "lost"):
-            row["error"] = a.get("error") or a.get("lost") or ""
+            row["error"] = a.get("error") or a.get(LOST) or ""
         rows.append(row)
     return rows
 
