@@ -6,7 +6,9 @@ or calibration), predict each from the table and measure it whole on the same ta
 two passes of interleaved runs. Reports the share of candidates whose prediction is within
 +-10% of the measured latency (the mean of the two passes), the median and 95th-percentile
 errors, the measurement's own spread (pass 1 vs pass 2), and the time to predict a candidate
-(graph trace + lookup) against the time to measure it. The same figures relative to the base
+against the time to measure it: as the search predicts (``LatencyTable.predict``: one graph trace
+per model structure, then reads of the modules, :mod:`rsc.kernel_templates`) and, for comparison,
+with a trace of every candidate. The same figures relative to the base
 model timed beside each candidate (predicted model/base against measured model/base: what a
 speed-up or a ``latency<40%`` budget reads) are free of the machine's load drift between calls,
 which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::
@@ -59,7 +61,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
             models[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
         except SpaceError:
             continue
-    predicted, predict_s, trace_s = {}, [], []
+    predicted, predict_s, trace_s, whole_s = {}, [], [], []
     before = table.measured_on_the_fly
     for k, (m, _) in models.items():
         t = time.perf_counter()
@@ -70,6 +72,14 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
         trace_s.append(t1 - t)
         predict_s.append(t2 - t1)
     misses = table.measured_on_the_fly - before
+    table.clear_caches()  # then as the search predicts: one trace per structure, then reads
+    for k, (m, _) in models.items():
+        t = time.perf_counter()
+        fast = table.predict(m)
+        whole_s.append(time.perf_counter() - t)
+        if abs(fast - predicted[k]) > 1e-9 * max(1.0, abs(fast)):
+            raise AssertionError(f"candidate {k}: predicted {fast} through the templates, {predicted[k]} traced")
+    traced = table.structures_traced
     passes = []
     t = time.perf_counter()
     for _ in range(2):  # each candidate beside the base, as a trial of the search times it
@@ -105,6 +115,8 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
            "relative_median_abs_error": statistics.median(rel_errs), "relative_p95_abs_error": q(rel_errs, 0.95),
            "relative_spread_median": statistics.median(rel_spread), "relative_spread_p95": q(rel_spread, 0.95),
            "predict_lookup_ms": 1000 * statistics.median(predict_s), "predict_trace_ms": 1000 * statistics.median(trace_s),
+           "predict_ms_median": 1000 * statistics.median(whole_s), "predict_ms_mean": 1000 * statistics.mean(whole_s),
+           "predict_structures_traced": traced,
            "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
            "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
            "predicted_base_ms": predicted_base, "rows": rows}
@@ -112,8 +124,10 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
           f"{100 * out['median_abs_error']:.1f}%, p95 {100 * out['p95_abs_error']:.1f}%; measurement spread median "
           f"{100 * out['measurement_spread_median']:.1f}%; relative to the base beside it: "
           f"{100 * out['relative_within_10pct']:.0f}% within +-10%, median error "
-          f"{100 * out['relative_median_abs_error']:.1f}%, spread {100 * out['relative_spread_median']:.1f}%; predict {out['predict_trace_ms']:.1f} ms trace + "
-          f"{out['predict_lookup_ms']:.2f} ms lookup vs measure {out['measure_ms_per_candidate']:.0f} ms; "
+          f"{100 * out['relative_median_abs_error']:.1f}%, spread {100 * out['relative_spread_median']:.1f}%; predict "
+          f"{out['predict_ms_median']:.2f} ms median, {out['predict_ms_mean']:.2f} mean ({traced} of {len(rows)} traced; "
+          f"{out['predict_trace_ms']:.1f} ms trace + {out['predict_lookup_ms']:.2f} ms lookup each without templates) "
+          f"vs measure {out['measure_ms_per_candidate']:.0f} ms; "
           f"profile {profile_s:.0f} s", flush=True)
     return out
 

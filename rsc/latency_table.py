@@ -30,6 +30,10 @@ error, the same way. Every table carries the fingerprint of the target it was me
 (device, CPU or GPU name, runtime, threads, memory format, batch, library versions) and the
 model, input size and classes it was profiled for; :func:`check_table` refuses one that was
 measured elsewhere, naming what differs. ``python -m search.profile`` builds tables.
+
+Tracing costs 20-40 ms a model; :meth:`LatencyTable.predict` traces once per model *structure* and
+reads the kernels of every later model of it from its modules (:mod:`rsc.kernel_templates`), so a
+search's candidates, which share a handful of structures, are predicted in about a millisecond or less.
 """
 
 from __future__ import annotations
@@ -87,9 +91,14 @@ class Kernel:
     shape: tuple[int, ...]
     module: Any = field(default=None, compare=False, repr=False)
     name: str = ""
+    known_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
+        """The table's key of this kernel: its spec as canonical JSON and its side (``known_key`` where
+        the caller has it already)."""
+        if self.known_key is not None:
+            return self.known_key
         return f"{json.dumps(dict(self.spec), sort_keys=True, separators=(',', ':'))}@{self.side}"
 
 
@@ -134,6 +143,16 @@ def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[
     Raises:
         TableMiss: the model cannot be split (int8 graphs, untraceable code): measure it whole.
     """
+    return [k for k, _ in split_kernels(model, image_size, in_channels)[1]]
+
+
+def split_kernels(model: nn.Module, image_size: int, in_channels: int = 3) -> tuple[Any, list[tuple[Kernel, list[Any]]]]:
+    """:func:`kernels_of` with what it read them from: the traced graph module and, per kernel, its
+    chain of graph nodes (the first is the operator, then the fused BN and activation).
+
+    Raises:
+        TableMiss: as :func:`kernels_of`.
+    """
     import torch
     from torch import fx, nn
     from torch.fx.passes.shape_prop import ShapeProp
@@ -152,7 +171,7 @@ def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[
         raise TableMiss(f"torch.fx cannot trace {type(model).__name__} into kernels: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     done: set[Any] = set()
-    out: list[Kernel] = []
+    out: list[tuple[Kernel, list[Any]]] = []
     for node in gm.graph.nodes:
         if node in done or node.op in ("placeholder", "output", "get_attr"):
             continue
@@ -179,9 +198,9 @@ def kernels_of(model: nn.Module, image_size: int, in_channels: int = 3) -> list[
             spec = _simple_spec(node, m, gm)
             dims = (shape_in[1],) if spec["op"] != "exact" else tuple(shape_in[1:])
         done.update(chain)
-        out.append(Kernel(spec=spec, side=_side(shape_in), dims=tuple(int(d) for d in dims),
-                          shape=tuple(shape_in[1:]), module=_Lazy(chain, gm), name=str(node.name)))
-    return out
+        out.append((Kernel(spec=spec, side=_side(shape_in), dims=tuple(int(d) for d in dims),
+                           shape=tuple(shape_in[1:]), module=_Lazy(chain, gm), name=str(node.name)), chain))
+    return gm, out
 
 
 def _layer_spec(m: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -420,16 +439,48 @@ class LatencyTable:
         self.on_missing = "measure"
         self.measured_on_the_fly = 0
         self.dirty = False
+        self._templates: Any = None  # rsc.kernel_templates.KernelTemplates, made on first use
+        self._memo: dict[tuple[str, tuple[int, ...]], float] = {}  # kernel_ms by (key, dims)
+
+    def kernels(self, model: nn.Module) -> list[Kernel]:
+        """``model``'s kernels at the table's input size: traced once per model structure, then read
+        from its modules (:mod:`rsc.kernel_templates`).
+
+        Raises:
+            TableMiss: as :func:`kernels_of`.
+        """
+        if self._templates is None:
+            from rsc.kernel_templates import KernelTemplates
+
+            self._templates = KernelTemplates()
+        return self._templates.kernels(model, self.image_size)
+
+    @property
+    def structures_traced(self) -> int:
+        """How many times :meth:`kernels` traced a model (once per structure) since the caches were cleared."""
+        return self._templates.traces if self._templates is not None else 0
+
+    def clear_caches(self) -> None:
+        """Forget the model structures traced and the kernel latencies looked up (the table stays)."""
+        self._templates, self._memo = None, {}
 
     # -- lookup ----------------------------------------------------------------------------
 
     def kernel_ms(self, kernel: Kernel) -> float | None:
         """The table's latency of one kernel (exact point, else interpolated), or None."""
-        hit = self.exact.get(kernel.key, {}).get("x".join(map(str, kernel.dims)))
+        key = kernel.key
+        known = self._memo.get((key, kernel.dims))
+        if known is not None:
+            return known
+        hit = self.exact.get(key, {}).get("x".join(map(str, kernel.dims)))
         if hit is not None:
-            return float(hit)
-        grid = self.grids.get(kernel.key)
-        return _interp(grid["axes"], grid["ms"], kernel.dims) if grid else None
+            value: float | None = float(hit)
+        else:
+            grid = self.grids.get(key)
+            value = _interp(grid["axes"], grid["ms"], kernel.dims) if grid else None
+        if value is not None:
+            self._memo[(key, kernel.dims)] = value
+        return value
 
     def kernels_ms(self, kernels: Sequence[Kernel]) -> list[float]:
         """Every kernel's latency; the missing ones measured on the fly (or :class:`TableMiss`)."""
@@ -446,7 +497,7 @@ class LatencyTable:
         return [float(v) for v in values]  # type: ignore[arg-type]
 
     def sum_ms(self, model: nn.Module) -> float:
-        return float(sum(self.kernels_ms(kernels_of(model, self.image_size))))
+        return float(sum(self.kernels_ms(self.kernels(model))))
 
     def predict(self, model: nn.Module) -> float:
         """Predicted latency (ms per forward of the target's batch) of ``model``.
@@ -455,7 +506,7 @@ class LatencyTable:
         ``on_missing="error"``, :class:`TableMiss`).
         """
         try:
-            kernels = kernels_of(model, self.image_size)
+            kernels = self.kernels(model)
         except TableMiss as exc:
             if self.on_missing != "measure":
                 raise TableMiss(f"latency table {self.path or ''}: {exc}; measure on --target {self.target} "
@@ -498,6 +549,7 @@ class LatencyTable:
                 module, shape = _module(k), k.shape
             models[str(i)], shapes[str(i)] = module, shape
         lat = compare_latency_on(self.target, models, self.image_size, shapes=shapes)
+        self._memo.clear()
         for i, k in enumerate(kernels):
             self.exact.setdefault(k.key, {})["x".join(map(str, k.dims))] = float(lat[str(i)])
         self.measured_on_the_fly += len(kernels)
