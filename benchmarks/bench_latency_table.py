@@ -14,6 +14,7 @@ speed-up or a ``latency<40%`` budget reads) are free of the machine's load drift
 which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::
 
     python benchmarks/bench_latency_table.py --out benchmarks/results/bench_latency_table.json
+    python benchmarks/bench_latency_table.py --predict-only --out benchmarks/results/bench_latency_predict.json
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
         if abs(fast - predicted[k]) > 1e-9 * max(1.0, abs(fast)):
             raise AssertionError(f"candidate {k}: predicted {fast} through the templates, {predicted[k]} traced")
     traced = table.structures_traced
+    timing = {"model": model, "batch": batch, "target": target.spec, "candidates": len(models),
+              "predict_ms_median": 1000 * statistics.median(whole_s), "predict_ms_mean": 1000 * statistics.mean(whole_s),
+              "predict_ms_p95": 1000 * sorted(whole_s)[int(0.95 * (len(whole_s) - 1))],
+              "predict_structures_traced": traced, "predict_trace_ms": 1000 * statistics.median(trace_s),
+              "predict_lookup_ms": 1000 * statistics.median(predict_s)}
+    if args.predict_only:
+        print(f"{model} batch {batch}: predict {timing['predict_ms_median']:.2f} ms median, "
+              f"{timing['predict_ms_mean']:.2f} mean, {timing['predict_ms_p95']:.2f} p95 ({traced} of {len(models)} "
+              f"traced); every candidate traced: {timing['predict_trace_ms']:.1f} ms trace + "
+              f"{timing['predict_lookup_ms']:.2f} ms lookup", flush=True)
+        return timing
     passes = []
     t = time.perf_counter()
     for _ in range(2):  # each candidate beside the base, as a trial of the search times it
@@ -107,16 +119,12 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     def q(values: list[float], p: float) -> float:
         return values[int(p * (len(values) - 1))]
 
-    out = {"model": model, "batch": batch, "target": target.spec, "candidates": len(rows),
-           "within_10pct": within, "median_abs_error": statistics.median(errs),
+    out = {**timing, "candidates": len(rows), "within_10pct": within, "median_abs_error": statistics.median(errs),
            "p95_abs_error": q(errs, 0.95), "max_abs_error": errs[-1],
            "measurement_spread_median": statistics.median(spread), "measurement_spread_p95": q(spread, 0.95),
            "relative_within_10pct": sum(e <= 0.10 for e in rel_errs) / len(rel_errs),
            "relative_median_abs_error": statistics.median(rel_errs), "relative_p95_abs_error": q(rel_errs, 0.95),
            "relative_spread_median": statistics.median(rel_spread), "relative_spread_p95": q(rel_spread, 0.95),
-           "predict_lookup_ms": 1000 * statistics.median(predict_s), "predict_trace_ms": 1000 * statistics.median(trace_s),
-           "predict_ms_median": 1000 * statistics.median(whole_s), "predict_ms_mean": 1000 * statistics.mean(whole_s),
-           "predict_structures_traced": traced,
            "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
            "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
            "predicted_base_ms": predicted_base, "rows": rows}
@@ -144,6 +152,8 @@ def main() -> int:
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--calibration", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--predict-only", action="store_true",
+                   help="only the prediction times (trace against templates, side by side): no candidate is timed")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     results = {"argv": sys.argv[1:], "cpu": os.cpu_count(), "cases": []}

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rsc.latency_table import Kernel, _layer_spec, _shape, split_kernels
+from rsc.latency_table import Kernel, _shape, split_kernels
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,24 +61,55 @@ def structure_key(model: nn.Module, image_size: int, in_channels: int = 3,
                   modules: Mapping[str, nn.Module] | None = None) -> tuple[Any, ...] | None:
     """What a model's kernel graph depends on, channel counts left out; None for a model whose graph
     is its own (a ``torch.fx.GraphModule``). ``modules``: ``dict(model.named_modules())`` if at hand."""
-    from torch import fx, nn
+    from torch import fx
 
     if isinstance(model, fx.GraphModule):
         return None
     parts: list[Any] = [type(model), int(image_size), int(in_channels)]
-    for name, m in (modules if modules is not None else dict(model.named_modules())).items():
-        if isinstance(m, nn.Conv2d):
-            parts.append((name, type(m), m.kernel_size, m.stride, m.padding, m.dilation, m.groups > 1,
-                          m.padding_mode, m.bias is None))
-        elif isinstance(m, (nn.Linear, nn.BatchNorm2d)):
-            parts.append((name, type(m), getattr(m, "bias", None) is None))
-        elif next(iter(m._modules.values()), None) is None and m is not model:  # a leaf
-            parts.append((name, type(m), m.extra_repr()))
+    for name, m in (modules if modules is not None else _modules_of(model)).items():
+        t = type(m)
+        kind = _KINDS.get(t) or _kind(t)
+        if kind == "conv":
+            parts.append((name, t, m.kernel_size, m.stride, m.padding, m.dilation, m.groups > 1, m.padding_mode,
+                          m.bias is None))
+        elif kind == "layer":
+            parts.append((name, t, getattr(m, "bias", None) is None))
+        elif not m._modules and m is not model:  # a leaf
+            parts.append((name, t, m.extra_repr()))
         else:  # a block: its plain attributes may steer its forward (MobileNetV2's use_res_connect)
             own = vars(m)
-            parts.append((name, type(m), tuple((k, own[k]) for k in sorted(own.keys() - _module_internals())
-                                               if isinstance(own[k], (bool, int, str)))))
+            parts.append((name, t, tuple((k, own[k]) for k in sorted(own.keys() - _module_internals())
+                                         if isinstance(own[k], (bool, int, str)))))
     return tuple(parts)
+
+
+_KINDS: dict[type, str] = {}
+
+
+def _modules_of(model: nn.Module) -> dict[str, nn.Module]:
+    """``dict(model.named_modules())``, in its order, without its generators (a third of a read's time)."""
+    out: dict[str, nn.Module] = {"": model}
+    seen = {id(model)}
+
+    def walk(prefix: str, m: nn.Module) -> None:
+        for name, child in m._modules.items():
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            full = f"{prefix}.{name}" if prefix else name
+            out[full] = child
+            walk(full, child)
+
+    walk("", model)
+    return out
+
+
+def _kind(t: type) -> str:
+    from torch import nn
+
+    _KINDS[t] = "conv" if issubclass(t, nn.Conv2d) else "layer" if issubclass(t, (nn.Linear, nn.BatchNorm2d)) \
+        else "other"
+    return _KINDS[t]
 
 
 @dataclass(frozen=True)
@@ -90,8 +121,9 @@ class _Entry:
     shape: tuple[int, ...]  # the input shape in the traced model, without the batch
     traced: Mapping[str, Any]  # the traced kernel's spec ...
     key: str  # ... and its table key
-    layer: str = ""  # a conv/linear kernel: the layer's qualified name
-    fused: Mapping[str, Any] | None = None  # ... and what is fused into it (bn, act)
+    layer: str = ""  # a conv/linear kernel: the layer's qualified name (its spec is part of the structure)
+    linear: bool = False  # ... a linear layer
+    dw: bool = False  # ... a depthwise convolution
     source: str = ""  # ... the layer whose output channels its input carries ("" for the model's input)
     mult: int = 1  # ... channels = source's channels * mult
 
@@ -136,9 +168,8 @@ def _template(model: nn.Module, gm: Any, split: list[tuple[Kernel, list[Any]]], 
                   "key": kernel.key}
         m = gm.get_submodule(first.target) if first.op == "call_module" else None
         if isinstance(m, (nn.Conv2d, nn.Linear)) and kernel.spec["op"] in ("conv", "linear"):
-            own, _ = _layer_spec(m)
-            fused = {k: v for k, v in kernel.spec.items() if k not in own}
-            entries.append(_Entry(layer=str(first.target), fused=fused, **common))
+            entries.append(_Entry(layer=str(first.target), linear=isinstance(m, nn.Linear),
+                                  dw=bool(kernel.spec.get("dw")), **common))
             continue
         inputs = [a for a in first.all_input_nodes if _shape(a)]
         found = _follow(inputs[0], gm, same) if inputs else None
@@ -153,26 +184,21 @@ def _template(model: nn.Module, gm: Any, split: list[tuple[Kernel, list[Any]]], 
 
 
 def _read(entries: list[_Entry], modules: Mapping[str, nn.Module], in_channels: int) -> list[Kernel] | None:
-    from torch import nn
-
     out: list[Kernel] = []
     for e in entries:
-        if e.layer:
+        if e.linear:
             m = modules[e.layer]
-            spec, dims = _layer_spec(m)
-            if spec["op"] == "exact":
-                return None
-            spec.update(e.fused or {})
-            if spec == e.traced:  # nearly always: the spec is part of the structure
-                spec = e.traced
-            width = m.in_features if isinstance(m, nn.Linear) else m.in_channels
-            shape = (*e.shape[:-1], int(width)) if isinstance(m, nn.Linear) else (int(width), *e.shape[1:])
+            dims, shape = (m.in_features, m.out_features), (*e.shape[:-1], m.in_features)
+        elif e.layer:
+            m = modules[e.layer]
+            if e.dw and not m.groups == m.in_channels == m.out_channels:
+                return None  # no longer depthwise: a grouped convolution, traced
+            dims, shape = ((m.in_channels,) if e.dw else (m.in_channels, m.out_channels)), (m.in_channels, *e.shape[1:])
         else:
             src = modules[e.source] if e.source else None
             channels = int(getattr(src, _OUT[type(src).__name__])) * e.mult if src is not None else in_channels * e.mult
-            spec, dims, shape = e.traced, (channels,), (channels, *e.shape[1:])
-        out.append(Kernel(spec=spec, side=e.side, dims=tuple(int(d) for d in dims), shape=shape, name=e.name,
-                          known_key=e.key if spec is e.traced else None))
+            dims, shape = (channels,), (channels, *e.shape[1:])
+        out.append(Kernel(spec=e.traced, side=e.side, dims=dims, shape=shape, name=e.name, known_key=e.key))
     return out
 
 
@@ -196,7 +222,7 @@ class KernelTemplates:
         Raises:
             TableMiss: as :func:`rsc.latency_table.kernels_of`.
         """
-        modules = dict(model.named_modules())
+        modules = _modules_of(model)
         key = structure_key(model, image_size, in_channels, modules)
         entries = self._templates.get(key) if key is not None else None
         if entries is not None:
