@@ -7,8 +7,8 @@ the same three-layer sequence whatever its ranks. So a model's *structure* is ke
 names and types and the hyper-parameters that shape the graph (kernel size, stride, padding,
 dilation, grouped or not; a leaf's ``extra_repr``; a block's plain attributes, as MobileNetV2's
 ``use_res_connect``, which decides whether its forward adds), and the first model of a structure is traced once
-into a *template*: per kernel, either the convolution or linear layer whose attributes give its spec
-and dims, or, for everything else (BN, activations, pools, residual adds, flatten), the layer whose
+into a *template*: per kernel, either the convolution or linear layer whose channel counts give its
+dims (its spec is part of the structure), or, for everything else (BN, activations, pools, residual adds, flatten), the layer whose
 output channels its input carries and the factor between them (an ``h x w`` map flattened). Every
 later model of that structure is read from its modules.
 

@@ -343,6 +343,8 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
                       out=str(ws.study_dir / "searches"), tracking_uri=ws.tracking_uri, device=c.device,
                       progress=False, log_models=False)
     result = run(sc, reporter=_CellProgress(ws.status))
+    if result.interrupted:  # the search stopped at Ctrl-C and kept its trials: the cell is not finished
+        raise KeyboardInterrupt
     best = result.chosen if result.chosen and result.chosen.get("test_oa") is not None else None
     if best is None:
         raise CellUnreachable(f"the search found no model within params <= 1/{cell.rate:g} of the base")

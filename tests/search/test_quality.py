@@ -151,6 +151,27 @@ def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_confi
     assert "| l1-params | 3x |" in md and "l1-sensitivity minus it (pts, paired)" in md
 
 
+def test_a_search_stopped_by_ctrl_c_leaves_its_cell_unfinished_not_unreachable(tmp_path, monkeypatch):
+    """The search catches Ctrl-C itself and returns what it has (no model chosen): the study must stop
+    there and run the cell again on resume, not record it as a budget the search could not reach."""
+    from search.report import SearchResult
+
+    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+                         rates=(3.0,), experiments=("quality",), search_trials=2, search_fidelity=1, search_final=1,
+                         quality_methods=("search-alloc",), quality_subject="search-alloc",
+                         out=str(tmp_path / "runs"), progress=False, name="qi")
+
+    def interrupted_search(sc, **kw):
+        return SearchResult(study="s", storage="x", tracking_uri="x", experiment_id="1", parent_run_id="p",
+                            out_dir="o", artifact_uri="a", objectives=[("accuracy", "maximize")], counts={},
+                            base={}, final=[], front=[], interrupted=True)
+    monkeypatch.setattr("search.driver.run", interrupted_search)
+    prep = prepare_study(config, say=lambda m: None)
+    res = run_study(prep, say=lambda m: None)
+    assert res["interrupted"]
+    assert not list((prep.study_dir / "cells").glob("search-alloc-*.json"))
+
+
 @pytest.mark.parametrize("extra, pattern", [
     (["--quality-methods", "l1,nope"], "unknown nope"),
     (["--experiments", "quality", "--quality-methods", "l1", "--quality-subject", "search-nsga2"],
