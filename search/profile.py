@@ -8,7 +8,8 @@ their 1x1 projections, student architectures), collects their fused kernels and 
 target, a grid of ``--points`` values per channel dim spanning what was seen. Then it times
 ``--calibration`` whole models (the base, other random plans) and every combination's most
 compressed plan (the floor a budget is checked against) beside the sum of their kernels and fits the
-whole-model line (``alpha * sum + beta``), which it reports with its error. Post-training steps
+whole-model calibration curve (measured / sum as a piecewise-linear function of the sum,
+:func:`rsc.latency_table.fit_curve`), which it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
 Example::
@@ -48,8 +49,8 @@ def build_parser() -> Any:
     p.add_argument("--depth-bins", type=int, default=4, help="as search.run's --depth-bins; default 4")
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
-    p.add_argument("--calibration", type=int, default=16,
-                   help="whole models timed to fit alpha and beta; default 16")
+    p.add_argument("--calibration", type=int, default=32,
+                   help="whole models timed to fit the calibration curve (measured / sum of kernels); default 32")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
@@ -82,13 +83,13 @@ def structural_model(base: Any, plan: Any, context: Any) -> Any:
 
 
 def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
-                  depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 16,
+                  depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 32,
                   repeats: int | None = None, seed: int = 0, progress: bool = False,
                   say: Any = print) -> Any:
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_line, kernels_of, profile_kernels
+    from rsc.latency_table import LatencyTable, fit_curve, fit_line, kernels_of, profile_kernels
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
@@ -145,6 +146,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     typical_base = sorted(p["base"] for p in pairs.values())[len(pairs) // 2]
     measured = {k: p["model"] * typical_base / p["base"] for k, p in pairs.items()}
     table.alpha, table.beta = fit_line([sums[k] for k in models], [measured[k] for k in models])
+    table.curve = fit_curve([sums[k] for k in models], [measured[k] for k in models])
     table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
                           "raw_ms": pairs[k]["model"], "base_ms": pairs[k]["base"],
                           "predicted_ms": table.combine(sums[k])}

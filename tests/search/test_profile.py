@@ -46,7 +46,7 @@ def work_lut(lut, tmp_path_factory):
         grid["ms"] = work(grid["axes"])
     table.exact = {k: {dims: 1e-6 * math.prod(int(d) for d in dims.split("x")) + 1e-3 for dims in v}
                    for k, v in table.exact.items()}
-    table.alpha, table.beta = 1.0, 0.0
+    table.alpha, table.beta, table.curve = 1.0, 0.0, None
     return table.save(tmp_path_factory.mktemp("work-lut") / "lut.json")
 
 
@@ -65,7 +65,7 @@ def _base_and_floor(table):
 
 
 def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
-    from rsc.latency_table import load_table
+    from rsc.latency_table import curve_ratio, load_table
 
     table = load_table(lut)
     assert table.model == "resnet18" and table.image_size == SIZE and table.num_classes == 8
@@ -75,6 +75,9 @@ def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
     conv = [g for k, g in table.grids.items() if '"op":"conv"' in k and '"k":[3,3]' in k]
     assert any(len(g["axes"][1]) > 1 and g["axes"][1][0] < g["axes"][1][-1] for g in conv)  # pruned widths
     assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3 + 1  # + the strongest prune plan
+    assert 1 <= len(table.curve["sums"]) <= 4 and all(r > 0 for r in table.curve["ratios"])
+    for c in table.calibration:  # each model's prediction is the curve's
+        assert c["predicted_ms"] == pytest.approx(c["sum_ms"] * curve_ratio(table.curve, c["sum_ms"]))
     assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["chunks"] >= 1
 
 
