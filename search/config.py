@@ -144,7 +144,8 @@ class SearchConfig:
                               "(default {default})", metavar="N")
     latency_repair: bool = opt(True, "do not re-project a final model that measures over a latency budget on the "
                                      "target (with --target lut:FILE, where the table under-predicted it) onto the "
-                                     "budget scaled by that error, and fine-tune it again", flag="--no-latency-repair")
+                                     "budget scaled by that error, and fine-tune it again (up to 3 times while it measures over)",
+                               flag="--no-latency-repair")
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 
     # -- bookkeeping

@@ -96,7 +96,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
     from rsc.targets import compare_latency_on, parse_target
-    from search.budget import parse_budgets
+    from search.budget import REPAIR_PASSES, meets_budget, parse_budgets, repair_aim
 
     base = model_from_checkpoint(load_checkpoint(ckpt)).eval()
     _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
@@ -150,7 +150,7 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
                **({"zero_shot_oa": t.user_attrs["zero_shot_oa"]} if t.user_attrs.get("zero_shot_oa") is not None
                   else {}),
                "hardware": hardware}
-        row["meets_budget"] = _meets_budget(budgets, row, result.base, out)
+        row["meets_budget"] = meets_budget(budgets, row, result.base, out)
         return row, model, out
 
     for t in [*chosen, *sample]:
@@ -158,18 +158,23 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
         done = fine_tune(t)
         if done is None:
             continue
-        aim = None if extra or not config.latency_repair else _repair_aim(budgets, done[0], result.base, done[2])
-        if aim is not None:  # over a latency budget the table under-predicted: aim lower, fine-tune again
-            first = done[0]
+        first, passes = done[0], 0
+        while not extra and config.latency_repair and passes < REPAIR_PASSES:
+            aim = repair_aim(budgets, done[0], result.base, done[2])
+            if aim is None:  # inside, or over another budget than latency's
+                break
+            # over a latency budget the table under-predicted: aim lower by that error, fine-tune again
+            before = done[0]
             again = fine_tune(t, limits=request_base.get("limits") or {}, target={"latency_ms": aim})
-            if again is not None:
-                done = again
-                done[0]["repaired"] = {"latency_ms_before": first["latency_ms"], "aim_ms_predicted": aim,
-                                       "projection": done[2].get("projection")}
-                say(f"final stage: trial {t.number} measured {first['latency_ms']:.3f} ms, over the latency budget "
-                    f"(the table predicted {first['latency_ms_predicted']:.3f}); re-projected onto {aim:.3f} ms as "
-                    f"predicted and fine-tuned again: {done[0]['latency_ms']:.3f} ms, "
-                    + ("inside it" if done[0]["meets_budget"] else "still over it"))
+            if again is None:
+                break
+            done, passes = again, passes + 1
+            done[0]["repaired"] = {"latency_ms_before": first["latency_ms"], "aim_ms_predicted": aim,
+                                   "projection": done[2].get("projection"), "passes": passes}
+            say(f"final stage: trial {t.number} measured {before['latency_ms']:.3f} ms, over the latency budget "
+                f"(the table predicted {before['latency_ms_predicted']:.3f}); re-projected onto {aim:.3f} ms as "
+                f"predicted and fine-tuned again: {done[0]['latency_ms']:.3f} ms, "
+                + ("inside it" if done[0]["meets_budget"] else "still over it"))
         row, model, out = done
         ranked.append(row)
         plans[t.number] = out.get("plan") or t.user_attrs["plan"]
@@ -260,41 +265,6 @@ def _halve(config: SearchConfig, result: SearchResult, chosen: list[Any], reques
             f"kept {len(kept)}: trial(s) {', '.join(str(t.number) for t in kept)}")
         chosen = kept
     return chosen
-
-
-#: How far below the budget a repaired model is aimed, beyond the table's measured under-prediction.
-REPAIR_SPARE = 0.03
-
-
-def _repair_aim(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any], out: Mapping[str, Any]) -> float | None:
-    """The predicted latency a final model over a latency budget should be re-projected onto, or None.
-
-    Only a model whose latency was projected with a table (``latency_ms_predicted``) and measured over a
-    latency ceiling: the table under-predicted it by ``measured / predicted``, so the same plan is aimed
-    at the ceiling (read as the budget check reads it: a relative one against the base timed beside)
-    scaled by that ratio, ``REPAIR_SPARE`` lower.
-    """
-    measured, predicted = row.get("latency_ms"), row.get("latency_ms_predicted")
-    if row.get("meets_budget") is not False or not measured or not predicted:
-        return None
-    reference = {**base, **({"latency_ms": out["base_latency_ms"]} if out.get("base_latency_ms") else {})}
-    ceilings = [b.limit(reference) for b in budgets if b.is_upper and b.spec.cost_key == "latency_ms"]
-    if not ceilings or measured <= min(ceilings):
-        return None  # over another budget, not latency's
-    return float(predicted) * min(ceilings) / float(measured) * (1 - REPAIR_SPARE)
-
-
-def _meets_budget(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any],
-                  out: Mapping[str, Any]) -> bool | None:
-    """Whether a final model, as measured (latency on the real target), meets every budget; None without
-    budgets. A relative latency budget reads the base timed beside the model in the same run, so a
-    machine that is slower now than when the base was timed does not decide it."""
-    if not budgets:
-        return None
-    reference = dict(base)
-    if out.get("base_latency_ms"):
-        reference["latency_ms"] = out["base_latency_ms"]
-    return all(b.check(row, reference) for b in budgets)
 
 
 def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: dict[str, Any], model: Any,
