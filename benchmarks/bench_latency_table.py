@@ -7,9 +7,9 @@ two passes of interleaved runs. Reports the share of candidates whose prediction
 +-10% of the measured latency (the mean of the two passes), the median and 95th-percentile
 errors, the measurement's own spread (pass 1 vs pass 2), the share within +-10% with the table's
 earlier correction (one line, ``alpha * sum + beta``, fitted on the same models) in place of its
-calibration curve, and the time to predict a candidate against the time to measure it: as the search predicts (``LatencyTable.predict``: one graph trace
-per model structure, then reads of the modules, :mod:`rsc.kernel_templates`) and, for comparison,
-with a trace of every candidate. The same figures relative to the base
+calibration curve, and the time to predict a candidate against the time to measure it: as the
+search predicts (``LatencyTable.predict``: one graph trace per model structure, then reads of the
+modules, :mod:`rsc.kernel_templates`) and, for comparison, with a trace of every candidate. The same figures relative to the base
 model timed beside each candidate (predicted model/base against measured model/base: what a
 speed-up or a ``latency<40%`` budget reads) are free of the machine's load drift between calls,
 which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::

@@ -303,7 +303,7 @@ def repair_aim(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any], ou
     measured, predicted = row.get("latency_ms"), row.get("latency_ms_predicted")
     if row.get("meets_budget") is not False or not measured or not predicted:
         return None
-    reference = {**base, **({"latency_ms": out["base_latency_ms"]} if out.get("base_latency_ms") else {})}
+    reference = _beside(base, out)
     ceilings = [b.limit(reference) for b in budgets if b.is_upper and b.spec.cost_key == "latency_ms"]
     if not ceilings or measured <= min(ceilings):
         return None  # over another budget, not latency's
@@ -317,7 +317,9 @@ def meets_budget(budgets: Any, row: Mapping[str, Any], base: Mapping[str, Any],
     machine that is slower now than when the base was timed does not decide it."""
     if not budgets:
         return None
-    reference = dict(base)
-    if out.get("base_latency_ms"):
-        reference["latency_ms"] = out["base_latency_ms"]
-    return all(b.check(row, reference) for b in budgets)
+    return all(b.check(row, _beside(base, out)) for b in budgets)
+
+
+def _beside(base: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
+    """The base's costs with its latency as timed beside the final model (``base_latency_ms``), where it was."""
+    return {**base, **({"latency_ms": out["base_latency_ms"]} if out.get("base_latency_ms") else {})}

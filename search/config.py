@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rsc.errors import ConfigError
+from search.budget import REPAIR_PASSES
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
@@ -144,7 +145,8 @@ class SearchConfig:
                               "(default {default})", metavar="N")
     latency_repair: bool = opt(True, "do not re-project a final model that measures over a latency budget on the "
                                      "target (with --target lut:FILE, where the table under-predicted it) onto the "
-                                     "budget scaled by that error, and fine-tune it again (up to 3 times while it measures over)",
+                                     f"budget scaled by that error, and fine-tune it again (up to {REPAIR_PASSES} times while it "
+                                     "measures over)",
                                flag="--no-latency-repair")
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 

@@ -203,8 +203,7 @@ def test_a_final_model_over_the_latency_budget_is_re_projected_below_it_and_fine
 
 
 def test_the_repair_aim_reads_the_budget_as_the_check_does():
-    from search.budget import parse_budgets
-    from search.budget import REPAIR_SPARE, repair_aim
+    from search.budget import REPAIR_SPARE, parse_budgets, repair_aim
 
     over = {"latency_ms": 6.0, "latency_ms_predicted": 4.0, "meets_budget": False}
     spare = 1 - REPAIR_SPARE
