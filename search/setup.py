@@ -153,8 +153,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                           f"{hardware.spec} would mix the two (start another --study)")
     engine.set_attr("hardware", hardware.spec)
     fingerprint = hardware.fingerprint()
-    tracker = Tracker(uri=uri, experiment=config.experiment, artifact_location=None if uri.startswith("http")
-                      else (Path(config.out).resolve() / "mlartifacts").as_uri())
+    tracker = Tracker(uri=uri, experiment=config.experiment)
     ckpt, _ = search_base_checkpoint(config, data, split, device, say)
     if config.final_folds and config.weights is not None and Path(ckpt) == Path(config.weights):
         from rsc.errors import ConfigError

@@ -297,13 +297,18 @@ class Tracker:
         uri: tracking URI (``sqlite:///...`` or ``http://host:port``).
         experiment: experiment name (created on first use).
         artifact_location: where a *new* experiment stores artifacts (local backends only;
-            a server decides its own).
+            a server decides its own). Default for a ``sqlite:///`` store: ``mlartifacts/``
+            beside the database file, whichever command creates the experiment first (a study's
+            search cell, a search of its own), so one experiment never keeps its artifacts inside
+            another command's output folder.
     """
 
     def __init__(self, *, uri: str, experiment: str, artifact_location: str | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self._pareto: dict[str, bool] = {}
+        if artifact_location is None and (db := sqlite_path(uri)) is not None:
+            artifact_location = (db.resolve().parent / "mlartifacts").as_uri()
         try:  # the first client on a sqlite file creates or migrates its schema: one process at a time
             self.client, self.experiment_id = open_store(uri, functools.partial(self._open, experiment,
                                                                                 artifact_location))

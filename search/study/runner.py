@@ -219,8 +219,7 @@ def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, A
     meta_path = study_dir / "study.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     settings = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("progress", "device")}
-    tracker = Tracker(uri=uri, experiment=c.experiment, artifact_location=None if uri.startswith("http")
-                      else (Path(c.out).resolve() / "mlartifacts").as_uri())
+    tracker = Tracker(uri=uri, experiment=c.experiment)
     parent = meta.get("mlflow_parent_run_id") if meta.get("mlflow_tracking_uri") == uri else None
     if parent:
         tracker.resume_parent(parent)

@@ -93,3 +93,22 @@ def test_pytorch_model_logged_with_a_batch_of_one_takes_any_batch(tmp_path, capf
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_artifacts_beside_the_sqlite_database_whoever_creates_the_experiment(tmp_path, monkeypatch):
+    """A study's search cell may create the search experiment first (its own output folder is the
+    study's): the experiment's artifacts still go beside the database, where a later search of its
+    own looks for them, and not into that study's folder nor MLflow's working-directory default."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = default_tracking_uri(tmp_path / "runs")
+    check_tracking_uri(uri)
+    first = Tracker(uri=uri, experiment="search")
+    location = first.client.get_experiment(first.experiment_id).artifact_location
+    assert location == (tmp_path / "runs" / "mlartifacts").as_uri()
+    run = first.start_parent("s", params={})
+    first.log_text(run, "x", "a.txt")
+    assert (tmp_path / "runs" / "mlartifacts").is_dir() and not (tmp_path / "elsewhere" / "mlartifacts").exists()
+    # an explicit location still wins for a new experiment
+    other = Tracker(uri=uri, experiment="other", artifact_location=(tmp_path / "art").as_uri())
+    assert other.client.get_experiment(other.experiment_id).artifact_location == (tmp_path / "art").as_uri()
