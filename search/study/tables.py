@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines"]
+__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
              "test_oa", "val_oa", "compression_rate", "compression_rate_params", "speedup", "params",
@@ -186,6 +186,32 @@ def rank_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
     return out
 
 
+def pick_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
+    """How much the final choice cost, per searched method, rate and KD: the chosen model's test OA
+    against its finalists' (every finalist is fine-tuned in full and tested, but chosen on validation
+    OA alone; the test OA of the others is bookkeeping, never a choice)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        finalists = [f for f in (r.get("search") or {}).get("finalists") or () if f.get("test_oa") is not None]
+        if r["train_ratio"] == ratio and r.get("status") == "ok" and len(finalists) > 1:
+            groups[(r["method"], r.get("target_rate"), bool(r["kd"]))].append(
+                {"chosen": r["test_oa"], "val": r.get("val_oa"), "tests": [f["test_oa"] for f in finalists]})
+    if not groups:
+        return []
+    out = ["| searched cell | target rate | KD | finalists | chosen: val OA | chosen: test OA | finalists' mean test OA | "
+           "best finalist's test OA | chosen minus best finalist (pts) | chosen was a best finalist | repeats |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, rate, kd), picks in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0], kv[0][2])):
+        lost = [g["chosen"] - max(g["tests"]) for g in picks]
+        out.append(f"| {method} | {rate:g}x | {'yes' if kd else 'no'} | "
+                   f"{mean_std([len(g['tests']) for g in picks])[0]:.0f} | "
+                   f"{_pm([g['val'] for g in picks], 2, pct=True)} | {_pm([g['chosen'] for g in picks], 2, pct=True)} | "
+                   f"{_pm([statistics.fmean(g['tests']) for g in picks], 2, pct=True)} | "
+                   f"{_pm([max(g['tests']) for g in picks], 2, pct=True)} | {_pm(lost, 2, pct=True)} | "
+                   f"{sum(x > -1e-9 for x in lost)}/{len(picks)} | {len(picks)} |")
+    return out
+
+
 _TITLES = {"baselines": "Baselines: classic networks trained from scratch",
            "families": "Weight vs local vs global compression",
            "pruning": "Pruning methods at matched compression rates, with and without distillation",
@@ -258,6 +284,9 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                     with_base_differences(lines, rows, ratio, exp)
                 md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "",
                        *_table(lines, exp, prep.data.num_classes), ""]
+            if picks := pick_lines([r for r in rows if exp in r.get("experiments", ())], ratio):
+                md += ["The final choice of each searched cell: its finalists were all fine-tuned in full and "
+                       "tested, and one chosen on validation OA alone:", "", *picks, ""]
             for x in lines:
                 for reason in x["unreachable"][:1]:
                     md.append(f"- {x['method']} at {x['target_rate']:g}x: {reason}")

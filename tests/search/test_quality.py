@@ -15,7 +15,7 @@ import pytest
 from search.config import SearchConfig
 from search.final import chosen_row, final_candidates
 from search.study import StudyConfig, prepare_study, run_study
-from search.study.tables import quality_lines
+from search.study.tables import pick_lines, quality_lines
 
 
 def _t(number, oa, params):
@@ -88,6 +88,28 @@ def test_quality_table_pairs_each_method_with_the_subject_on_the_same_split():
     assert lines["search-nsga2"]["vs_base"]["per_split"] == pytest.approx({0: 0.01, 1: 0.02, 2: -0.03})
 
 
+def test_the_pick_table_shows_what_the_validation_choice_cost_against_the_best_finalist():
+    def row(repeat, chosen, tests, method="search-alloc", kd=False):
+        return {"id": f"{method}-s{repeat}", "method": method, "kd": kd, "target_rate": 4.0, "train_ratio": 0.8,
+                "status": "ok", "test_oa": chosen, "val_oa": 0.9, "repeat": repeat,
+                "search": {"finalists": [{"trial": i, "test_oa": t} for i, t in enumerate(tests)]}}
+
+    rows = [row(0, 0.80, [0.80, 0.84, 0.82]), row(1, 0.86, [0.86, 0.86, 0.85]),
+            row(2, 0.70, [0.70]),                                  # one finalist: no choice was made
+            {**row(3, 0.5, [0.5, 0.6]), "status": "failed"},       # a failed cell counts nowhere
+            {**row(4, 0.8, [0.8, 0.9]), "train_ratio": 0.5},       # another training ratio
+            row(0, 0.81, [0.83, 0.81], kd=True),                   # KD on: its own line
+            {"id": "l1-s0", "method": "l1", "kd": False, "target_rate": 4.0, "train_ratio": 0.8,
+             "status": "ok", "test_oa": 0.8, "repeat": 0}]        # not searched
+    lines = pick_lines(rows, 0.8)
+    assert len(lines) == 4 and lines[2].startswith("| search-alloc | 4x | no | 3 |") and "| yes | 2 |" in lines[3]
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    # chosen 83.00 +- 4.24; finalists' mean (82.00, 85.67); best (84, 86); chosen minus best (-4, 0); 1 of 2 best
+    assert cells[5] == "83.00 +- 4.24" and cells[6] == "83.83 +- 2.59" and cells[7] == "85.00 +- 1.41"
+    assert cells[8] == "-2.00 +- 2.83" and cells[9] == "1/2" and cells[10] == "2"
+    assert pick_lines([rows[-1]], 0.8) == []
+
+
 def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(tmp_path):
     config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
                          rates=(2.0,), experiments=("quality",), search_trials=3, search_fidelity=1, search_final=2,
@@ -114,6 +136,8 @@ def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(
     assert "Search quality" in md and "search-nsga2 minus it (pts, paired)" in md
     assert "| search-nsga2 | 2x |" in md and "| l1 | 2x |" in md and "(itself)" in md
     assert "trials fine-tuned in full" in md
+    chose = any(len(r.get("search", {}).get("finalists", ())) > 1 for r in rows)
+    assert ("chosen minus best finalist (pts)" in md) == chose
     # a searched cell run again on its kept search (killed after the search, before its row) counts every trial,
     # not only those of the last process
     cell = next((prep.study_dir / "cells").glob("search-nsga2-*-s0.json"))
