@@ -1,8 +1,9 @@
 """The uncompressed base model of a search: loaded from a checkpoint, or trained once and cached.
 
 Cached under ``<rsc cache>/base-models/`` keyed by architecture, dataset, size, split digest, epochs,
-seed and the BatchNorm re-estimation that ends training, so repeated searches (and the tests) train it
-once. ``KEY_VERSION`` is part of the key: raise it whenever training changes what a key produces, so a
+seed, the BatchNorm re-estimation that ends training and, where they are not the defaults (so that
+keys written before they were part of it stay valid), the learning rate, batch size and augmentation,
+so repeated searches (and the tests) train it once. ``KEY_VERSION`` is part of the key: raise it whenever training changes what a key produces, so a
 cache written by older code is never taken for the new model.
 """
 
@@ -15,6 +16,8 @@ __all__ = ["obtain_base_checkpoint", "search_base_checkpoint", "KEY_VERSION"]
 
 #: v2: training ends on BatchNorm statistics re-estimated on ``bn_batches`` unaugmented batches.
 KEY_VERSION = 2
+#: The base recipe a key leaves implicit (``search.config``'s and the study's defaults).
+DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.05, 64
 
 
 def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, split: Any, epochs: int, lr: float,
@@ -51,14 +54,21 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     key = f"v{KEY_VERSION}-{model_name}-{data.name}-{data.image_size}px-{split.digest}-e{epochs}-s{seed}-bn{bn_batches}"
     if aug != AugmentConfig():
         key += "-aug-" + (aug.tag() if aug is not None else "none")
+    if lr != DEFAULT_LR:  # a network trained at another rate is another model (--network-lr, --base-lr)
+        key += f"-lr{lr:g}"
+    if batch_size != DEFAULT_BATCH_SIZE:
+        key += f"-b{batch_size}"
     if weights is not None:
         key += "-from-" + Path(weights).stem
     path = cache_dir() / "base-models" / f"{key}.pt"
     if path.is_file():
         try:
-            load_checkpoint(path)
-            say(f"base model: cached {path}")
-            return path, False
+            cached = (load_checkpoint(path).get("config") or {}).get("lr", lr)
+            if cached == lr:
+                say(f"base model: cached {path}")
+                return path, False
+            # written before the rate was part of the key: another model under this name
+            say(f"base model: replacing cache {path} (trained at lr {cached:g}, not {lr:g})")
         except CheckpointError:
             say(f"base model: ignoring unreadable cache {path}")
     from rsc.data import make_loaders

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
 from rsc.augment import AugmentConfig
 from rsc.checkpoint import load_checkpoint
 from rsc.data import make_split, synthetic_scene_data
-from search.base_model import KEY_VERSION, obtain_base_checkpoint
+from search.base_model import DEFAULT_BATCH_SIZE, DEFAULT_LR, KEY_VERSION, obtain_base_checkpoint
 
 
 def _get(data, split, **kw):
-    args = dict(model_name="resnet18", weights=None, data=data, split=split, epochs=1, lr=0.05, batch_size=16,
+    args = dict(model_name="resnet18", weights=None, data=data, split=split, epochs=1, lr=0.05, batch_size=64,
                 seed=0, device="cpu", progress=False, say=lambda m: None)
     return obtain_base_checkpoint(**{**args, **kw})
 
@@ -38,3 +40,22 @@ def test_the_key_carries_its_version_the_bn_reestimation_and_a_non_default_augme
     a, b = load_checkpoint(path)["state_dict"], load_checkpoint(plain)["state_dict"]
     assert torch.equal(a["conv1.weight"], b["conv1.weight"])
     assert not torch.allclose(a["bn1.running_var"], b["bn1.running_var"])
+
+
+def test_another_learning_rate_or_batch_size_is_another_base_never_the_cached_one():
+    """A network trained at ``--network-lr alexnet=0.03`` after one at 0.01 must not load the 0.01 model."""
+    data = synthetic_scene_data(num_classes=3, per_class=10, image_size=16)
+    split = make_split(data, train_ratio=0.8, seed=0, val_ratio=0.1)
+    default, _ = _get(data, split, lr=DEFAULT_LR, batch_size=DEFAULT_BATCH_SIZE)
+    assert "-lr" not in default.name and "-b" not in default.name.rsplit("-bn4", 1)[1]  # old keys stay valid
+    low, trained = _get(data, split, lr=0.01)
+    assert trained and low.name.endswith("-lr0.01.pt") and load_checkpoint(low)["config"]["lr"] == 0.01
+    high, trained = _get(data, split, lr=0.03)
+    assert trained and high != low and high.name.endswith("-lr0.03.pt")
+    assert _get(data, split, lr=0.01) == (low, False)
+    small, trained = _get(data, split, lr=0.01, batch_size=8)
+    assert trained and small.name.endswith("-lr0.01-b8.pt")
+    # a file under the default key that a rate outside the key trained (before the rate was part of it)
+    shutil.copyfile(low, default)
+    assert _get(data, split, lr=DEFAULT_LR) == (default, True)   # retrained, not taken
+    assert load_checkpoint(default)["config"]["lr"] == DEFAULT_LR
