@@ -281,7 +281,8 @@ def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, A
     tracker.end_parent(parent, status="KILLED" if interrupted else "FINISHED")
     failed = [cell.id for cell in todo if cell.id not in rows]
     return {"study_dir": str(study_dir), "rows": list(rows.values()), "outputs": {k: str(v) for k, v in outputs.items()},
-            "cells": len(prep.cells), "finished": len(rows), "failed": failed, "interrupted": interrupted,
+            "cells": len(prep.cells), "finished": sum(cell.id in rows for cell in prep.cells), "in_folder": len(rows),
+            "failed": failed, "interrupted": interrupted,
             "tracking_uri": uri, "parent_run_id": parent, "experiment": c.experiment}
 
 

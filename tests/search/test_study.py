@@ -289,3 +289,7 @@ def test_a_finished_cell_joins_the_tables_of_experiments_added_later(tmp_path):
     assert "| resnet18 |" in md.split("## Baselines")[1].split("##")[0]
     pruning = md.split("## Pruning methods")[1]
     assert "| magnitude | weight | no | 2x |" in pruning and ("(1/1)" in pruning or "(0/1)" in pruning)
+    # a narrower run over the same folder counts its own cells, and says what else the folder holds
+    res = run_study(prepare_study(tiny(tmp_path, repeats=1, experiments=("baselines",)), say=lambda m: None),
+                    say=lambda m: None)
+    assert (res["cells"], res["finished"], res["in_folder"]) == (1, 1, 2)
