@@ -3,8 +3,9 @@
 Cached under ``<rsc cache>/base-models/`` keyed by architecture, dataset, size, split digest, epochs,
 seed, the BatchNorm re-estimation that ends training and, where they are not the defaults (so that
 keys written before they were part of it stay valid), the learning rate, batch size and augmentation,
-so repeated searches (and the tests) train it once. ``KEY_VERSION`` is part of the key: raise it whenever training changes what a key produces, so a
-cache written by older code is never taken for the new model.
+so repeated searches (and the tests) train it once. ``KEY_VERSION`` is part of the key: raise it
+whenever training changes what a key produces, so a cache written by older code is never taken for
+the new model.
 """
 
 from __future__ import annotations
