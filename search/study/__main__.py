@@ -211,7 +211,8 @@ def main(argv=None) -> int:
             return 0
         res = run_study(prep)
         print(f"study {prep.study_dir.name}: {res['finished']} of {res['cells']} cell(s) finished"
-              + (f" ({res['in_folder']} in its folder, earlier runs' included)" if res["in_folder"] > res["cells"] else "")
+              + (f" ({res['in_folder']} in its folder, earlier runs' included)"
+                 if res["in_folder"] > res["cells"] else "")
               + (f"; failed (run again to retry): {', '.join(res['failed'])}" if res["failed"] else "")
               + (" (interrupted: run the same command again to resume)" if res["interrupted"] else ""))
         print(f"tables: {res['outputs']['tables_md']}  (CSV: {res['outputs']['results_csv']})")

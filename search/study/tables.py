@@ -198,14 +198,16 @@ def pick_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
                 {"chosen": r["test_oa"], "val": r.get("val_oa"), "tests": [f["test_oa"] for f in finalists]})
     if not groups:
         return []
-    out = ["| searched cell | target rate | KD | finalists | chosen: val OA | chosen: test OA | finalists' mean test OA | "
-           "best finalist's test OA | chosen minus best finalist (pts) | chosen was a best finalist | repeats |",
+    out = ["| searched cell | target rate | KD | finalists | chosen: val OA | chosen: test OA | "
+           "finalists' mean test OA | best finalist's test OA | chosen minus best finalist (pts) | "
+           "chosen was a best finalist | repeats |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (method, rate, kd), picks in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0], kv[0][2])):
         lost = [g["chosen"] - max(g["tests"]) for g in picks]
         out.append(f"| {method} | {rate:g}x | {'yes' if kd else 'no'} | "
                    f"{mean_std([len(g['tests']) for g in picks])[0]:.0f} | "
-                   f"{_pm([g['val'] for g in picks], 2, pct=True)} | {_pm([g['chosen'] for g in picks], 2, pct=True)} | "
+                   f"{_pm([g['val'] for g in picks], 2, pct=True)} | "
+                   f"{_pm([g['chosen'] for g in picks], 2, pct=True)} | "
                    f"{_pm([statistics.fmean(g['tests']) for g in picks], 2, pct=True)} | "
                    f"{_pm([max(g['tests']) for g in picks], 2, pct=True)} | {_pm(lost, 2, pct=True)} | "
                    f"{sum(x > -1e-9 for x in lost)}/{len(picks)} | {len(picks)} |")
