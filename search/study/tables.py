@@ -286,9 +286,6 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                     with_base_differences(lines, rows, ratio, exp)
                 md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "",
                        *_table(lines, exp, prep.data.num_classes), ""]
-            if picks := pick_lines([r for r in rows if exp in r.get("experiments", ())], ratio):
-                md += ["The final choice of each searched cell: its finalists were all fine-tuned in full and "
-                       "tested, and one chosen on validation OA alone:", "", *picks, ""]
             for x in lines:
                 for reason in x["unreachable"][:1]:
                     md.append(f"- {x['method']} at {x['target_rate']:g}x: {reason}")
@@ -302,6 +299,9 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                                      "minus_base_std": (x.get("vs_base") or {}).get("std"),
                                      "minus_base_n": (x.get("vs_base") or {}).get("n")})
             md.append("")
+            if picks := pick_lines([r for r in rows if exp in r.get("experiments", ())], ratio):
+                md += ["The final choice of each searched cell: its finalists were all fine-tuned in full and "
+                       "tested, and one chosen on validation OA alone:", "", *picks, ""]
             if exp in ("families", "pruning", "quality"):
                 for key, label, tag in (("rate", "compression rate (x, log)", "rate"),
                                         ("speedup", "measured speed-up (x, log)", "speedup")):
