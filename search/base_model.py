@@ -17,7 +17,7 @@ __all__ = ["obtain_base_checkpoint", "search_base_checkpoint", "KEY_VERSION"]
 
 #: v2: training ends on BatchNorm statistics re-estimated on ``bn_batches`` unaugmented batches.
 KEY_VERSION = 2
-#: The base recipe a key leaves implicit (``search.config``'s and the study's defaults).
+#: The base recipe a key leaves implicit; ``search.config`` and the study take their defaults from here.
 DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.05, 64
 
 

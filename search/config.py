@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rsc.errors import ConfigError
+from search.base_model import DEFAULT_BATCH_SIZE, DEFAULT_LR
 from search.budget import REPAIR_PASSES
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -54,7 +55,7 @@ class SearchConfig:
     model: str = opt("resnet18", "torchvision architecture (default {default})")
     weights: str | None = opt(None, "base model checkpoint (default: train one and cache it)")
     base_epochs: int = opt(30, "epochs to train the base model (default {default}; 5 on the synthetic set)")
-    base_lr: float = opt(0.05, "peak learning rate of the base model's training (default {default})")
+    base_lr: float = opt(DEFAULT_LR, "peak learning rate of the base model's training (default {default})")
 
     # -- search space and budget
     budgets: tuple[str, ...] = opt((), "e.g. 'params<5M', 'macs<50%%', 'size<2MB', 'latency<20ms'; repeat to AND",
@@ -93,7 +94,7 @@ class SearchConfig:
     # -- per-trial evaluation
     fidelity_epochs: int = opt(2, "fine-tune epochs per trial (default {default})")
     finetune_lr: float = opt(0.01, "peak learning rate of every fine-tune (default {default})")
-    batch_size: int = opt(64, "training batch size (default {default})")
+    batch_size: int = opt(DEFAULT_BATCH_SIZE, "training batch size (default {default})")
     min_accuracy: float | None = opt(None, "validation-OA floor in [0, 1): trials below it are infeasible and kept "
                                            "off the Pareto front", metavar="OA")
     early_stop_margin: float | None = opt(0.1, "OA margin for stopping dominated trials (default {default}; "

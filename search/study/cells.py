@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from search.base_model import DEFAULT_BATCH_SIZE, DEFAULT_LR
+
 __all__ = ["StudyConfig", "Cell", "Method", "METHODS", "EXPERIMENTS", "AUGMENTS", "QUALITY_METHODS", "plan_cells",
            "augment_config"]
 
@@ -124,9 +126,9 @@ class StudyConfig:
     epochs: int = 30                         # from-scratch training (bases, teacher-KD students)
     finetune_epochs: int = 30                # every compressed model's fine-tune budget: as long as the base's
                                              # training (measured: 10 left uniform L1 8 pts short at 10x)
-    lr: float = 0.05
+    lr: float = DEFAULT_LR
     finetune_lr: float = 0.01
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     val_ratio: float = 0.1
     bn_batches: int = 4
     rates: tuple[float, ...] = (2.0, 4.0, 8.0)
