@@ -91,7 +91,8 @@ def build_parser():
     a("--search-final", type=positive_int, default=d.search_final,
       help="models a searched cell's final stage fine-tunes (search --final-max)")
     a("--search-pick", choices=FINAL_PICKS, default=d.search_pick,
-      help="which: spread along the front or the top trial scores inside the budget (search --final-pick)")
+      help="which: the top trial scores inside the budget (default) or spread along the front "
+           "(search --final-pick)")
     a("--search-rungs", type=positive_int, default=d.search_rungs,
       help="successive halving rungs of a searched cell's final stage (search --final-rungs)")
     a("--search-folds", type=int, default=d.search_folds, metavar="K",
@@ -102,7 +103,8 @@ def build_parser():
       help="KD from the base model during every fine-tune of a search (search --finetune-kd), "
            "and of the quality experiment's baselines (the same fine-tune for every method)")
     a("--search-min-target", type=float, default=d.search_min_target,
-      help="search --min-target: trials aim at [F, 1] of the budget (default: the search's)")
+      help="search --min-target: a searched cell's trials aim at [F, 1] of its rate's params (default 0.9: "
+           "compared at the rate; 0.1, the search's own default, spreads them over 1-10x the rate)")
     a("--search-zero-shot", action="store_true", default=d.search_zero_shot,
       help="search --zero-shot: score every trial before fine-tuning by its adaptive-BN validation OA (EagleEye), "
            "screen the clearly dominated, and rank the final OA by that score too")

@@ -103,9 +103,10 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
 #: Settings every finished cell depends on: a study resumed with others would mix incomparable rows.
 #: (Networks, methods, rates, repeats, experiments may grow or shrink: they only add or leave out cells.)
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs",
-                  "finetune_lr", "batch_size", "val_ratio", "bn_batches", "search_trials", "search_fidelity",
-                  "slimming_reg", "weights", "search_final", "search_pick", "search_rungs", "search_kd",
-                  "search_min_target", "search_zero_shot", "search_folds", "rank_sample")
+                  "finetune_lr", "batch_size", "val_ratio", "bn_batches", "slimming_reg", "weights", "search_kd")
+#: Settings only the searched cells depend on: fixed once the folder holds one.
+SEARCH_SETTINGS = ("search_trials", "search_fidelity", "search_final", "search_pick", "search_rungs",
+                   "search_min_target", "search_zero_shot", "search_folds", "rank_sample")
 
 
 def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:
@@ -118,10 +119,12 @@ def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None
         raise ConfigError(f"{meta_path} is unreadable: move it away to start the study afresh") from None
     old = {**meta.get("settings", {}), **({"dataset": meta["dataset"]} if "dataset" in meta else {})}
     new = {**json.loads(json.dumps(dataclasses.asdict(config), default=str)), "dataset": dataset}
-    changed = [f"{k}={old[k]!r} (now {new[k]!r})" for k in ("dataset", *FIXED_SETTINGS)
+    rows = finished_rows(study_dir).values()
+    searched = any(METHODS[r["method"]].kind == "search" for r in rows if r.get("method") in METHODS)
+    changed = [f"{k}={old[k]!r} (now {new[k]!r})"
+               for k in ("dataset", *FIXED_SETTINGS, *(SEARCH_SETTINGS if searched else ()))
                if k in old and old[k] != new[k]]
     # a network's lr may be set for a network the study has not trained yet, not changed under finished cells
-    rows = finished_rows(study_dir).values()
     trained = {r.get("network") for r in rows} | \
               ({old.get("teacher")} if any(r.get("method") == "distill-teacher" for r in rows) else set())
     changed += [f"the lr of {net}={_lr(old, net)!r} (now {_lr(new, net)!r})" for net in sorted(trained - {None})

@@ -15,6 +15,7 @@ import pytest
 from search.config import SearchConfig
 from search.final import chosen_row, final_candidates
 from search.study import StudyConfig, prepare_study, run_study
+from search.study.cells import METHODS
 from search.study.tables import pick_lines, quality_lines
 
 
@@ -113,7 +114,9 @@ def test_the_pick_table_shows_what_the_validation_choice_cost_against_the_best_f
 def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(tmp_path):
     config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
                          rates=(2.0,), experiments=("quality",), search_trials=3, search_fidelity=1, search_final=2,
-                         search_pick="top", rank_sample=1, out=str(tmp_path / "runs"), progress=False, name="q")
+                         quality_methods=("search-nsga2", "search-random", "l1", "tucker-vbmf-scaled"),
+                         quality_subject="search-nsga2", search_min_target=None, rank_sample=1,
+                         out=str(tmp_path / "runs"), progress=False, name="q")
     prep = prepare_study(config, say=lambda m: None)
     assert sorted({c.method for c in prep.cells}) == ["baseline", "l1", "search-nsga2", "search-random",
                                                      "tucker-vbmf-scaled"]
@@ -150,12 +153,28 @@ def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(
 
     with pytest.raises(ConfigError, match=r"search_pick='top' \(now 'spread'\)"):
         prepare_study(StudyConfig(**{**config.__dict__, "search_pick": "spread"}), say=lambda m: None)
+    with pytest.raises(ConfigError, match=r"search_min_target=None \(now 0.9\)"):
+        prepare_study(StudyConfig(**{**config.__dict__, "search_min_target": 0.9}), say=lambda m: None)
+
+
+def test_by_default_the_searched_cells_are_compared_at_their_rate():
+    """A study's searched cell answers "how good at this rate": its trials aim at 90-100% of the rate and the
+    finalists are the best-scored inside it. The search's own defaults (trials over 1-10x the rate, finalists
+    spread along the front) chose models at 4.2-15.3x for a 4x cell (benchmarks/README.md, the searched
+    policies at 4x). The quality protocol's subject is the allocated search, against its random twin."""
+    d = StudyConfig()
+    assert d.search_pick == "top" and d.search_min_target == 0.9
+    assert d.quality_subject == "search-alloc" and d.quality_subject in d.quality_methods
+    twin = METHODS["search-alloc-random"]
+    assert twin.sampler == "random" and METHODS[d.quality_subject].sampler == "nsga2"
+    assert all(getattr(twin, k) == getattr(METHODS[d.quality_subject], k)
+               for k in ("search_methods", "allocate", "allocate_damage"))
 
 
 def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_configured_so(tmp_path, monkeypatch):
     config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
                          rates=(3.0,), experiments=("quality",), search_trials=2, search_fidelity=1, search_final=1,
-                         quality_methods=("search-alloc", "l1-params", "l1-sensitivity"),
+                         quality_methods=("search-alloc", "search-alloc-random", "l1-params", "l1-sensitivity"),
                          quality_subject="l1-sensitivity", out=str(tmp_path / "runs"), progress=False, name="qa")
     seen = []
 
@@ -166,8 +185,10 @@ def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_confi
     prep = prepare_study(config, say=lambda m: None)
     run_study(prep, say=lambda m: None)
     rows = {r["method"]: r for r in (json.loads(p.read_text()) for p in (prep.study_dir / "cells").glob("*.json"))}
-    assert seen and seen[0].allocate == "params" and seen[0].allocate_damage == "sensitivity"
-    assert seen[0].space_methods()[0] == ("prune-alloc", "tucker-alloc")
+    assert sorted(sc.sampler for sc in seen) == ["nsga2", "random"]  # search-alloc and its random twin
+    for sc in seen:
+        assert sc.allocate == "params" and sc.allocate_damage == "sensitivity" and sc.min_target == 0.9
+        assert sc.space_methods()[0] == ("prune-alloc", "tucker-alloc")
     for method in ("l1-params", "l1-sensitivity"):
         assert rows[method]["status"] == "ok", rows[method].get("reason")
         assert 3.0 <= rows[method]["compression_rate"] <= 3.0 / 0.97 + 0.01

@@ -119,6 +119,9 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert len(prepare_study(tiny(tmp_path, repeats=3), say=lambda m: None).cells) > len(ids)
     with pytest.raises(ConfigError, match=r"was run with finetune_epochs=1 \(now 2\).*another --name"):
         prepare_study(tiny(tmp_path, finetune_epochs=2), say=lambda m: None)
+    # a search setting binds only searched cells: free while the folder holds none (tests/search/test_quality.py)
+    assert prepare_study(tiny(tmp_path, search_pick="spread", search_min_target=None, search_trials=5),
+                         say=lambda m: None).cells
     # a network's own lr: not changed under its finished cells, set freely for a network not trained yet
     with pytest.raises(ConfigError, match=r"the lr of resnet18=0.05 \(now 0.01\)"):
         prepare_study(tiny(tmp_path, network_lr={"resnet18": 0.01}), say=lambda m: None)
