@@ -85,7 +85,8 @@ def build_parser():
     a("--quality-methods", type=_choices(tuple(METHODS)), default=d.quality_methods,
       help="the search-quality protocol's methods, comma list")
     a("--quality-subject", choices=tuple(METHODS), default=d.quality_subject,
-      help="the method the quality tables pair every other method against (same split: paired differences)")
+      help="the method the quality tables pair every other method against (same split: paired differences; "
+           "default: the first searched one of --quality-methods)")
     a("--search-trials", type=positive_int, default=d.search_trials, help="trials per searched cell")
     a("--search-fidelity", type=positive_int, default=d.search_fidelity, help="fine-tune epochs per search trial")
     a("--search-final", type=positive_int, default=d.search_final,

@@ -142,7 +142,8 @@ class StudyConfig:
     augments: tuple[str, ...] = ("none", "d4", "d4+crop")
     augment_method: str = "l1"               # the compressed model of the ablation, at the middle rate
     quality_methods: tuple[str, ...] = QUALITY_METHODS
-    quality_subject: str = "search-alloc"    # the method the quality tables pair every other against
+    quality_subject: str | None = None       # the method the quality tables pair every other against
+                                             # (None: the first searched one of quality_methods)
     search_trials: int = 12                  # per searched cell
     search_fidelity: int = 2
     search_final: int = 3                    # models a searched cell's final stage fine-tunes (search --final-max)
@@ -168,6 +169,11 @@ class StudyConfig:
     def lr_of(self, network: str) -> float:
         """The peak learning rate ``network`` is trained with from scratch (``--network-lr``, else ``--lr``)."""
         return float(self.network_lr.get(network, self.lr))
+
+    def subject(self) -> str:
+        """The quality experiment's subject: ``quality_subject``, else the first searched quality method."""
+        searched = [m for m in self.quality_methods if m in METHODS and METHODS[m].kind == "search"]
+        return self.quality_subject or (searched or list(self.quality_methods) or [""])[0]
 
     def study_name(self, dataset: str) -> str:
         return self.name or f"study-{dataset}-{self.model}-{self.image_size}px"

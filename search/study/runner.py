@@ -55,7 +55,7 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
                            config.augment_method) if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    if "quality" in config.experiments and config.quality_subject not in config.quality_methods:
+    if "quality" in config.experiments and config.quality_subject not in (None, *config.quality_methods):
         raise ConfigError(f"--quality-subject {config.quality_subject} is not one of --quality-methods "
                           f"{','.join(config.quality_methods)}")
     from search.config import FINAL_PICKS

@@ -276,7 +276,7 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                 continue
             if exp == "quality":
                 md += [f"## {_TITLES[exp]}, training ratio {ratio:.0%}", "",
-                       *_quality_table(quality_lines(rows, ratio, c.quality_subject), c.quality_subject), ""]
+                       *_quality_table(quality_lines(rows, ratio, c.subject()), c.subject()), ""]
                 ranks = rank_lines(rows, ratio)
                 if ranks:
                     md += ["How well the search's trial score (validation OA after the short fine-tune) ranks "
@@ -298,7 +298,8 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                                      "minus_base_mean": (x.get("vs_base") or {}).get("mean"),
                                      "minus_base_std": (x.get("vs_base") or {}).get("std"),
                                      "minus_base_n": (x.get("vs_base") or {}).get("n")})
-            md.append("")
+            if md[-1]:  # after the unreachable notes; the table already ends in one
+                md.append("")
             if picks := pick_lines([r for r in rows if exp in r.get("experiments", ())], ratio):
                 md += ["The final choice of each searched cell: its finalists were all fine-tuned in full and "
                        "tested, and one chosen on validation OA alone:", "", *picks, ""]

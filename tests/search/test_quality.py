@@ -164,11 +164,15 @@ def test_by_default_the_searched_cells_are_compared_at_their_rate():
     policies at 4x). The quality protocol's subject is the allocated search, against its random twin."""
     d = StudyConfig()
     assert d.search_pick == "top" and d.search_min_target == 0.9
-    assert d.quality_subject == "search-alloc" and d.quality_subject in d.quality_methods
+    assert d.subject() == "search-alloc" and d.quality_methods[:2] == ("search-alloc", "search-alloc-random")
     twin = METHODS["search-alloc-random"]
-    assert twin.sampler == "random" and METHODS[d.quality_subject].sampler == "nsga2"
-    assert all(getattr(twin, k) == getattr(METHODS[d.quality_subject], k)
+    assert twin.sampler == "random" and METHODS["search-alloc"].sampler == "nsga2"
+    assert all(getattr(twin, k) == getattr(METHODS["search-alloc"], k)
                for k in ("search_methods", "allocate", "allocate_damage"))
+    # no subject named: the first searched method of the list, else the first method
+    assert StudyConfig(quality_methods=("l1", "search-nsga2", "search-random")).subject() == "search-nsga2"
+    assert StudyConfig(quality_methods=("l1", "tucker-vbmf-scaled")).subject() == "l1"
+    assert StudyConfig(quality_methods=("l1", "search-nsga2"), quality_subject="l1").subject() == "l1"
 
 
 def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_configured_so(tmp_path, monkeypatch):
