@@ -146,7 +146,7 @@ def _seconds_per_image(network: str, data: Any, config: StudyConfig) -> float:
     """The fastest of 4 timed training steps of ``network`` (after a warm-up step): the cost estimate's unit.
 
     The fastest, not the last: beside another job a 16-image step of ResNet-18 at 64 px took 0.23 to 2.6 s
-    here, and one slow step had put a searched cell of about 20 minutes at 12 hours.
+    here, and one slow step had put a searched cell of 16 minutes at 12 hours.
     """
     import torch
 

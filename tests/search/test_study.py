@@ -188,7 +188,7 @@ def test_the_quality_protocol_fine_tunes_every_method_alike():
     for kd in (False, True):
         config = StudyConfig(repeats=1, rates=(4.0,), experiments=("quality",), search_kd=kd)
         cells = [c for c in plan_cells(config, (0.8,)) if c.method != "baseline"]
-        assert {c.method for c in cells} == {"search-nsga2", "search-random", "l1", "tucker-vbmf-scaled"}
+        assert {c.method for c in cells} == {"search-alloc", "search-alloc-random", "l1", "tucker-vbmf-scaled"}
         assert {c.kd for c in cells} == {kd}
 
 
