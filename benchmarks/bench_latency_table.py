@@ -5,9 +5,9 @@ random plans of the search's space with another seed (none of them was in the ta
 or calibration), predict each from the table and measure it whole on the same target twice, in
 two passes of interleaved runs. Reports the share of candidates whose prediction is within
 +-10% of the measured latency (the mean of the two passes), the median and 95th-percentile
-errors, the measurement's own spread (pass 1 vs pass 2), the share within +-10% with the table's
-earlier correction (one line, ``alpha * sum + beta``, fitted on the same models) in place of its
-calibration curve, and the time to predict a candidate against the time to measure it: as the
+errors, the measurement's own spread (pass 1 vs pass 2), the share within +-10% with each of the
+table's two whole-model corrections (the line ``alpha * sum + beta`` and the calibration curve, fitted
+on the same models; the table predicts with the one of smaller leave-one-out error), and the time to predict a candidate against the time to measure it: as the
 search predicts (``LatencyTable.predict``: one graph trace per model structure, then reads of the
 modules, :mod:`rsc.kernel_templates`) and, for comparison, with a trace of every candidate. The same figures relative to the base
 model timed beside each candidate (predicted model/base against measured model/base: what a
@@ -101,8 +101,12 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
                        for k, (m, _) in models.items()})
     measure_s = (time.perf_counter() - t) / (2 * len(models))  # a pair of models timed
     predicted_base = table.predict(base)
-    line = lambda total: table.alpha * total + table.beta  # noqa: E731 - the earlier correction, side by side
-    line_base = line(table.sum_ms(base))
+    from rsc.latency_table import curve_ratio
+
+    # both corrections side by side, whichever the table chose (its leave-one-out pick)
+    line = lambda total: table.alpha * total + table.beta  # noqa: E731
+    curve = lambda total: total * curve_ratio(table.curve, total)  # noqa: E731
+    line_base, curve_base = line(table.sum_ms(base)), curve(table.sum_ms(base))
     rows = []
     for k, (m, what) in models.items():
         p1, p2 = passes[0][k], passes[1][k]
@@ -110,10 +114,12 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
         # relative to the base timed in the same call (what a speed-up or a "latency<40%" budget reads):
         # free of the machine's load drift between calls
         rel = (p1["model"] / p1["base"] + p2["model"] / p2["base"]) / 2
-        rows.append({"candidate": int(k), "methods": what, "predicted_ms": predicted[k], "measured_ms": meas,
+        rows.append({"candidate": int(k), "methods": what, "sum_ms": sums[k], "predicted_ms": predicted[k],
+                     "measured_ms": meas,
                      "pass1_ms": p1["model"], "pass2_ms": p2["model"], "base1_ms": p1["base"], "base2_ms": p2["base"],
                      "error": predicted[k] / meas - 1, "relative_error": (predicted[k] / predicted_base) / rel - 1,
                      "relative_error_line": (line(sums[k]) / line_base) / rel - 1,
+                     "relative_error_curve": (curve(sums[k]) / curve_base) / rel - 1,
                      "relative_spread": (p1["model"] / p1["base"]) / (p2["model"] / p2["base"]) - 1})
     errs = sorted(abs(r["error"]) for r in rows)
     rel_errs = sorted(abs(r["relative_error"]) for r in rows)
@@ -132,16 +138,19 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
            "relative_spread_median": statistics.median(rel_spread), "relative_spread_p95": q(rel_spread, 0.95),
            "relative_within_10pct_line": sum(abs(r["relative_error_line"]) <= 0.10 for r in rows) / len(rows),
            "relative_median_abs_error_line": statistics.median(abs(r["relative_error_line"]) for r in rows),
+           "relative_within_10pct_curve": sum(abs(r["relative_error_curve"]) <= 0.10 for r in rows) / len(rows),
+           "correction": table.correction, "correction_loo": table.meta.get("correction_loo"),
            "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
            "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
            "curve": table.curve,
-           "predicted_base_ms": predicted_base, "rows": rows}
+           "predicted_base_ms": predicted_base, "calibration": table.calibration, "rows": rows}
     print(f"{model} batch {batch}: {100 * within:.0f}% within +-10% of {len(rows)} candidates; median error "
           f"{100 * out['median_abs_error']:.1f}%, p95 {100 * out['p95_abs_error']:.1f}%; measurement spread median "
           f"{100 * out['measurement_spread_median']:.1f}%; relative to the base beside it: "
           f"{100 * out['relative_within_10pct']:.0f}% within +-10%, median error "
-          f"{100 * out['relative_median_abs_error']:.1f}%, spread {100 * out['relative_spread_median']:.1f}% (with the "
-          f"line instead of the curve: {100 * out['relative_within_10pct_line']:.0f}%); predict "
+          f"{100 * out['relative_median_abs_error']:.1f}%, spread {100 * out['relative_spread_median']:.1f}% (the "
+          f"table's {table.correction}; with the line {100 * out['relative_within_10pct_line']:.0f}%, the curve "
+          f"{100 * out['relative_within_10pct_curve']:.0f}%); predict "
           f"{out['predict_ms_median']:.2f} ms median, {out['predict_ms_mean']:.2f} mean ({traced} of {len(rows)} traced; "
           f"{out['predict_trace_ms']:.1f} ms trace + {out['predict_lookup_ms']:.2f} ms lookup each without templates) "
           f"vs measure {out['measure_ms_per_candidate']:.0f} ms; "

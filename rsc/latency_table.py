@@ -2,9 +2,9 @@
 
 A model's latency on a target is predicted as the sum of its *kernels*' latencies, read from a table
 measured on that target (NetAdapt, Yang et al. 2018; nn-Meter, Zhang et al. 2021), then corrected
-by a *calibration curve* fitted on whole models::
+by a fit on whole models::
 
-    predicted_ms = sum(kernel_ms) * ratio(sum(kernel_ms))
+    predicted_ms = alpha * sum(kernel_ms) + beta      or      sum(kernel_ms) * ratio(sum(kernel_ms))
 
 *Kernels* are the units a runtime executes as one: the model is traced with ``torch.fx`` and a
 convolution is fused with the BatchNorm and the activation that consume it alone (``conv+bn+relu``:
@@ -14,19 +14,25 @@ The rest (pools, flatten, a lone BN...) are kernels of their own. Each kernel is
 *spec* (the operator and every hyper-parameter: kernel size, stride, padding, groups, fused ops),
 its input side and its channel dims (``(c_in, c_out)`` for convolutions and linear layers, ``(c,)``
 for depthwise convolutions and element-wise kernels). The table holds, per spec and side, a grid
-over the dims, measured on the target in its runtime, memory format, threads and batch (the grid
-points of one kernel are timed interleaved, as :func:`rsc.targets.compare_latency_on` times
-models); between grid points it interpolates multilinearly. The curve carries what the kernels in
-isolation do not see: the per-call overhead of the surrounding forward, and caches that are warmer
-or colder inside a whole network than for one kernel timed among others. ``ratio`` (measured whole /
-sum of kernels) is piecewise linear in the sum, with knots at quantiles of the calibration models'
-sums, flat beyond them (:func:`fit_curve`). It is not one line because the ratio is not monotone in
-model size: measured on ResNet-18 at batch 1, the base runs at 1.0x its kernels' sum, mid-size
-candidates at about 1.12x and the most compressed plans at about 0.8x, so a line through them all
-predicted the mid-size models, the ones a search ranks, 15% too fast relative to the base.
-(``alpha * sum + beta``, the earlier fit, is still read from tables that have no curve. A per-kernel
-term was tried and dropped: fitted on a dozen whole models it predicted Tucker-2 models, which have
-many more kernels, 14-45% too fast, so they broke latency budgets.)
+over the dims, measured on the target in its runtime, memory format, threads and batch; between
+grid points it interpolates multilinearly.
+
+*Where* a kernel is timed decides whether the sum adds up. A kernel's time depends on what ran
+before it: measured on ResNet-18 at batch 1 (41 candidates), the same kernels timed alone, back to
+back, summed to 0.75x the whole model on average, with a spread (coefficient of variation of whole/sum
+across models) of 8.3%; timed one kind at a time, 48 neighbouring grid points interleaved, 8.8%, with a
+3x3 convolution at 2x2 pixels 1.5x too slow and a residual add 0.6x too fast; timed in the model's own
+order, 1.6%. So the grid is timed in rounds that look like a forward pass (:func:`profile_kernels`):
+one point of every kind per round, kinds in the order they run in a network, 4.2% there. A whole
+model's prediction is the sum corrected by a fit on whole *calibration models* (:func:`fit_correction`):
+a line (``alpha * sum + beta``: the forward's own overhead) or a calibration curve (``measured / sum``
+piecewise linear in the sum, knots at quantiles of the calibration sums, flat beyond them,
+:func:`fit_curve`), whichever has the smaller leave-one-out error. The curve was needed while kernels
+were timed out of context, when the ratio was not even monotone in model size (ResNet-18 at batch 1:
+the base at 1.0x its kernels' sum, mid-size candidates ~1.12x, the most compressed plans ~0.8x); tables
+made then keep it. (A per-kernel term was tried and dropped: fitted on a dozen whole models it
+predicted Tucker-2 models, which have many more kernels, 14-45% too fast, so they broke latency
+budgets.)
 
 A kernel the table lacks (another spec, dims outside the grid) is *measured on the fly* on the
 table's target (``on_missing="measure"``, cached in the table; :meth:`LatencyTable.save` keeps it)
@@ -59,7 +65,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Kernel", "LatencyTable", "TableMiss", "TableMismatch", "kernels_of", "build_kernel", "load_table",
-           "check_table", "fit_curve", "curve_ratio", "FINGERPRINT_KEYS", "TABLE_VERSION"]
+           "check_table", "fit_curve", "fit_correction", "curve_ratio", "profile_kernels", "profile_rounds",
+           "FINGERPRINT_KEYS", "TABLE_VERSION"]
 
 TABLE_VERSION = 1
 #: fingerprint fields that must agree between a table and the target it is used on (not the host name:
@@ -424,9 +431,12 @@ class LatencyTable:
         model, image_size, num_classes: what it was profiled for.
         grids: ``kernel key -> {"axes": [[dim values]...], "ms": nested grid}``.
         exact: ``kernel key -> {"dims, joined by x": ms}``: points measured outside a grid or on the fly.
-        curve: the whole-model correction, ``{"sums": knots, "ratios": measured/sum at each knot}``
+        curve: the calibration curve, ``{"sums": knots, "ratios": measured/sum at each knot}``
             (:func:`fit_curve`); None in tables made before it, which use ``alpha`` and ``beta``.
-        alpha, beta: the line fitted on the same models (``alpha * sum + beta``; used where there is no curve).
+        alpha, beta: the line fitted on the same models (``alpha * sum + beta``).
+        correction: which of the two predicts (``"curve"`` or ``"line"``, :func:`fit_correction`: the one
+            with the smaller leave-one-out error on the calibration models); None (tables made before the
+            choice): the curve where there is one.
         calibration: the whole models it was fitted on: ``[{"sum_ms", "measured_ms", "predicted_ms"}]``.
         on_missing: ``"measure"`` (on the table's target, cached here) or ``"error"``.
     """
@@ -434,8 +444,8 @@ class LatencyTable:
     def __init__(self, *, target: str, fingerprint: Mapping[str, Any], model: str, image_size: int,
                  num_classes: int, grids: Mapping[str, Any] | None = None, exact: Mapping[str, Any] | None = None,
                  alpha: float = 1.0, beta: float = 0.0, curve: Mapping[str, Sequence[float]] | None = None,
-                 calibration: Sequence[Mapping[str, Any]] = (), meta: Mapping[str, Any] | None = None,
-                 path: str | None = None) -> None:
+                 correction: str | None = None, calibration: Sequence[Mapping[str, Any]] = (),
+                 meta: Mapping[str, Any] | None = None, path: str | None = None) -> None:
         self.target = str(target)
         self.fingerprint = dict(fingerprint)
         self.model, self.image_size, self.num_classes = str(model), int(image_size), int(num_classes)
@@ -446,6 +456,9 @@ class LatencyTable:
                       if curve else None)
         if self.curve and (not self.curve["sums"] or len(self.curve["sums"]) != len(self.curve["ratios"])):
             raise ValueError("a calibration curve needs as many ratios as knots, and at least one")
+        if correction not in (None, "curve", "line"):
+            raise ValueError(f"correction must be 'curve' or 'line', got {correction!r}")
+        self.correction = correction
         self.calibration = [dict(c) for c in calibration]
         self.meta = dict(meta or {})
         self.path = path
@@ -532,7 +545,7 @@ class LatencyTable:
 
     def combine(self, total_ms: float) -> float:
         """A whole model's prediction from the sum of its kernels' latencies (the fitted correction)."""
-        if self.curve:
+        if self.curve and self.correction != "line":
             return total_ms * curve_ratio(self.curve, total_ms)
         return self.alpha * total_ms + self.beta
 
@@ -575,7 +588,8 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "target": self.target, "fingerprint": self.fingerprint,
                 "model": self.model, "image_size": self.image_size, "num_classes": self.num_classes,
-                "alpha": self.alpha, "beta": self.beta, "curve": self.curve, "calibration": self.calibration,
+                "alpha": self.alpha, "beta": self.beta, "curve": self.curve, "correction": self.correction,
+                "calibration": self.calibration,
                 "meta": self.meta,
                 "grids": self.grids, "exact": self.exact}
 
@@ -595,11 +609,15 @@ class LatencyTable:
         if self.calibration:
             errs = [abs(c["predicted_ms"] / c["measured_ms"] - 1) for c in self.calibration if c.get("measured_ms")]
             fit = f"; whole-model fit on {len(errs)} models, max error {100 * max(errs):.1f}%" if errs else ""
-        if self.curve:
+        if self.curve and self.correction != "line":
             r = self.curve["ratios"]
             corr = f"calibration curve over {len(r)} knot(s), measured/sum {min(r):.2f}-{max(r):.2f}"
         else:
             corr = f"alpha {self.alpha:.3f}, beta {self.beta:.3f} ms"
+        loo = self.meta.get("correction_loo") or {}
+        if "line" in loo and "curve" in loo:
+            corr += (f" (chosen by leave-one-out error: line {100 * loo['line']:.1f}%, "
+                     f"curve {100 * loo['curve']:.1f}%)")
         return (f"latency table for {self.model} at {self.image_size}px on {self.target} "
                 f"({self.fingerprint.get('device_name', '?')}): {len(self.grids)} kernel grids, {points} points, "
                 f"{corr}{fit}")
@@ -639,8 +657,8 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         table = LatencyTable(target=data["target"], fingerprint=data["fingerprint"], model=data["model"],
                              image_size=data["image_size"], num_classes=data["num_classes"], grids=data["grids"],
                              exact=data.get("exact"), alpha=data.get("alpha", 1.0), beta=data.get("beta", 0.0),
-                             curve=data.get("curve"), calibration=data.get("calibration", ()), meta=data.get("meta"),
-                             path=str(p))
+                             curve=data.get("curve"), correction=data.get("correction"),
+                             calibration=data.get("calibration", ()), meta=data.get("meta"), path=str(p))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"latency table {path} is incomplete or malformed: {type(exc).__name__}: {exc}") from None
     _CACHE[(str(p.resolve()), stamp)] = table
@@ -694,54 +712,84 @@ def grid_axes(kernels: Sequence[Kernel], points: int) -> list[list[int]]:
             for i in range(len(kernels[0].dims))]
 
 
+def profile_rounds(observed: Mapping[str, list[Kernel]], points: int = 8,
+                   seed: int = 0) -> list[list[tuple[str, tuple[int, ...], Kernel]]]:
+    """The timing rounds of a table: each round holds one point of every kernel kind, in ``observed``'s order.
+
+    A kind's points are its grid (:func:`grid_axes`), or, for ``exact`` specs, the dims seen; each
+    kind's points are shuffled (seeded), and a kind with fewer points than the largest is cycled, so it
+    is timed several times (:func:`profile_kernels` keeps the median). Returns ``(key, dims, kernel
+    seen)`` per kernel, per round.
+    """
+    import random
+
+    rng = random.Random(seed)
+    per_kind: list[list[tuple[str, tuple[int, ...], Kernel]]] = []
+    for key, kernels in observed.items():
+        k0 = kernels[0]
+        if k0.spec["op"] == "exact":
+            points_of = [(key, k.dims, k) for k in {k.dims: k for k in kernels}.values()]
+        else:
+            points_of = [(key, dims, k0) for dims in _product(grid_axes(kernels, points))]
+        rng.shuffle(points_of)
+        per_kind.append(points_of)
+    rounds = max((len(p) for p in per_kind), default=0)
+    return [[p[r % len(p)] for p in per_kind] for r in range(rounds)]
+
+
 def profile_kernels(target: Any, observed: Mapping[str, list[Kernel]], *, points: int = 8,
-                    repeats: int | None = None, chunk: int = 48, reference: Any = None, image_size: int = 8,
+                    repeats: int | None = None, reference: Any = None, image_size: int = 8, seed: int = 0,
                     progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
     """Measure a grid for every kernel key in ``observed`` (key -> kernels seen with it) on ``target``.
 
     Each grid spans the dims seen, ``points`` values per dim (:func:`grid_axis`); kernels without a
     builder (``exact`` specs) are measured at the dims seen, from their own module. The kernels are
-    timed in interleaved chunks; a ``reference`` model (the base, input ``image_size``) is timed in
-    every chunk, so that the table records how steady the machine was while profiling. Its times are
-    not used to rescale the chunks: measured, a reference timed among small kernels runs at another
-    speed than among whole models, and rescaling by it biased the predictions by -9% on ResNet-18.
-    Returns ``(grids, exact, reference times per chunk)``.
+    timed in rounds that look like a forward pass (:func:`profile_rounds`): one point of every kind,
+    in the order the kinds run in a model (``observed``'s order: the caller's), interleaved as
+    :func:`rsc.targets.compare_latency_on` times models, so that a kernel runs after other kinds of
+    kernels and among about a model's worth of weights, as it does in a network. Measured on
+    ResNet-18 at batch 1, 41 candidates: the sum of kernels timed in the model's own order matched the
+    whole model within 1.6% (coefficient of variation of whole/sum); the same kernels timed alone,
+    back to back, 8.3%; a grid timed one kind at a time, 48 neighbouring points together, 8.8%; in
+    rounds like these, 4.2%. A kind timed in several rounds keeps its median. A ``reference`` model
+    (the base, input ``image_size``) is timed on its own after every few rounds, so that the table
+    records how steady the machine was while profiling; its times do not rescale anything (measured,
+    rescaling by a reference biased the predictions by -9% on ResNet-18). Calls ``progress`` with the
+    number of kernels timed after each round. Returns ``(grids, exact, reference times)``.
     """
+    import statistics
+
     from rsc.targets import compare_latency_on
 
-    grids: dict[str, Any] = {}
-    exact: dict[str, dict[str, float]] = {}
-    jobs: list[tuple[str, tuple[int, ...], Any, tuple[int, ...]]] = []
-    for key, kernels in observed.items():
-        k0 = kernels[0]
-        if k0.spec["op"] == "exact":
-            for k in {k.dims: k for k in kernels}.values():
-                jobs.append((key, k.dims, _module(k), k.shape))
-            continue
-        axes = grid_axes(kernels, points)
-        grids[key] = {"axes": axes, "ms": None}
-        for dims in _product(axes):
-            module, shape = build_kernel(k0.spec, dims, k0.side)
-            jobs.append((key, dims, module, shape))
-    raw: list[tuple[dict[tuple[str, tuple[int, ...]], float], float]] = []
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start:start + chunk]
-        models = {str(i): j[2] for i, j in enumerate(part)}
-        shapes = {str(i): j[3] for i, j in enumerate(part)}
-        if reference is not None:
-            models["reference"] = reference
+    rounds = profile_rounds(observed, points, seed)
+    grids = {key: {"axes": grid_axes(kernels, points), "ms": None} for key, kernels in observed.items()
+             if kernels[0].spec["op"] != "exact"}
+    times: dict[tuple[str, tuple[int, ...]], list[float]] = {}
+    refs: list[float] = []
+    every = max(1, len(rounds) // 8)
+    for r, part in enumerate(rounds):
+        models, shapes = {}, {}
+        for i, (key, dims, k) in enumerate(part):
+            if key in grids:
+                models[str(i)], shapes[str(i)] = build_kernel(k.spec, dims, k.side)
+            else:
+                models[str(i)], shapes[str(i)] = _module(k), k.shape
         lat = compare_latency_on(target, models, image_size, shapes=shapes, repeats=repeats)
-        raw.append(({(j[0], j[1]): float(lat[str(i)]) for i, j in enumerate(part)}, float(lat.get("reference", 1.0))))
+        for i, (key, dims, _) in enumerate(part):
+            times.setdefault((key, dims), []).append(float(lat[str(i)]))
+        if reference is not None and (r % every == every - 1 or r == len(rounds) - 1):
+            refs.append(float(compare_latency_on(target, {"reference": reference}, image_size,
+                                                 repeats=repeats)["reference"]))
         if progress:
             progress(len(part))
-    refs = [r for _, r in raw]
-    results = {key: ms for part_results, _ in raw for key, ms in part_results.items()}
+    results = {key: statistics.median(ms) for key, ms in times.items()}
+    exact: dict[str, dict[str, float]] = {}
     for key, grid in grids.items():
         grid["ms"] = _nest(grid["axes"], lambda dims, key=key: results[(key, dims)])
     for (key, dims), ms in results.items():
         if key not in grids:
             exact.setdefault(key, {})["x".join(map(str, dims))] = ms
-    return grids, exact, (refs if reference is not None else [])
+    return grids, exact, refs
 
 
 def _product(axes: Sequence[Sequence[int]]) -> Iterable[tuple[int, ...]]:
@@ -788,6 +836,44 @@ def fit_curve(sums: Sequence[float], measured: Sequence[float], knots: int = 5) 
     basis = np.stack([_hat(at, j, s) for j in range(len(at))], axis=1)
     ratios, *_ = np.linalg.lstsq(basis, m / s, rcond=None)
     return {"sums": [float(v) for v in at], "ratios": [float(v) for v in ratios]}
+
+
+def fit_correction(sums: Sequence[float], measured: Sequence[float], knots: int = 5,
+                   reference: int | None = None) -> dict[str, Any]:
+    """Fit both whole-model corrections and choose one by leave-one-out error.
+
+    The line (:func:`fit_line`: ``measured ~ alpha * sum + beta``, a forward's fixed overhead outside
+    its kernels) and the curve (:func:`fit_curve`: the ratio as a piecewise-linear function of the sum,
+    which bends where the kernels' sum is off by model size) are each fitted with one calibration
+    model left out and scored on it, in turn; the one with the smaller mean error predicts. The error is
+    relative to model ``reference`` (the base: predicted model/base against measured model/base, what a
+    speed-up or a ``latency<40%`` budget reads; the reference itself is never left out), or, without
+    one, the plain relative error. A table whose kernels were timed out of context needed the curve;
+    timed in rounds like a forward pass (:func:`profile_kernels`) the sum is nearly proportional for some
+    networks (ResNet-18 at batch 16, 100 candidates: 97-100% within +-10% with the line, 77-85% with the
+    curve) and still bends for others (MobileNetV2 at batch 1: 76-93% with the line, 100% with the curve).
+    With fewer than 4 models the curve is kept. Returns ``{"alpha", "beta", "curve", "correction",
+    "loo": {"line": mean error, "curve": mean error}}``.
+    """
+    alpha, beta = fit_line(sums, measured)
+    curve = fit_curve(sums, measured, knots)
+    loo: dict[str, float] = {}
+    if len(sums) >= 4:
+        errs: dict[str, list[float]] = {"line": [], "curve": []}
+        for i in range(len(sums)):
+            if i == reference:
+                continue
+            s, m = [*sums[:i], *sums[i + 1:]], [*measured[:i], *measured[i + 1:]]
+            a, b = fit_line(s, m)
+            c = fit_curve(s, m, knots)
+            for kind, predict in (("line", lambda x: a * x + b), ("curve", lambda x: x * curve_ratio(c, x))):
+                ratio = predict(sums[i]) / measured[i]
+                if reference is not None:
+                    ratio /= predict(sums[reference]) / measured[reference]
+                errs[kind].append(abs(ratio - 1))
+        loo = {k: float(sum(v) / len(v)) for k, v in errs.items()}
+    correction = "line" if loo and loo["line"] < loo["curve"] else "curve"
+    return {"alpha": alpha, "beta": beta, "curve": curve, "correction": correction, "loo": loo}
 
 
 def curve_ratio(curve: Mapping[str, Sequence[float]], total_ms: float) -> float:

@@ -5,11 +5,12 @@ this command builds (structure only, no weights computed) the base model, each m
 combination's most compressed plan and ``--plans`` random plans of the search's own space
 (:class:`search.space.JointSpace`: channel counts at the pruning rounding step, Tucker-2 ranks and
 their 1x1 projections, student architectures), collects their fused kernels and measures, on the
-target, a grid of ``--points`` values per channel dim spanning what was seen. Then it times
-``--calibration`` whole models (the base, other random plans) and every combination's most
-compressed plan (the floor a budget is checked against) beside the sum of their kernels and fits the
-whole-model calibration curve (measured / sum as a piecewise-linear function of the sum,
-:func:`rsc.latency_table.fit_curve`), which it reports with its error. Post-training steps
+target, a grid of ``--points`` values per channel dim spanning what was seen, in rounds that look
+like a forward pass (:func:`rsc.latency_table.profile_kernels`). Then it times ``--calibration`` whole
+models (the base, other random plans) and every combination's most compressed plan (the floor a
+budget is checked against) beside the sum of their kernels and fits the whole-model correction (a line
+or a calibration curve, whichever has the smaller leave-one-out error:
+:func:`rsc.latency_table.fit_correction`), which it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
 Example::
@@ -50,7 +51,7 @@ def build_parser() -> Any:
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
     p.add_argument("--calibration", type=int, default=32,
-                   help="whole models timed to fit the calibration curve (measured / sum of kernels); default 32")
+                   help="whole models timed to fit the correction of the kernels' sum (a line or a curve); default 32")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
@@ -89,7 +90,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_curve, fit_line, kernels_of, profile_kernels
+    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels, profile_rounds
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
@@ -110,19 +111,26 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
             say(f"note: {combo} has no strongest plan here ({exc})")
     candidates = [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, plans, seed)]
     observed: dict[str, list[Any]] = {}
+    where: dict[str, list[float]] = {}  # a kind's places in the forward passes, 0 (first) to 1 (last)
     for plan in tqdm(candidates, desc="kernels of candidate plans", unit="plan", disable=not progress, leave=False):
         try:
             built = structural_model(base, plan, context)
         except SpaceError:
             continue  # a random plan the space refuses costs nothing here
-        for k in kernels_of(built, image_size):
+        kernels = kernels_of(built, image_size)
+        for i, k in enumerate(kernels):
             observed.setdefault(k.key, []).append(k)
+            where.setdefault(k.key, []).append(i / len(kernels))
+    # timed in rounds that run the kinds in the order a forward pass does (profile_kernels says why)
+    observed = dict(sorted(observed.items(), key=lambda kv: sum(where[kv[0]]) / len(where[kv[0]])))
     total = sum(_grid_size(v, points) for v in observed.values())
-    say(f"{len(observed)} kernel kinds in {len(candidates)} candidate plans; measuring {total} grid points on "
-        f"{target.describe()}")
-    with tqdm(total=total, desc="measuring kernels", unit="kernel", disable=not progress, leave=False) as bar:
+    rounds = profile_rounds(observed, points, seed)
+    say(f"{len(observed)} kernel kinds in {len(candidates)} candidate plans; measuring {total} grid points in "
+        f"{len(rounds)} rounds on {target.describe()}")
+    with tqdm(total=sum(map(len, rounds)), desc="measuring kernels", unit="kernel", disable=not progress,
+              leave=False) as bar:
         grids, exact, refs = profile_kernels(target, observed, points=points, repeats=repeats, reference=base,
-                                             image_size=image_size, progress=bar.update)
+                                             image_size=image_size, seed=seed, progress=bar.update)
     typical = sorted(refs)[len(refs) // 2]
     table = LatencyTable(target=target.spec, fingerprint=target.fingerprint(), model=model, image_size=image_size,
                          num_classes=num_classes, grids=grids, exact=exact)
@@ -145,15 +153,17 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # drifts 20-40% in streaks (a shared VM) would otherwise bend the fit with whichever models it slowed
     typical_base = sorted(p["base"] for p in pairs.values())[len(pairs) // 2]
     measured = {k: p["model"] * typical_base / p["base"] for k, p in pairs.items()}
-    table.alpha, table.beta = fit_line([sums[k] for k in models], [measured[k] for k in models])
-    table.curve = fit_curve([sums[k] for k in models], [measured[k] for k in models])
+    # chosen by its error relative to the base (cal_plans[0]), as budgets and speed-ups read predictions
+    fit = fit_correction([sums[k] for k in models], [measured[k] for k in models], reference=0)
+    table.alpha, table.beta, table.curve, table.correction = fit["alpha"], fit["beta"], fit["curve"], fit["correction"]
     table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
                           "raw_ms": pairs[k]["model"], "base_ms": pairs[k]["base"],
                           "predicted_ms": table.combine(sums[k])}
                          for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
                   "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-                  "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "chunks": len(refs)},
+                  "rounds": len(rounds), "correction_loo": fit["loo"],
+                  "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "times": len(refs)},
                   "on_the_fly": table.measured_on_the_fly}
     return table
 

@@ -4,16 +4,19 @@ positive and finite, or equal to what the table holds."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from rsc.errors import ConfigError
 from rsc.latency_table import (LatencyTable, TableMismatch, TableMiss, build_kernel, check_table, curve_ratio,
-                               fit_curve, fit_line, grid_axis, kernels_of, load_table, profile_kernels)
+                               fit_correction, fit_curve, fit_line, grid_axes, grid_axis, kernels_of, load_table,
+                               profile_kernels, profile_rounds)
 from rsc.targets import compare_latency_on, parse_target
 
 SIZE = 16
@@ -245,3 +248,45 @@ def test_bad_table_files_are_one_line_errors(tmp_path, content, words):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="lut: takes a latency table file"):
         parse_target("lut:")
+
+
+def test_fit_correction_chooses_by_leave_one_out_and_the_table_predicts_with_its_choice(tmp_path):
+    sums = [1.9, 2.3, 2.8, 3.0, 3.4, 3.9, 4.2, 4.7, 5.2, 6.3, 7.6]
+    rng = np.random.default_rng(0)
+    noisy_line = [1.02 * s + 0.1 + 0.03 * e for s, e in zip(sums, rng.standard_normal(len(sums)))]
+    fit = fit_correction(sums, noisy_line)
+    assert fit["correction"] == "line" and fit["loo"]["line"] < fit["loo"]["curve"]
+    assert fit["alpha"] == pytest.approx(1.02, abs=0.03) and fit["curve"]["sums"][0] == 1.9
+    assert fit_correction(sums, noisy_line, reference=len(sums) - 1)["correction"] == "line"  # relative to a base
+    bent = {1.9: 0.78, 2.3: 0.95, 2.8: 1.08, 3.0: 1.12, 3.4: 1.13, 3.9: 1.12, 4.2: 1.12, 4.7: 1.10, 5.2: 1.07,
+            6.3: 1.03, 7.6: 1.00}  # the ratio of kernels timed out of context (test above)
+    assert fit_correction(sums, [s * bent[s] for s in sums])["correction"] == "curve"
+    assert fit_correction([2.0, 3.0], [2.2, 3.1])["loo"] == {}  # too few models to leave one out: the curve
+    model = _net()
+    table = _table(model)
+    s = table.sum_ms(model)
+    table.alpha, table.beta, table.curve = 1.5, 0.25, {"sums": [s], "ratios": [1.2]}
+    assert table.predict(model) == pytest.approx(1.2 * s)  # no choice recorded: the curve
+    table.correction = "line"
+    assert table.predict(model) == pytest.approx(1.5 * s + 0.25) and "alpha 1.500" in table.summary()
+    again = load_table(table.save(tmp_path / "t.json"))
+    assert again.correction == "line" and again.predict(model) == pytest.approx(1.5 * s + 0.25)
+    data = json.loads((tmp_path / "t.json").read_text())
+    data["correction"] = "spline"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="incomplete or malformed"):
+        load_table(tmp_path / "bad.json")
+
+
+def test_profile_rounds_hold_one_point_of_every_kind_in_order_and_cover_every_grid_point():
+    observed: dict = {}
+    for k in [*kernels_of(_net(8), SIZE), *kernels_of(_net(40), SIZE)]:  # the first conv's c_out spans 8-40
+        observed.setdefault(k.key, []).append(k)
+    rounds = profile_rounds(observed, points=3, seed=0)
+    sizes = [int(np.prod([len(a) for a in grid_axes(v, 3)])) for v in observed.values()]
+    assert len(rounds) == max(sizes)
+    assert all([key for key, _, _ in r] == list(observed) for r in rounds)  # a forward pass's order, every round
+    for key, kernels in observed.items():
+        seen = {dims for r in rounds for k, dims, _ in r if k == key}
+        assert seen == {tuple(p) for p in itertools.product(*grid_axes(kernels, 3))}
+    assert profile_rounds(observed, points=3, seed=0) == rounds and profile_rounds(observed, 3, seed=1) != rounds

@@ -76,9 +76,16 @@ def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
     assert any(len(g["axes"][1]) > 1 and g["axes"][1][0] < g["axes"][1][-1] for g in conv)  # pruned widths
     assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3 + 1  # + the strongest prune plan
     assert 1 <= len(table.curve["sums"]) <= 4 and all(r > 0 for r in table.curve["ratios"])
-    for c in table.calibration:  # each model's prediction is the curve's
-        assert c["predicted_ms"] == pytest.approx(c["sum_ms"] * curve_ratio(table.curve, c["sum_ms"]))
-    assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["chunks"] >= 1
+    # the line or the curve, whichever had the smaller leave-one-out error; each model's prediction is the choice's
+    assert table.correction in ("line", "curve") and set(table.meta["correction_loo"]) == {"line", "curve"}
+    loo = table.meta["correction_loo"]
+    chosen = "line" if loo["line"] < loo["curve"] else "curve"
+    assert table.correction == chosen and "chosen by leave-one-out" in table.summary()
+    for c in table.calibration:
+        expected = (c["sum_ms"] * curve_ratio(table.curve, c["sum_ms"]) if chosen == "curve"
+                    else table.alpha * c["sum_ms"] + table.beta)
+        assert c["predicted_ms"] == pytest.approx(expected)
+    assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["times"] >= 1 and table.meta["rounds"] >= 1
 
 
 @pytest.mark.timeout(600)
