@@ -57,8 +57,7 @@ def project_plan(model: nn.Module, plan: Plan, context: Context, gap: Gap, *, to
     ranks are rounded), so there is no root to converge on; what is wanted is any factor on the
     *fitting* side whose gap lies within ``tolerance`` of zero - a stop on the gap, not on the
     factor, which brentq's ``xtol``/``rtol`` cannot express - and brentq returns either side of
-    the step. Changing the probe sequence would also change which plans a seeded search trains. A probe
-    that lands on the plateau of the bracket's end it replaces (the same gap) is followed by a bisection.
+    the step. Changing the probe sequence would also change which plans a seeded search trains.
 
     Args:
         model: the trained base model (not mutated).
@@ -117,19 +116,13 @@ def project_plan(model: nn.Module, plan: Plan, context: Context, gap: Gap, *, to
         names = "+".join(s.space for s in plan.steps)
         raise BudgetInfeasible(f"{names}: no scaling of the sampled choices fits the budget (factors up to {lo:g})")
     side, w_lo, w_hi = 0, g_lo, g_hi  # w_*: Illinois-weighted copies used only to interpolate
-    stalled = False
     for _ in range(max_probes):
         if g_hi >= slack:
             break  # fits, and uses the budget to within the tolerance
-        mid = hi - w_hi * (hi - lo) / (w_hi - w_lo) if w_hi != w_lo and not stalled else (lo + hi) / 2
+        mid = hi - w_hi * (hi - lo) / (w_hi - w_lo) if w_hi != w_lo else (lo + hi) / 2
         if not lo < mid < hi:
             mid = (lo + hi) / 2
         g = probe(scaled(mid))
-        # a probe that lands on the plateau of the end it replaces (nearby factors build the same model) teaches the
-        # interpolation nothing, and Illinois then creeps along the plateau: bisect next. Measured: a latency aim of
-        # 2x, bracketed by a gap of +0.002 at factor 8 and -0.9 at 16, kept factor 16 after 12 probes: a
-        # model 4.9x faster and 17x lighter in MACs than asked
-        stalled = g == (g_lo if g > 0 else g_hi)
         if g <= 0:
             hi, g_hi, w_hi = mid, g, g
             if side == -1:

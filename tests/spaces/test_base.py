@@ -106,34 +106,3 @@ def test_project_scales_just_enough_or_raises(toy_halve):
     assert 0.39 <= p["r"] <= 0.42 and _Halve().transform(None, p, ctx).model.out_features <= 60
     with pytest.raises(BudgetInfeasible, match="toy.halve"):
         project_plan(None, plan, ctx, fits_under(5))
-
-
-class _Plateaus(Space):
-    """A toy space whose model changes in steps (as rounded channels do): 100 outputs, then 60 from r = 0.4,
-    50 from 0.5, 20 from 0.8."""
-
-    def suggest(self, trial, model, context):
-        return {"r": 0.1}
-
-    def scale(self, params, factor):
-        return {"r": min(0.9, params["r"] * factor)}
-
-    def transform(self, model, params, context, *, record=None, structure_only=False):
-        r = params["r"]
-        out = 100 if r < 0.4 else 60 if r < 0.5 else 50 if r < 0.8 else 20
-        return Transformed(torch.nn.Linear(100, out))
-
-
-def test_projection_bisects_off_a_plateau_instead_of_keeping_the_far_end():
-    import math
-
-    from spaces import Plan, Step, project_plan
-
-    ctx = Context(num_classes=2, image_size=16)
-    with registered_space("toy.plateaus", _Plateaus):
-        plan = Plan(base={"model": "toy", "num_classes": 2, "image_size": 16},
-                    steps=(Step(space="toy.plateaus", params={"r": 0.1}),))
-        # bracketed between factor 4 (60 outputs: just over 59) and 8 (20: far under); interpolation alone lands on
-        # the 60-plateau three times and kept factor 8, a model of 20 where 50 fits
-        projected, factor = project_plan(None, plan, ctx, lambda m: math.log(m.out_features / 59), max_probes=3)
-        assert 5 <= factor < 8 and _Plateaus().transform(None, projected.steps[0].params, ctx).model.out_features == 50
