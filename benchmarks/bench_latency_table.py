@@ -106,7 +106,8 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     # both corrections side by side, whichever the table chose (its leave-one-out pick)
     line = lambda total: table.alpha * total + table.beta  # noqa: E731
     curve = lambda total: total * curve_ratio(table.curve, total)  # noqa: E731
-    line_base, curve_base = line(table.sum_ms(base)), curve(table.sum_ms(base))
+    base_sum = table.sum_ms(base)
+    line_base, curve_base = line(base_sum), curve(base_sum)
     rows = []
     for k, (m, what) in models.items():
         p1, p2 = passes[0][k], passes[1][k]

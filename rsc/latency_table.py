@@ -543,9 +543,14 @@ class LatencyTable:
             return float(compare_latency_on(self.target, {"model": model}, self.image_size)["model"])
         return self.combine(float(sum(self.kernels_ms(kernels))))
 
+    @property
+    def uses_curve(self) -> bool:
+        """Whether predictions go through the calibration curve (else the line)."""
+        return bool(self.curve) and self.correction != "line"
+
     def combine(self, total_ms: float) -> float:
         """A whole model's prediction from the sum of its kernels' latencies (the fitted correction)."""
-        if self.curve and self.correction != "line":
+        if self.uses_curve:
             return total_ms * curve_ratio(self.curve, total_ms)
         return self.alpha * total_ms + self.beta
 
@@ -609,7 +614,7 @@ class LatencyTable:
         if self.calibration:
             errs = [abs(c["predicted_ms"] / c["measured_ms"] - 1) for c in self.calibration if c.get("measured_ms")]
             fit = f"; whole-model fit on {len(errs)} models, max error {100 * max(errs):.1f}%" if errs else ""
-        if self.curve and self.correction != "line":
+        if self.uses_curve:
             r = self.curve["ratios"]
             corr = f"calibration curve over {len(r)} knot(s), measured/sum {min(r):.2f}-{max(r):.2f}"
         else:

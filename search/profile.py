@@ -90,7 +90,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels, profile_rounds
+    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels
     from rsc.models import create_model
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
@@ -123,11 +123,11 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
             where.setdefault(k.key, []).append(i / len(kernels))
     # timed in rounds that run the kinds in the order a forward pass does (profile_kernels says why)
     observed = dict(sorted(observed.items(), key=lambda kv: sum(where[kv[0]]) / len(where[kv[0]])))
-    total = sum(_grid_size(v, points) for v in observed.values())
-    rounds = profile_rounds(observed, points, seed)
-    say(f"{len(observed)} kernel kinds in {len(candidates)} candidate plans; measuring {total} grid points in "
-        f"{len(rounds)} rounds on {target.describe()}")
-    with tqdm(total=sum(map(len, rounds)), desc="measuring kernels", unit="kernel", disable=not progress,
+    sizes = [_grid_size(v, points) for v in observed.values()]
+    rounds = max(sizes, default=0)  # as profile_rounds lays them out: one point of every kind per round
+    say(f"{len(observed)} kernel kinds in {len(candidates)} candidate plans; measuring {sum(sizes)} grid points in "
+        f"{rounds} rounds on {target.describe()}")
+    with tqdm(total=rounds * len(observed), desc="measuring kernels", unit="kernel", disable=not progress,
               leave=False) as bar:
         grids, exact, refs = profile_kernels(target, observed, points=points, repeats=repeats, reference=base,
                                              image_size=image_size, seed=seed, progress=bar.update)
@@ -162,7 +162,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
                          for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
                   "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-                  "rounds": len(rounds), "correction_loo": fit["loo"],
+                  "rounds": rounds, "correction_loo": fit["loo"],
                   "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "times": len(refs)},
                   "on_the_fly": table.measured_on_the_fly}
     return table
