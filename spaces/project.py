@@ -51,7 +51,8 @@ def project_plan(model: nn.Module, plan: Plan, context: Context, gap: Gap, *, to
     ``gap(model)`` is ``log(cost / limit)`` maximised over the ceilings (:func:`cost_gap`). The
     factor is bracketed by doubling, then found by regula falsi (Illinois) on that gap, stopping
     once the plan fits within ``tolerance`` of the budget: typically 3 to 5 structural builds, each
-    of which traces the network.
+    of which traces the network. Where the rounded cost sits on a plateau just over the budget, the
+    probes gallop off it from its near end, then bisect its edge (Illinois alone creeps there).
 
     Why not ``scipy.optimize.brentq``: the gap is a step function of the factor (channels and
     ranks are rounded), so there is no root to converge on; what is wanted is any factor on the
@@ -116,19 +117,30 @@ def project_plan(model: nn.Module, plan: Plan, context: Context, gap: Gap, *, to
         names = "+".join(s.space for s in plan.steps)
         raise BudgetInfeasible(f"{names}: no scaling of the sampled choices fits the budget (factors up to {lo:g})")
     side, w_lo, w_hi = 0, g_lo, g_hi  # w_*: Illinois-weighted copies used only to interpolate
+    flat, stride = False, 0.0  # lo sits on a plateau; the next gallop step off it (0: bisect)
     for _ in range(max_probes):
         if g_hi >= slack:
             break  # fits, and uses the budget to within the tolerance
         mid = hi - w_hi * (hi - lo) / (w_hi - w_lo) if w_hi != w_lo else (lo + hi) / 2
         if not lo < mid < hi:
             mid = (lo + hi) / 2
+        if flat:
+            mid = max(mid, min(lo + stride, (lo + hi) / 2)) if stride else (lo + hi) / 2
         g = probe(scaled(mid))
         if g <= 0:
-            hi, g_hi, w_hi = mid, g, g
+            hi, g_hi, w_hi, stride = mid, g, g, 0.0  # past a plateau's edge: it lies in (lo, hi], bisect
             if side == -1:
                 w_lo /= 2
             side = -1
         else:
+            # No progress: a plateau of the rounded cost just above the budget. Illinois would creep
+            # off it (its step only doubles per probe) and, out of probes, keep the far end however
+            # far past the budget; gallop off it from the near end instead, 4x further each probe and
+            # never past the bracket's middle, so the first factor that fits lies close to the edge.
+            if g < g_lo:
+                flat, stride = False, 0.0
+            elif not flat or stride:
+                flat, stride = True, 4 * (mid - lo)
             lo, g_lo, w_lo = mid, g, g
             if side == 1:
                 w_hi /= 2

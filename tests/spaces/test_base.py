@@ -106,3 +106,48 @@ def test_project_scales_just_enough_or_raises(toy_halve):
     assert 0.39 <= p["r"] <= 0.42 and _Halve().transform(None, p, ctx).model.out_features <= 60
     with pytest.raises(BudgetInfeasible, match="toy.halve"):
         project_plan(None, plan, ctx, fits_under(5))
+
+
+class _Factor(Space):
+    """A toy space whose built size is its scale factor (in thousandths), to shape the gap freely."""
+
+    def suggest(self, trial, model, context):
+        return {"f": 1.0}
+
+    def scale(self, params, factor):
+        return {"f": params["f"] * factor}
+
+    def transform(self, model, params, context, *, record=None, structure_only=False):
+        return Transformed(torch.nn.Linear(1, int(round(1000 * params["f"]))))
+
+
+@pytest.mark.parametrize("edge", [8.1, 8.5, 9.3, 11.0, 13.0, 15.0])
+def test_project_gallops_off_a_plateau_just_above_the_budget(edge):
+    """A rounded cost can sit 0.2% over the budget from factor 8 to ``edge``, then fall within it.
+
+    Illinois crept off such a plateau and, out of probes, kept factor 16 - the model 1.9x past its
+    budget (measured: uniform pruning aimed at 2x latency came out 4.9x). The projection must land
+    within the tolerance, just past the edge.
+    """
+    import math
+
+    from spaces import Plan, Step, project_plan
+
+    def gap(m):
+        f = m.out_features / 1000
+        if f < 8:
+            return 0.002 + math.log(8 / f)
+        if f < edge:
+            return 0.002  # the plateau
+        if f < edge + 0.7:
+            return math.log(0.99)  # fits, within the tolerance
+        return math.log(0.99) - 0.15 * (f - edge - 0.7)  # far past the budget (factor 16: -0.3 to -1.2)
+
+    probes = []
+    ctx = Context(num_classes=2, image_size=16)
+    with registered_space("toy.factor", _Factor):
+        plan = Plan(base={"model": "toy", "num_classes": 2, "image_size": 16},
+                    steps=(Step(space="toy.factor", params={"f": 1.0}),))
+        _, factor = project_plan(None, plan, ctx, lambda m: probes.append(m) or gap(m), tolerance=0.03)
+    assert math.log(0.97) <= gap(torch.nn.Linear(1, int(round(1000 * factor)))) <= 0, factor
+    assert len(probes) <= 1 + 8 + 8  # the sample, the doublings, the refinement's max_probes
