@@ -40,9 +40,9 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     from spaces.base import Context
     from spaces.errors import SpaceError
 
-    spec = f"cpu:batch={batch}" if batch != 1 else "cpu"
-    if args.threads != 1:
-        spec += ("," if ":" in spec else ":") + f"threads={args.threads}"
+    device = getattr(args, "device", "cpu")
+    options = [f"batch={batch}"] * (batch != 1) + [f"threads={args.threads}"] * (args.threads != 1 and device == "cpu")
+    spec = device + ("," if ":" in device else ":") + ",".join(options) if options else device
     target = parse_target(spec).check()
     methods = args.methods.split(",")
     t0 = time.perf_counter()
@@ -171,6 +171,7 @@ def main() -> int:
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--calibration", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the target's device (default cpu)")
     p.add_argument("--predict-only", action="store_true",
                    help="only the prediction times (trace against templates, side by side): no candidate is timed")
     p.add_argument("--out", default=None)
