@@ -31,6 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def target_spec(device: str, batch: int, runtime: str = "eager", threads: int = 1) -> str:
+    """The ``--target`` string for ``device`` (cpu, cuda, cuda:N) at ``batch`` with ``runtime``."""
+    options = ([f"runtime={runtime}"] * (runtime != "eager") + [f"batch={batch}"] * (batch != 1)
+               + [f"threads={threads}"] * (threads != 1 and device == "cpu"))
+    return device + ("," if ":" in device else ":") + ",".join(options) if options else device
+
+
 def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     from rsc.latency_table import kernels_of
     from rsc.models import create_model
@@ -40,10 +47,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     from spaces.base import Context
     from spaces.errors import SpaceError
 
-    device = getattr(args, "device", "cpu")
-    options = [f"batch={batch}"] * (batch != 1) + [f"threads={args.threads}"] * (args.threads != 1 and device == "cpu")
-    spec = device + ("," if ":" in device else ":") + ",".join(options) if options else device
-    target = parse_target(spec).check()
+    target = parse_target(target_spec(getattr(args, "device", "cpu"), batch, threads=args.threads)).check()
     methods = args.methods.split(",")
     t0 = time.perf_counter()
     table = profile_table(target=target, model=model, image_size=args.image_size, num_classes=args.num_classes,

@@ -44,11 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _spec(device: str, batch: int, runtime: str = "eager") -> str:
-    options = [f"runtime={runtime}"] * (runtime != "eager") + [f"batch={batch}"] * (batch != 1)
-    return device + ("," if ":" in device else ":") + ",".join(options) if options else device
-
-
 def _candidates(model: str, args: argparse.Namespace, n: int, seed: int) -> tuple[Any, dict[str, tuple[Any, str]]]:
     """The base and ``n`` random structural candidates (float only: int8 has no CUDA kernels)."""
     from rsc.models import create_model
@@ -73,6 +68,7 @@ def _candidates(model: str, args: argparse.Namespace, n: int, seed: int) -> tupl
 
 
 def runtimes_part(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.bench_latency_table import target_spec
     from rsc.targets import compare_latency_on, parse_target
 
     base, cands = _candidates(args.model, args, args.runtime_candidates, seed=777)
@@ -81,7 +77,7 @@ def runtimes_part(args: argparse.Namespace) -> dict[str, Any]:
     specs = [("cpu", "eager", 1)] + [(args.device, rt, b) for b in args.batches for rt in args.runtimes
                                      if (args.device, rt, b) != ("cpu", "eager", 1)]
     for device, runtime, batch in specs:
-        spec = _spec(device, batch, runtime)
+        spec = target_spec(device, batch, runtime)
         try:
             target = parse_target(spec).check()
             t0 = time.perf_counter()
@@ -120,7 +116,8 @@ def table_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = []
     for batch in args.batches:
         case = run_case(args.model, batch, ns)
-        case.pop("rows", None) if args.brief else None
+        if args.brief:
+            case.pop("rows", None)
         cases.append(case)
     return cases
 
