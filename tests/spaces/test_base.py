@@ -151,3 +151,36 @@ def test_project_gallops_off_a_plateau_just_above_the_budget(edge):
         _, factor = project_plan(None, plan, ctx, lambda m: probes.append(m) or gap(m), tolerance=0.03)
     assert math.log(0.97) <= gap(torch.nn.Linear(1, int(round(1000 * factor)))) <= 0, factor
     assert len(probes) <= 1 + 8 + 8  # the sample, the doublings, the refinement's max_probes
+
+
+class _Plateaus(Space):
+    """A toy space whose model changes in steps (as rounded channels do): 100 outputs, then 60 from r = 0.4,
+    50 from 0.5, 20 from 0.8."""
+
+    def suggest(self, trial, model, context):
+        return {"r": 0.1}
+
+    def scale(self, params, factor):
+        return {"r": min(0.9, params["r"] * factor)}
+
+    def transform(self, model, params, context, *, record=None, structure_only=False):
+        r = params["r"]
+        out = 100 if r < 0.4 else 60 if r < 0.5 else 50 if r < 0.8 else 20
+        return Transformed(torch.nn.Linear(100, out))
+
+
+@pytest.mark.parametrize("max_probes", [3, 8])
+def test_project_leaves_a_step_plateau_for_the_next_step_not_the_far_end(max_probes):
+    import math
+
+    from spaces import Plan, Step, project_plan
+
+    ctx = Context(num_classes=2, image_size=16)
+    with registered_space("toy.plateaus", _Plateaus):
+        plan = Plan(base={"model": "toy", "num_classes": 2, "image_size": 16},
+                    steps=(Step(space="toy.plateaus", params={"r": 0.1}),))
+        # bracketed between factor 4 (60 outputs: just over 59) and 8 (20: far under); interpolation alone lands on
+        # the 60-plateau and kept factor 8, a model of 20 where 50 fits
+        projected, factor = project_plan(None, plan, ctx, lambda m: math.log(m.out_features / 59),
+                                         max_probes=max_probes)
+        assert 5 <= factor < 8 and _Plateaus().transform(None, projected.steps[0].params, ctx).model.out_features == 50
