@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,14 +39,35 @@ def target_spec(device: str, batch: int, runtime: str = "eager", threads: int = 
     return device + ("," if ":" in device else ":") + ",".join(options) if options else device
 
 
-def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
-    from rsc.latency_table import kernels_of
+def random_candidates(model: str, methods: list[str], image_size: int, num_classes: int, n: int,
+                      seed: int) -> tuple[Any, dict[str, tuple[Any, str]]]:
+    """A fresh base and ``n`` random structural candidates of the search's space over ``methods``, keyed by
+    draw number, each with its methods (drawn with ``seed``; plans the space refuses are skipped)."""
     from rsc.models import create_model
-    from rsc.targets import compare_latency_on, parse_target
-    from search.profile import profile_table, sample_plans, structural_model
+    from search.profile import sample_plans, structural_model
     from search.space import JointSpace
     from spaces.base import Context
     from spaces.errors import SpaceError
+
+    base = create_model(model, num_classes, image_size=image_size).eval()
+    arch = {"model": model, "num_classes": num_classes, "image_size": image_size}
+    context = Context(num_classes=num_classes, image_size=image_size, seed=1)
+    joint = JointSpace(methods, max_combo=2, bins=4)
+    models: dict[str, tuple[Any, str]] = {}
+    for i, plan in enumerate(sample_plans(joint, base, context, arch, n * 2, seed=seed)):
+        if len(models) >= n:
+            break
+        try:
+            models[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
+        except SpaceError:
+            continue
+    return base, models
+
+
+def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
+    from rsc.latency_table import kernels_of
+    from rsc.targets import compare_latency_on, parse_target
+    from search.profile import profile_table
 
     target = parse_target(target_spec(getattr(args, "device", "cpu"), batch, threads=args.threads)).check()
     methods = args.methods.split(",")
@@ -55,18 +77,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
                           seed=0, progress=False, say=lambda m: print(f"  {m}", file=sys.stderr))
     profile_s = time.perf_counter() - t0
     table.on_missing = "measure"
-    base = create_model(model, args.num_classes, image_size=args.image_size).eval()
-    arch = {"model": model, "num_classes": args.num_classes, "image_size": args.image_size}
-    context = Context(num_classes=args.num_classes, image_size=args.image_size, seed=1)
-    joint = JointSpace(methods, max_combo=2, bins=4)
-    models = {}
-    for i, plan in enumerate(sample_plans(joint, base, context, arch, args.candidates * 2, seed=12345)):
-        if len(models) >= args.candidates:
-            break
-        try:
-            models[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
-        except SpaceError:
-            continue
+    base, models = random_candidates(model, methods, args.image_size, args.num_classes, args.candidates, seed=12345)
     predicted, sums, predict_s, trace_s, whole_s = {}, {}, [], [], []
     before = table.measured_on_the_fly
     for k, (m, _) in models.items():

@@ -46,25 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 def _candidates(model: str, args: argparse.Namespace, n: int, seed: int) -> tuple[Any, dict[str, tuple[Any, str]]]:
     """The base and ``n`` random structural candidates (float only: int8 has no CUDA kernels)."""
-    from rsc.models import create_model
-    from search.profile import sample_plans, structural_model
-    from search.space import JointSpace
-    from spaces.base import Context
-    from spaces.errors import SpaceError
+    from benchmarks.bench_latency_table import random_candidates
 
-    base = create_model(model, args.num_classes, image_size=args.image_size).eval()
-    arch = {"model": model, "num_classes": args.num_classes, "image_size": args.image_size}
-    context = Context(num_classes=args.num_classes, image_size=args.image_size, seed=1)
-    joint = JointSpace(args.methods.split(","), max_combo=2, bins=4)
-    out: dict[str, tuple[Any, str]] = {}
-    for i, plan in enumerate(sample_plans(joint, base, context, arch, n * 3, seed=seed)):
-        if len(out) >= n:
-            break
-        try:
-            out[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
-        except SpaceError:
-            continue
-    return base, out
+    return random_candidates(model, args.methods.split(","), args.image_size, args.num_classes, n, seed=seed)
 
 
 def runtimes_part(args: argparse.Namespace) -> dict[str, Any]:
