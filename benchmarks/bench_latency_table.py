@@ -3,11 +3,15 @@
 For each model and batch: build a table with ``search.profile`` (seed 0), draw ``--candidates``
 random plans of the search's space with another seed (none of them was in the table's profiling
 or calibration), predict each from the table and measure it whole on the same target twice, in
-two passes of interleaved runs. Reports the share of candidates whose prediction is within
+two passes of interleaved runs. The table's calibration models are timed again beside the base
+before and after the candidates: their drift against the table (a machine whose speed changes
+between the table and its use) and the share within +-10% had the correction been refitted on the
+models as they ran after the candidates (a table recalibrated at use time). Reports the share of candidates whose prediction is within
 +-10% of the measured latency (the mean of the two passes), the median and 95th-percentile
 errors, the measurement's own spread (pass 1 vs pass 2), the share within +-10% with each of the
-table's two whole-model corrections (the line ``alpha * sum + beta`` and the calibration curve, fitted
-on the same models; the table predicts with the one of smaller leave-one-out error), and the time to predict a candidate against the time to measure it: as the
+table's whole-model corrections (the line ``alpha * sum + beta``, the calibration curve and the kernel
+classes' weights, fitted on the same models; the table predicts with the one of smallest leave-one-out
+error), and the time to predict a candidate against the time to measure it: as the
 search predicts (``LatencyTable.predict``: one graph trace per model structure, then reads of the
 modules, :mod:`rsc.kernel_templates`) and, for comparison, with a trace of every candidate. The same figures relative to the base
 model timed beside each candidate (predicted model/base against measured model/base: what a
@@ -64,8 +68,56 @@ def random_candidates(model: str, methods: list[str], image_size: int, num_class
     return base, models
 
 
+def calibration_models(model: str, methods: list[str], args: argparse.Namespace, table: Any) -> list[Any]:
+    """The table's calibration models rebuilt (fresh weights, the same plans as ``search.profile`` drew with
+    seed 0), checked against the kernel sums the table recorded for them."""
+    from rsc.models import create_model
+    from search.profile import calibration_plans, strongest_plans, structural_model
+    from search.space import JointSpace
+    from spaces.base import Context
+    from spaces.errors import SpaceError
+
+    base = create_model(model, args.num_classes, image_size=args.image_size).eval()
+    arch = {"model": model, "num_classes": args.num_classes, "image_size": args.image_size}
+    context = Context(num_classes=args.num_classes, image_size=args.image_size, seed=0)
+    joint = JointSpace(methods, max_combo=2, bins=4)
+    built = []
+    strongest = strongest_plans(joint, base, context, arch, say=lambda m: None)
+    for plan in calibration_plans(joint, base, context, arch, strongest, args.calibration, seed=0):
+        try:
+            built.append(structural_model(base, plan, context))
+        except SpaceError:
+            continue
+    sums = [table.sum_ms(m) for m in built]
+    recorded = [c["sum_ms"] for c in table.calibration]
+    if len(sums) != len(recorded) or any(abs(a - b) > 1e-6 * b for a, b in zip(sums, recorded)):
+        raise AssertionError("the rebuilt calibration models are not the table's")
+    return built
+
+
+def retime(target: Any, base: Any, models: list[Any], image_size: int) -> list[dict[str, float]]:
+    """Each model timed beside ``base`` once, as the table's calibration timed it."""
+    from rsc.targets import compare_latency_on
+
+    return [compare_latency_on(target, {"model": m, "base": base}, image_size) for m in models]
+
+
+def calibration_drift(table: Any, retimed: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """How the calibration models ran relative to the base when retimed (``before`` and ``after`` the
+    candidates) against when the table was fitted: the median over models of (model/base now) /
+    (model/base then), the base plan itself left out; and the base's median time now against then."""
+    then = table.calibration
+    base_then = then[0]["measured_ms"]  # the base's median time over the calibration's pairs
+    out = {}
+    for when, now in retimed.items():
+        out[f"calibration_drift_{when}"] = statistics.median(
+            (n["model"] / n["base"]) / (c["measured_ms"] / base_then) for n, c in zip(now[1:], then[1:]))
+        out[f"base_drift_{when}"] = statistics.median(n["base"] for n in now) / base_then
+    return out
+
+
 def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
-    from rsc.latency_table import kernels_of
+    from rsc.latency_table import class_sums, kernels_of
     from rsc.targets import compare_latency_on, parse_target
     from search.profile import profile_table
 
@@ -74,18 +126,20 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     table = profile_table(target=target, model=model, image_size=args.image_size, num_classes=args.num_classes,
                           methods=methods, plans=args.plans, points=args.points, calibration=args.calibration,
+                          calibration_passes=args.calibration_passes,
                           seed=0, progress=False, say=lambda m: print(f"  {m}", file=sys.stderr))
     profile_s = time.perf_counter() - t0
     table.on_missing = "measure"
     base, models = random_candidates(model, methods, args.image_size, args.num_classes, args.candidates, seed=12345)
-    predicted, sums, predict_s, trace_s, whole_s = {}, {}, [], [], []
+    predicted, sums, classes, predict_s, trace_s, whole_s = {}, {}, {}, [], [], []
     before = table.measured_on_the_fly
     for k, (m, _) in models.items():
         t = time.perf_counter()
         kernels = kernels_of(m, args.image_size)
         t1 = time.perf_counter()
-        sums[k] = sum(table.kernels_ms(kernels))
-        predicted[k] = table.combine(sums[k])
+        classes[k] = class_sums(kernels, table.kernels_ms(kernels))
+        sums[k] = sum(classes[k].values())
+        predicted[k] = table.combine_classes(classes[k])
         t2 = time.perf_counter()
         trace_s.append(t1 - t)
         predict_s.append(t2 - t1)
@@ -109,20 +163,26 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
               f"traced); every candidate traced: {timing['predict_trace_ms']:.1f} ms trace + "
               f"{timing['predict_lookup_ms']:.2f} ms lookup", flush=True)
         return timing
+    calibration = calibration_models(model, methods, args, table)
+    retimed = {"before": retime(target, base, calibration, args.image_size)}
     passes = []
     t = time.perf_counter()
     for _ in range(2):  # each candidate beside the base, as a trial of the search times it
         passes.append({k: compare_latency_on(target, {"model": m, "base": base}, args.image_size)
                        for k, (m, _) in models.items()})
     measure_s = (time.perf_counter() - t) / (2 * len(models))  # a pair of models timed
+    retimed["after"] = retime(target, base, calibration, args.image_size)
     predicted_base = table.predict(base)
     from rsc.latency_table import curve_ratio
 
-    # both corrections side by side, whichever the table chose (its leave-one-out pick)
+    # every correction side by side, whichever the table chose (its leave-one-out pick)
     line = lambda total: table.alpha * total + table.beta  # noqa: E731
     curve = lambda total: total * curve_ratio(table.curve, total)  # noqa: E731
-    base_sum = table.sum_ms(base)
+    base_classes = table.class_sums(base)
+    base_sum = sum(base_classes.values())
     line_base, curve_base = line(base_sum), curve(base_sum)
+    weights = table.weights  # the kernel classes' weights (None where they did not fit)
+    by_class = lambda c: sum(weights[g] * c[g] for g in weights)  # noqa: E731
     rows = []
     for k, (m, what) in models.items():
         p1, p2 = passes[0][k], passes[1][k]
@@ -136,7 +196,31 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
                      "error": predicted[k] / meas - 1, "relative_error": (predicted[k] / predicted_base) / rel - 1,
                      "relative_error_line": (line(sums[k]) / line_base) / rel - 1,
                      "relative_error_curve": (curve(sums[k]) / curve_base) / rel - 1,
+                     **({"relative_error_classes": (by_class(classes[k]) / by_class(base_classes)) / rel - 1}
+                        if weights else {}),
+                     "classes_ms": classes[k],
                      "relative_spread": (p1["model"] / p1["base"]) / (p2["model"] / p2["base"]) - 1})
+    drift = calibration_drift(table, retimed)
+    # the correction refitted on the calibration models as they ran after the candidates: what a table
+    # recalibrated at use time would predict
+    from rsc.latency_table import fit_correction
+
+    after = [r["model"] * statistics.median(x["base"] for x in retimed["after"]) / r["base"] for r in retimed["after"]]
+    after[0] = statistics.median(x["base"] for x in retimed["after"])
+    refit = fit_correction([c["sum_ms"] for c in table.calibration], after, reference=0,
+                           classes=[c["classes_ms"] for c in table.calibration])
+
+    def re_predict(c: dict[str, float]) -> float:
+        total = sum(c.values())
+        if refit["correction"] == "classes":
+            return sum(refit["weights"][g] * c[g] for g in c)
+        if refit["correction"] == "curve":
+            return total * curve_ratio(refit["curve"], total)
+        return refit["alpha"] * total + refit["beta"]
+
+    for r in rows:
+        rel = (r["pass1_ms"] / r["base1_ms"] + r["pass2_ms"] / r["base2_ms"]) / 2
+        r["relative_error_recalibrated"] = (re_predict(r["classes_ms"]) / re_predict(base_classes)) / rel - 1
     errs = sorted(abs(r["error"]) for r in rows)
     rel_errs = sorted(abs(r["relative_error"]) for r in rows)
     spread = sorted(abs(r["pass1_ms"] / r["pass2_ms"] - 1) for r in rows)
@@ -155,7 +239,12 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
            "relative_within_10pct_line": sum(abs(r["relative_error_line"]) <= 0.10 for r in rows) / len(rows),
            "relative_median_abs_error_line": statistics.median(abs(r["relative_error_line"]) for r in rows),
            "relative_within_10pct_curve": sum(abs(r["relative_error_curve"]) <= 0.10 for r in rows) / len(rows),
+           "relative_within_10pct_classes": (sum(abs(r["relative_error_classes"]) <= 0.10 for r in rows) / len(rows)
+                                             if weights else None), "weights": weights,
            "correction": table.correction, "correction_loo": table.meta.get("correction_loo"),
+           **drift, "relative_within_10pct_recalibrated":
+               sum(abs(r["relative_error_recalibrated"]) <= 0.10 for r in rows) / len(rows),
+           "recalibrated_correction": refit["correction"], "retimed_calibration": retimed,
            "measure_ms_per_candidate": 1000 * measure_s, "kernels_measured_on_the_fly": misses,
            "profile_seconds": profile_s, "table": table.summary(), "alpha": table.alpha, "beta": table.beta,
            "curve": table.curve,
@@ -166,7 +255,12 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
           f"{100 * out['relative_within_10pct']:.0f}% within +-10%, median error "
           f"{100 * out['relative_median_abs_error']:.1f}%, spread {100 * out['relative_spread_median']:.1f}% (the "
           f"table's {table.correction}; with the line {100 * out['relative_within_10pct_line']:.0f}%, the curve "
-          f"{100 * out['relative_within_10pct_curve']:.0f}%); predict "
+          f"{100 * out['relative_within_10pct_curve']:.0f}%, the classes' weights "
+          f"{'-' if weights is None else format(100 * out['relative_within_10pct_classes'], '.0f') + '%'}; recalibrated after the candidates "
+          f"{100 * out['relative_within_10pct_recalibrated']:.0f}%); calibration models relative to the base, "
+          f"retimed against the table: {100 * out['calibration_drift_before'] - 100:+.1f}% before the candidates, "
+          f"{100 * out['calibration_drift_after'] - 100:+.1f}% after (the base itself "
+          f"{100 * out['base_drift_before'] - 100:+.1f}% / {100 * out['base_drift_after'] - 100:+.1f}%); predict "
           f"{out['predict_ms_median']:.2f} ms median, {out['predict_ms_mean']:.2f} mean ({traced} of {len(rows)} traced; "
           f"{out['predict_trace_ms']:.1f} ms trace + {out['predict_lookup_ms']:.2f} ms lookup each without templates) "
           f"vs measure {out['measure_ms_per_candidate']:.0f} ms; "
@@ -185,6 +279,7 @@ def main() -> int:
     p.add_argument("--plans", type=int, default=40)
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--calibration", type=int, default=32)
+    p.add_argument("--calibration-passes", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: the target's device (default cpu)")
     p.add_argument("--predict-only", action="store_true",

@@ -5,6 +5,7 @@ measured on that target (NetAdapt, Yang et al. 2018; nn-Meter, Zhang et al. 2021
 by a fit on whole models::
 
     predicted_ms = alpha * sum(kernel_ms) + beta      or      sum(kernel_ms) * ratio(sum(kernel_ms))
+                   or      sum over classes c of weight[c] * sum(kernel_ms of class c)
 
 *Kernels* are the units a runtime executes as one: the model is traced with ``torch.fx`` and a
 convolution is fused with the BatchNorm and the activation that consume it alone (``conv+bn+relu``:
@@ -25,14 +26,22 @@ across models) of 8.3%; timed one kind at a time, 48 neighbouring grid points in
 order, 1.6%. So the grid is timed in rounds that look like a forward pass (:func:`profile_kernels`):
 one point of every kind per round, kinds in the order they run in a network, 4.2% there. A whole
 model's prediction is the sum corrected by a fit on whole *calibration models* (:func:`fit_correction`):
-a line (``alpha * sum + beta``: the forward's own overhead) or a calibration curve (``measured / sum``
+a line (``alpha * sum + beta``: the forward's own overhead), a calibration curve (``measured / sum``
 piecewise linear in the sum, knots at quantiles of the calibration sums, flat beyond them,
-:func:`fit_curve`), whichever has the smaller leave-one-out error. The curve was needed while kernels
-were timed out of context, when the ratio was not even monotone in model size (ResNet-18 at batch 1:
+:func:`fit_curve`) or a weight per *class* of kernel (1x1 convolutions, other convolutions, the rest:
+:func:`kernel_class`, :func:`fit_classes`), whichever has the smallest leave-one-out error. The classes are
+there because the grid's time is not off alike for every kernel: in five ResNet-18 tables the whole
+models ran their 1x1 convolutions at 1.0-1.4x of the grid's time relative to the other convolutions
+(adds, pools and the linear layer 0.2-2.3x: nearly constant over the candidates, a fixed cost more
+than a per-kernel one), so a correction of the sum alone can be off by method; at batch 16 the line
+predicted Tucker-2 models (three convolutions per layer, two of them 1x1) 14% too fast and pruned ones
+7%, the curve 7% too fast and 3% too slow, the classes' weights 1% and 3% too fast. The curve was
+needed while kernels were timed out of context, when the ratio was not even monotone in model size (ResNet-18 at batch 1:
 the base at 1.0x its kernels' sum, mid-size candidates ~1.12x, the most compressed plans ~0.8x); tables
 made then keep it. (A per-kernel term was tried and dropped: fitted on a dozen whole models it
 predicted Tucker-2 models, which have many more kernels, 14-45% too fast, so they broke latency
-budgets.)
+budgets. The classes' weights are fitted on 32 models including the strongest plans, and chosen only where
+their leave-one-out error is the smallest.)
 
 A kernel the table lacks (another spec, dims outside the grid) is *measured on the fly* on the
 table's target (``on_missing="measure"``, cached in the table; :meth:`LatencyTable.save` keeps it)
@@ -65,10 +74,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Kernel", "LatencyTable", "TableMiss", "TableMismatch", "kernels_of", "build_kernel", "load_table",
-           "check_table", "fit_curve", "fit_correction", "curve_ratio", "profile_kernels", "profile_rounds",
-           "FINGERPRINT_KEYS", "TABLE_VERSION"]
+           "check_table", "fit_curve", "fit_correction", "fit_classes", "kernel_class", "class_sums", "CLASSES",
+           "curve_ratio", "profile_kernels", "profile_rounds", "FINGERPRINT_KEYS", "TABLE_VERSION"]
 
 TABLE_VERSION = 1
+CLASSES = ("conv1x1", "conv", "other")  # the classes of kernel a table weighs apart (kernel_class)
 #: fingerprint fields that must agree between a table and the target it is used on (not the host name:
 #: a table measured on one board serves its twins).
 FINGERPRINT_KEYS = ("device", "device_name", "machine", "runtime", "provider", "threads", "memory_format",
@@ -113,6 +123,22 @@ class Kernel:
         if self.known_key is not None:
             return self.known_key
         return f"{json.dumps(dict(self.spec), sort_keys=True, separators=(',', ':'))}@{self.side}"
+
+
+def kernel_class(spec: Mapping[str, Any]) -> str:
+    """Which of :data:`CLASSES` a kernel's spec is: a 1x1 convolution, another convolution, or the rest
+    (adds, pools, linear layers, lone BatchNorms...)."""
+    if spec.get("op") != "conv":
+        return "other"
+    return "conv1x1" if list(spec.get("k", ())) == [1, 1] else "conv"
+
+
+def class_sums(kernels: Sequence[Kernel], ms: Sequence[float]) -> dict[str, float]:
+    """The kernels' latencies summed per class (:func:`kernel_class`), every class present (0.0 if none)."""
+    out = dict.fromkeys(CLASSES, 0.0)
+    for k, v in zip(kernels, ms):
+        out[kernel_class(k.spec)] += float(v)
+    return out
 
 
 # -- splitting a model into kernels --------------------------------------------------------------
@@ -434,8 +460,10 @@ class LatencyTable:
         curve: the calibration curve, ``{"sums": knots, "ratios": measured/sum at each knot}``
             (:func:`fit_curve`); None in tables made before it, which use ``alpha`` and ``beta``.
         alpha, beta: the line fitted on the same models (``alpha * sum + beta``).
-        correction: which of the two predicts (``"curve"`` or ``"line"``, :func:`fit_correction`: the one
-            with the smaller leave-one-out error on the calibration models); None (tables made before the
+        weights: ``class -> weight`` (:data:`CLASSES`, :func:`fit_classes`) fitted on the same models; None in
+            tables made before it, or where no positive weights fit.
+        correction: which predicts (``"curve"``, ``"line"`` or ``"classes"``, :func:`fit_correction`: the one
+            with the smallest leave-one-out error on the calibration models); None (tables made before the
             choice): the curve where there is one.
         calibration: the whole models it was fitted on: ``[{"sum_ms", "measured_ms", "predicted_ms"}]``.
         on_missing: ``"measure"`` (on the table's target, cached here) or ``"error"``.
@@ -444,7 +472,8 @@ class LatencyTable:
     def __init__(self, *, target: str, fingerprint: Mapping[str, Any], model: str, image_size: int,
                  num_classes: int, grids: Mapping[str, Any] | None = None, exact: Mapping[str, Any] | None = None,
                  alpha: float = 1.0, beta: float = 0.0, curve: Mapping[str, Sequence[float]] | None = None,
-                 correction: str | None = None, calibration: Sequence[Mapping[str, Any]] = (),
+                 correction: str | None = None, weights: Mapping[str, float] | None = None,
+                 calibration: Sequence[Mapping[str, Any]] = (),
                  meta: Mapping[str, Any] | None = None, path: str | None = None) -> None:
         self.target = str(target)
         self.fingerprint = dict(fingerprint)
@@ -456,8 +485,13 @@ class LatencyTable:
                       if curve else None)
         if self.curve and (not self.curve["sums"] or len(self.curve["sums"]) != len(self.curve["ratios"])):
             raise ValueError("a calibration curve needs as many ratios as knots, and at least one")
-        if correction not in (None, "curve", "line"):
-            raise ValueError(f"correction must be 'curve' or 'line', got {correction!r}")
+        if correction not in (None, "curve", "line", "classes"):
+            raise ValueError(f"correction must be 'curve', 'line' or 'classes', got {correction!r}")
+        self.weights = {k: float(v) for k, v in weights.items()} if weights else None
+        if self.weights is not None and (set(self.weights) != set(CLASSES) or min(self.weights.values()) <= 0):
+            raise ValueError(f"weights must be positive, one for each of {', '.join(CLASSES)}")
+        if correction == "classes" and self.weights is None:
+            raise ValueError("correction 'classes' needs the classes' weights")
         self.correction = correction
         self.calibration = [dict(c) for c in calibration]
         self.meta = dict(meta or {})
@@ -525,6 +559,11 @@ class LatencyTable:
     def sum_ms(self, model: nn.Module) -> float:
         return float(sum(self.kernels_ms(self.kernels(model))))
 
+    def class_sums(self, model: nn.Module) -> dict[str, float]:
+        """The model's kernels' latencies summed per class (:func:`class_sums`)."""
+        kernels = self.kernels(model)
+        return class_sums(kernels, self.kernels_ms(kernels))
+
     def predict(self, model: nn.Module) -> float:
         """Predicted latency (ms per forward of the target's batch) of ``model``.
 
@@ -541,18 +580,26 @@ class LatencyTable:
 
             self.measured_on_the_fly += 1
             return float(compare_latency_on(self.target, {"model": model}, self.image_size)["model"])
-        return self.combine(float(sum(self.kernels_ms(kernels))))
+        return self.combine_classes(class_sums(kernels, self.kernels_ms(kernels)))
 
     @property
     def uses_curve(self) -> bool:
-        """Whether predictions go through the calibration curve (else the line)."""
-        return bool(self.curve) and self.correction != "line"
+        """Whether predictions go through the calibration curve (else the line or the classes' weights)."""
+        return bool(self.curve) and self.correction not in ("line", "classes")
 
     def combine(self, total_ms: float) -> float:
-        """A whole model's prediction from the sum of its kernels' latencies (the fitted correction)."""
+        """A whole model's prediction from the sum of its kernels' latencies, by the curve or the line (a
+        table that weighs classes predicts through :meth:`combine_classes`)."""
         if self.uses_curve:
             return total_ms * curve_ratio(self.curve, total_ms)
         return self.alpha * total_ms + self.beta
+
+    def combine_classes(self, sums: Mapping[str, float]) -> float:
+        """A whole model's prediction from its kernels' latencies summed per class (:func:`class_sums`):
+        the classes' weights where the table chose them, else :meth:`combine` of the total."""
+        if self.correction == "classes":
+            return float(sum(self.weights[k] * float(sums.get(k, 0.0)) for k in CLASSES))
+        return self.combine(float(sum(sums.values())))
 
     def layer_cost(self, module: nn.Module, input_shape: Sequence[int]) -> float:
         """Latency (ms) of one conv or linear layer at ``input_shape`` (batch 1 shape, as
@@ -565,7 +612,10 @@ class LatencyTable:
         shape = (module.in_features, 1, 1) if isinstance(module, nn.Linear) else tuple(int(d) for d in input_shape[1:])
         kernel = Kernel(spec=spec, side=_side((1, *shape)), dims=dims, shape=shape,
                         module=nn.Sequential(nn.Flatten(1), module) if isinstance(module, nn.Linear) else module)
-        return self.kernels_ms([kernel])[0]
+        ms = self.kernels_ms([kernel])[0]
+        if self.correction == "classes":  # a 1x1 convolution weighs what a whole model says it costs
+            ms *= self.weights[kernel_class(spec)] / self.weights["conv"]
+        return ms
 
     # -- measuring -------------------------------------------------------------------------
 
@@ -594,6 +644,7 @@ class LatencyTable:
         return {"version": TABLE_VERSION, "target": self.target, "fingerprint": self.fingerprint,
                 "model": self.model, "image_size": self.image_size, "num_classes": self.num_classes,
                 "alpha": self.alpha, "beta": self.beta, "curve": self.curve, "correction": self.correction,
+                "weights": self.weights,
                 "calibration": self.calibration,
                 "meta": self.meta,
                 "grids": self.grids, "exact": self.exact}
@@ -614,15 +665,17 @@ class LatencyTable:
         if self.calibration:
             errs = [abs(c["predicted_ms"] / c["measured_ms"] - 1) for c in self.calibration if c.get("measured_ms")]
             fit = f"; whole-model fit on {len(errs)} models, max error {100 * max(errs):.1f}%" if errs else ""
-        if self.uses_curve:
+        if self.correction == "classes":
+            corr = "weights by kernel class " + ", ".join(f"{k} {self.weights[k]:.3f}" for k in CLASSES)
+        elif self.uses_curve:
             r = self.curve["ratios"]
             corr = f"calibration curve over {len(r)} knot(s), measured/sum {min(r):.2f}-{max(r):.2f}"
         else:
             corr = f"alpha {self.alpha:.3f}, beta {self.beta:.3f} ms"
         loo = self.meta.get("correction_loo") or {}
         if "line" in loo and "curve" in loo:
-            corr += (f" (chosen by leave-one-out error: line {100 * loo['line']:.1f}%, "
-                     f"curve {100 * loo['curve']:.1f}%)")
+            corr += (" (chosen by leave-one-out error: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in loo.items())
+                     + ")")
         return (f"latency table for {self.model} at {self.image_size}px on {self.target} "
                 f"({self.fingerprint.get('device_name', '?')}): {len(self.grids)} kernel grids, {points} points, "
                 f"{corr}{fit}")
@@ -663,6 +716,7 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
                              image_size=data["image_size"], num_classes=data["num_classes"], grids=data["grids"],
                              exact=data.get("exact"), alpha=data.get("alpha", 1.0), beta=data.get("beta", 0.0),
                              curve=data.get("curve"), correction=data.get("correction"),
+                             weights=data.get("weights"),
                              calibration=data.get("calibration", ()), meta=data.get("meta"), path=str(p))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"latency table {path} is incomplete or malformed: {type(exc).__name__}: {exc}") from None
@@ -843,9 +897,41 @@ def fit_curve(sums: Sequence[float], measured: Sequence[float], knots: int = 5) 
     return {"sums": [float(v) for v in at], "ratios": [float(v) for v in ratios]}
 
 
+def fit_classes(classes: Sequence[Mapping[str, float]], measured: Sequence[float], reference: int | None = None,
+                anchor: float | None = None) -> dict[str, float] | None:
+    """Least squares ``measured ~ sum over c of weight[c] * classes[c]`` (each model's kernels summed per
+    class, :func:`class_sums`), no intercept, relative errors weighed alike; a class no more than two
+    models have takes the weight of the sum as a whole (the line through the origin). None where a weight
+    comes out zero or negative, or the classes are collinear (one weight for the sum is then all the
+    models can say). Model ``reference`` (the base, which every prediction is read against) weighs as much
+    as all the others together (``anchor`` times one model, if given)."""
+    import numpy as np
+
+    m = np.asarray(measured, float)
+    x = np.array([[float(c.get(name, 0.0)) for name in CLASSES] for c in classes])
+    if len(m) == 0 or x.shape != (len(m), len(CLASSES)):
+        return None
+    w = 1.0 / m
+    if reference is not None:
+        w[reference] *= anchor if anchor is not None else max(len(m) - 1, 1)
+    total = x.sum(axis=1)
+    whole = float(np.sum(total * m * w * w) / np.sum(total * total * w * w))
+    fitted = [j for j in range(len(CLASSES)) if np.count_nonzero(x[:, j]) > 2]
+    rest = [j for j in range(len(CLASSES)) if j not in fitted]
+    y = m - whole * x[:, rest].sum(axis=1)
+    a = x[:, fitted] * w[:, None]
+    if not fitted or np.linalg.matrix_rank(a) < len(fitted):
+        return None
+    coef, *_ = np.linalg.lstsq(a, y * w, rcond=None)
+    weights = dict.fromkeys(CLASSES, whole)
+    weights.update({CLASSES[j]: float(c) for j, c in zip(fitted, coef)})
+    return weights if min(weights.values()) > 0 else None
+
+
 def fit_correction(sums: Sequence[float], measured: Sequence[float], knots: int = 5,
-                   reference: int | None = None) -> dict[str, Any]:
-    """Fit both whole-model corrections and choose one by leave-one-out error.
+                   reference: int | None = None, classes: Sequence[Mapping[str, float]] | None = None
+                   ) -> dict[str, Any]:
+    """Fit the whole-model corrections and choose one by leave-one-out error.
 
     The line (:func:`fit_line`: ``measured ~ alpha * sum + beta``, a forward's fixed overhead outside
     its kernels) and the curve (:func:`fit_curve`: the ratio as a piecewise-linear function of the sum,
@@ -857,28 +943,40 @@ def fit_correction(sums: Sequence[float], measured: Sequence[float], knots: int 
     timed in rounds like a forward pass (:func:`profile_kernels`) the sum is nearly proportional for some
     networks (ResNet-18 at batch 16, 100 candidates: 97-100% within +-10% with the line, 77-85% with the
     curve) and still bends for others (MobileNetV2 at batch 1: 76-93% with the line, 100% with the curve).
-    With fewer than 4 models the curve is kept. Returns ``{"alpha", "beta", "curve", "correction",
-    "loo": {"line": mean error, "curve": mean error}}``.
+    ``classes`` (each model's kernels summed per class, :func:`class_sums`) adds the third candidate, a
+    weight per class (:func:`fit_classes`); it is left out where its weights do not fit, in all models or
+    in any leave-one-out fit. With fewer than 4 models the curve is kept. Returns ``{"alpha", "beta", "curve",
+    "weights" (None without classes or a fit), "correction", "loo": {"line", "curve"[, "classes"]: mean error}}``.
     """
     alpha, beta = fit_line(sums, measured)
     curve = fit_curve(sums, measured, knots)
+    weights = fit_classes(classes, measured, reference) if classes is not None else None
     loo: dict[str, float] = {}
     if len(sums) >= 4:
-        errs: dict[str, list[float]] = {"line": [], "curve": []}
+        errs: dict[str, list[float]] = {"line": [], "curve": [], **({"classes": []} if weights else {})}
         for i in range(len(sums)):
             if i == reference:
                 continue
             s, m = [*sums[:i], *sums[i + 1:]], [*measured[:i], *measured[i + 1:]]
             a, b = fit_line(s, m)
             c = fit_curve(s, m, knots)
-            for kind, predict in (("line", lambda x: a * x + b), ("curve", lambda x: x * curve_ratio(c, x))):
-                ratio = predict(sums[i]) / measured[i]
+            predictors = {"line": lambda j: a * sums[j] + b, "curve": lambda j: sums[j] * curve_ratio(c, sums[j])}
+            if "classes" in errs:
+                ref = None if reference is None else reference - (i < reference)
+                wc = fit_classes([*classes[:i], *classes[i + 1:]], m, ref)
+                if wc is None:
+                    del errs["classes"]
+                else:
+                    predictors["classes"] = lambda j: sum(wc[g] * classes[j].get(g, 0.0) for g in CLASSES)
+            for kind, predict in predictors.items():
+                ratio = predict(i) / measured[i]
                 if reference is not None:
-                    ratio /= predict(sums[reference]) / measured[reference]
+                    ratio /= predict(reference) / measured[reference]
                 errs[kind].append(abs(ratio - 1))
         loo = {k: float(sum(v) / len(v)) for k, v in errs.items()}
-    correction = "line" if loo and loo["line"] < loo["curve"] else "curve"
-    return {"alpha": alpha, "beta": beta, "curve": curve, "correction": correction, "loo": loo}
+    correction = min((k for k in ("curve", "line", "classes") if k in loo), key=loo.get) if loo else "curve"
+    return {"alpha": alpha, "beta": beta, "curve": curve, "weights": weights if "classes" in loo else None,
+            "correction": correction, "loo": loo}
 
 
 def curve_ratio(curve: Mapping[str, Sequence[float]], total_ms: float) -> float:

@@ -8,9 +8,10 @@ their 1x1 projections, student architectures), collects their fused kernels and 
 target, a grid of ``--points`` values per channel dim spanning what was seen, in rounds that look
 like a forward pass (:func:`rsc.latency_table.profile_kernels`). Then it times ``--calibration`` whole
 models (the base, other random plans) and every combination's most compressed plan (the floor a
-budget is checked against) beside the sum of their kernels and fits the whole-model correction (a line
-or a calibration curve, whichever has the smaller leave-one-out error:
-:func:`rsc.latency_table.fit_correction`), which it reports with its error. Post-training steps
+budget is checked against), each beside the base in ``--calibration-passes`` passes, against the sum of
+their kernels and fits the whole-model correction (a line, a calibration curve or a weight per kernel
+class, whichever has the smallest leave-one-out error: :func:`rsc.latency_table.fit_correction`), which
+it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
 Example::
@@ -22,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +53,10 @@ def build_parser() -> Any:
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
     p.add_argument("--calibration", type=int, default=32,
-                   help="whole models timed to fit the correction of the kernels' sum (a line or a curve); default 32")
+                   help="whole models timed to fit the correction of the kernels' sum (a line, a curve or weights "
+                        "per kernel class); default 32")
+    p.add_argument("--calibration-passes", type=int, default=3,
+                   help="times each calibration model is timed beside the base (its median ratio fits); default 3")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per kernel (default: the target's 10)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join for a ray:RESOURCE target")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plans; default 0")
@@ -75,6 +80,29 @@ def sample_plans(joint: Any, base: Any, context: Any, arch: dict[str, Any], n: i
     return plans
 
 
+def strongest_plans(joint: Any, base: Any, context: Any, arch: dict[str, Any], say: Any = print) -> list[Any]:
+    """The strongest plan of every combination of ``joint`` that has one (the others are said)."""
+    from spaces.base import Plan
+    from spaces.errors import SpaceError
+
+    strongest = []
+    for combo in joint.combos:
+        try:
+            strongest.append(Plan(base=arch, steps=joint.strongest(combo, base, context)))
+        except SpaceError as exc:
+            say(f"note: {combo} has no strongest plan here ({exc})")
+    return strongest
+
+
+def calibration_plans(joint: Any, base: Any, context: Any, arch: dict[str, Any], strongest: Sequence[Any],
+                      n: int, seed: int) -> list[Any]:
+    """The plans a table's whole-model correction is fitted on: the base, ``strongest`` and random ones
+    (``n`` in all with the base; drawn with ``seed`` + 7919, apart from the kernel grid's plans)."""
+    from spaces.base import Plan
+
+    return [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, max(n - 1, 0), seed + 7919)]
+
+
 def structural_model(base: Any, plan: Any, context: Any) -> Any:
     """The plan's structure (no decomposition or importance computed; post-training steps left out)."""
     from spaces.compose import compress, split_plan
@@ -85,6 +113,7 @@ def structural_model(base: Any, plan: Any, context: Any) -> Any:
 
 def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
                   depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 32,
+                  calibration_passes: int = 3,
                   repeats: int | None = None, seed: int = 0, progress: bool = False,
                   say: Any = print) -> Any:
     """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
@@ -103,12 +132,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     arch = {"model": model, "num_classes": num_classes, "image_size": image_size}
     context = Context(num_classes=num_classes, image_size=image_size, seed=seed)
     joint = JointSpace(methods, max_combo=2, bins=depth_bins or None)
-    strongest = []
-    for combo in joint.combos:
-        try:
-            strongest.append(Plan(base=arch, steps=joint.strongest(combo, base, context)))
-        except SpaceError as exc:
-            say(f"note: {combo} has no strongest plan here ({exc})")
+    strongest = strongest_plans(joint, base, context, arch, say)
     candidates = [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, plans, seed)]
     observed: dict[str, list[Any]] = {}
     where: dict[str, list[float]] = {}  # a kind's places in the forward passes, 0 (first) to 1 (last)
@@ -137,36 +161,44 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # the base, the strongest plans (the floor a budget is checked against: without them the line, fitted
     # on mid-size models only, predicted ResNet-18's strongest pruning at 43% of the base, measured ~23%)
     # and random ones
-    cal_plans = [Plan(base=arch), *strongest,
-                 *sample_plans(joint, base, context, arch, max(calibration - 1, 0), seed + 7919)]
-    models, sums = {}, {}
+    cal_plans = calibration_plans(joint, base, context, arch, strongest, calibration, seed)
+    models, sums, classes = {}, {}, {}
     for i, plan in enumerate(cal_plans):
         try:
             built = structural_model(base, plan, context)
         except SpaceError:
             continue
-        models[str(i)], sums[str(i)] = built, table.sum_ms(built)
+        models[str(i)], classes[str(i)] = built, table.class_sums(built)
+        sums[str(i)] = sum(classes[str(i)].values())
     # each timed beside the base, as a trial times its model: how many models share the caches changes
     # a model's time (measured: 40 models interleaved ran ~10% slower each than two)
-    pairs = {k: compare_latency_on(target, {"model": m, "base": base}, image_size) for k, m in models.items()}
+    # in ``calibration_passes`` passes over the models, each model's ratio to the base its median: one pass
+    # is noisy enough to move the fit (ResNet-18 at batch 16, 100 candidates: 87% within +-10% with the
+    # table's single pass, 96% with the median of three passes of the same models)
+    passes = [{k: compare_latency_on(target, {"model": m, "base": base}, image_size) for k, m in models.items()}
+              for _ in range(max(int(calibration_passes), 1))]
     # each model's time scaled by how its base ran beside it against the base's median: a machine that
     # drifts 20-40% in streaks (a shared VM) would otherwise bend the fit with whichever models it slowed
-    typical_base = sorted(p["base"] for p in pairs.values())[len(pairs) // 2]
-    measured = {k: p["model"] * typical_base / p["base"] for k, p in pairs.items()}
+    typical_base = statistics.median(p[k]["base"] for p in passes for k in models)
+    ratios = {k: [p[k]["model"] / p[k]["base"] for p in passes] for k in models}
+    measured = {k: statistics.median(r) * typical_base for k, r in ratios.items()}
     # the reference (the base plan, "0") is the base as a trial sees it - beside a smaller model, the median
     # over every pair - not its copy's single time beside it: one pair's noise (a copy ran 1.035x the base
     # on ResNet-18 at batch 1) shifted every prediction relative to the base by as much (replayed on that
     # table's 100 candidates: 80% within +-10% with the curve, 89% with this reference)
     measured["0"] = typical_base
     # chosen by its error relative to the base (cal_plans[0]), as budgets and speed-ups read predictions
-    fit = fit_correction([sums[k] for k in models], [measured[k] for k in models], reference=0)
+    fit = fit_correction([sums[k] for k in models], [measured[k] for k in models], reference=0,
+                         classes=[classes[k] for k in models])
     table.alpha, table.beta, table.curve, table.correction = fit["alpha"], fit["beta"], fit["curve"], fit["correction"]
-    table.calibration = [{"plan": i, "sum_ms": sums[k], "measured_ms": measured[k],
-                          "raw_ms": pairs[k]["model"], "base_ms": pairs[k]["base"],
-                          "predicted_ms": table.combine(sums[k])}
+    table.weights = fit["weights"]
+    table.calibration = [{"plan": i, "sum_ms": sums[k], "classes_ms": classes[k], "measured_ms": measured[k],
+                          "raw_ms": [p[k]["model"] for p in passes], "base_ms": [p[k]["base"] for p in passes],
+                          "predicted_ms": table.combine_classes(classes[k])}
                          for i, k in enumerate(models)]
     table.meta = {"methods": list(methods), "depth_bins": depth_bins, "plans": len(candidates), "points": points,
-                  "repeats": repeats, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+                  "repeats": repeats, "calibration_passes": len(passes), "seed": seed,
+                  "seconds": round(time.perf_counter() - t0, 1),
                   "rounds": rounds, "correction_loo": fit["loo"],
                   "reference_ms": {"median": typical, "min": min(refs), "max": max(refs), "times": len(refs)},
                   "on_the_fly": table.measured_on_the_fly}
@@ -192,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rsc.errors import ConfigError
         from rsc.targets import parse_target
 
-        least = {"image_size": 1, "num_classes": 2, "plans": 0, "points": 2, "calibration": 1}
+        least = {"image_size": 1, "num_classes": 2, "plans": 0, "points": 2, "calibration": 1,
+                 "calibration_passes": 1}
         for name, low in least.items():
             if getattr(args, name) < low:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is too small")
@@ -209,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = profile_table(target=target, model=args.model, image_size=args.image_size,
                               num_classes=args.num_classes, methods=methods, depth_bins=args.depth_bins,
                               plans=args.plans, points=args.points, calibration=args.calibration,
-                              repeats=args.repeats, seed=args.seed, progress=args.progress,
+                              calibration_passes=args.calibration_passes, repeats=args.repeats, seed=args.seed,
+                              progress=args.progress,
                               say=lambda m: print(m, file=sys.stderr))
         path = table.save(args.out)
         print(table.summary())

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from rsc.errors import ConfigError
-from rsc.latency_table import (LatencyTable, TableMismatch, TableMiss, build_kernel, check_table, curve_ratio,
-                               fit_correction, fit_curve, fit_line, grid_axes, grid_axis, kernels_of, load_table,
-                               profile_kernels, profile_rounds)
+from rsc.latency_table import (CLASSES, LatencyTable, TableMismatch, TableMiss, build_kernel, check_table,
+                               class_sums, curve_ratio, fit_classes, fit_correction, fit_curve, fit_line, grid_axes,
+                               grid_axis, kernel_class, kernels_of, load_table, profile_kernels, profile_rounds)
 from rsc.targets import compare_latency_on, parse_target
 
 SIZE = 16
@@ -276,6 +276,76 @@ def test_fit_correction_chooses_by_leave_one_out_and_the_table_predicts_with_its
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="incomplete or malformed"):
         load_table(tmp_path / "bad.json")
+
+
+def test_kernels_fall_in_three_classes_and_their_sums_add_up():
+    kernels = kernels_of(_net(), SIZE)
+    # the depthwise 3x3 is a convolution; the add, the pool, flatten and the linear layer the rest
+    assert [kernel_class(k.spec) for k in kernels] == ["conv", "conv1x1", "conv", "other", "conv", "other", "other",
+                                                       "other"]
+    sums = class_sums(kernels, [1.0, 2.0, 3.0, 0.5, 4.0, 0.25, 0.125, 0.125])
+    assert sums == {"conv1x1": 2.0, "conv": 8.0, "other": 1.0} and list(sums) == list(CLASSES)
+    assert class_sums([], []) == dict.fromkeys(CLASSES, 0.0)
+
+
+def _classed_models(n: int = 14, seed: int = 0) -> list[dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    return [{"conv1x1": float(a), "conv": float(b), "other": float(c)}
+            for a, b, c in zip(rng.uniform(0.2, 3.0, n), rng.uniform(1.0, 8.0, n), rng.uniform(0.1, 1.0, n))]
+
+
+def test_fit_classes_recovers_per_class_weights_and_the_correction_chooses_them_only_where_they_fit():
+    truth = {"conv1x1": 1.4, "conv": 1.0, "other": 2.2}  # ResNet-18 at batch 16 ran about so (module docstring)
+    classes = _classed_models()
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(len(classes))
+    measured = [sum(truth[g] * c[g] for g in CLASSES) * (1 + 0.01 * e) for c, e in zip(classes, noise)]
+    weights = fit_classes(classes, measured, reference=0)
+    assert weights == pytest.approx(truth, rel=0.1)
+    sums = [sum(c.values()) for c in classes]
+    fit = fit_correction(sums, measured, reference=0, classes=classes)
+    assert fit["correction"] == "classes" and fit["loo"]["classes"] < min(fit["loo"]["line"], fit["loo"]["curve"])
+    assert fit["weights"] == pytest.approx(weights)
+    without = fit_correction(sums, measured, reference=0)
+    assert "classes" not in without["loo"] and without["weights"] is None and without["correction"] != "classes"
+    # a forward's fixed overhead, which weights without an intercept cannot follow: the line is kept
+    line = [1.1 * s + 0.5 for s in sums]
+    assert fit_correction(sums, line, reference=0, classes=classes)["correction"] == "line"
+    # weights that would come out negative, and classes that move together, are no fit: never offered
+    negative = [sum(c.values()) - 1.5 * c["other"] for c in classes]
+    assert fit_classes(classes, negative) is None
+    assert "classes" not in fit_correction(sums, negative, reference=0, classes=classes)["loo"]
+    collinear = [{"conv1x1": s, "conv": 2 * s, "other": 0.5 * s} for s in sums]
+    assert fit_classes(collinear, sums) is None
+    # a class that only two models have takes the weight of the sum as a whole, not an unfounded one
+    rare = [{**c, "conv1x1": c["conv1x1"] if i < 2 else 0.0} for i, c in enumerate(classes)]
+    rare_measured = [1.0 * c["conv"] + 2.0 * c["other"] + 5.0 * c["conv1x1"] for c in rare]
+    rare_weights = fit_classes(rare, rare_measured)
+    ratio = np.array([sum(c.values()) for c in rare]) / np.array(rare_measured)  # the line through the origin
+    assert rare_weights["conv1x1"] == pytest.approx(float(np.sum(ratio) / np.sum(ratio ** 2)))
+
+
+def test_a_table_that_weighs_classes_predicts_saves_and_refuses_bad_weights(tmp_path):
+    model = _net()
+    table = _table(model)
+    kernels = kernels_of(model, SIZE)
+    sums = class_sums(kernels, table.kernels_ms(kernels))
+    table.weights, table.correction = {"conv1x1": 1.5, "conv": 1.0, "other": 2.0}, "classes"
+    expected = 1.5 * sums["conv1x1"] + sums["conv"] + 2.0 * sums["other"]
+    assert table.predict(model) == pytest.approx(expected) and "weights by kernel class" in table.summary()
+    assert table.combine_classes(sums) == pytest.approx(expected)
+    one_by_one = kernels[1]  # the 1x1 convolution: read as a layer, it costs what the weights say it does
+    assert table.layer_cost(model[3], (1, 8, SIZE, SIZE)) == pytest.approx(1.5 * table.kernels_ms([one_by_one])[0])
+    again = load_table(table.save(tmp_path / "t.json"))
+    assert again.correction == "classes" and again.weights == table.weights
+    assert again.predict(model) == pytest.approx(expected)
+    table.correction = "line"  # the weights are kept for reading; the choice predicts
+    assert table.predict(model) == pytest.approx(table.alpha * sum(sums.values()) + table.beta)
+    data = json.loads((tmp_path / "t.json").read_text())
+    for bad in ({"conv1x1": -1.0, "conv": 1.0, "other": 1.0}, {"conv": 1.0}, None):
+        (tmp_path / "bad.json").write_text(json.dumps({**data, "weights": bad}))
+        with pytest.raises(ConfigError, match="incomplete or malformed"):
+            load_table(tmp_path / "bad.json")
 
 
 def test_profile_rounds_hold_one_point_of_every_kind_in_order_and_cover_every_grid_point():

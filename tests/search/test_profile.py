@@ -76,14 +76,18 @@ def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
     assert any(len(g["axes"][1]) > 1 and g["axes"][1][0] < g["axes"][1][-1] for g in conv)  # pruned widths
     assert table.alpha > 0 and table.beta >= 0 and len(table.calibration) == 3 + 1  # + the strongest prune plan
     assert 1 <= len(table.curve["sums"]) <= 4 and all(r > 0 for r in table.curve["ratios"])
-    # the line or the curve, whichever had the smaller leave-one-out error; each model's prediction is the choice's
-    assert table.correction in ("line", "curve") and set(table.meta["correction_loo"]) == {"line", "curve"}
+    # the line, the curve or the kernel classes' weights (where they fit), whichever had the smallest
+    # leave-one-out error; each model's prediction is the choice's
     loo = table.meta["correction_loo"]
-    chosen = "line" if loo["line"] < loo["curve"] else "curve"
+    assert {"line", "curve"} <= set(loo) <= {"line", "curve", "classes"}
+    assert ("classes" in loo) == (table.weights is not None)
+    chosen = min((k for k in ("curve", "line", "classes") if k in loo), key=loo.get)
     assert table.correction == chosen and "chosen by leave-one-out" in table.summary()
     for c in table.calibration:
-        expected = (c["sum_ms"] * curve_ratio(table.curve, c["sum_ms"]) if chosen == "curve"
-                    else table.alpha * c["sum_ms"] + table.beta)
+        assert sum(c["classes_ms"].values()) == pytest.approx(c["sum_ms"])
+        expected = {"curve": lambda: c["sum_ms"] * curve_ratio(table.curve, c["sum_ms"]),
+                    "line": lambda: table.alpha * c["sum_ms"] + table.beta,
+                    "classes": lambda: sum(table.weights[g] * v for g, v in c["classes_ms"].items())}[chosen]()
         assert c["predicted_ms"] == pytest.approx(expected)
     assert table.meta["methods"] == ["prune"] and table.meta["reference_ms"]["times"] >= 1 and table.meta["rounds"] >= 1
 
@@ -272,7 +276,8 @@ def test_profile_cli_writes_a_table_and_refuses_bad_input(tmp_path):
     for args, words in ((["--target", f"lut:{out}"], "is a table already"),
                         (["--target", "tpu"], "unknown device 'tpu'"),
                         (["--model", "nonet"], "nonet"),
-                        (["--image-size", "0"], "--image-size 0 is too small")):
+                        (["--image-size", "0"], "--image-size 0 is too small"),
+                        (["--calibration-passes", "0"], "--calibration-passes 0 is too small")):
         bad = subprocess.run(cmd[:3] + args + ["--out", str(tmp_path / "x.json")], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2, (args, bad.stderr)
