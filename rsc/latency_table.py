@@ -936,7 +936,7 @@ def fit_correction(sums: Sequence[float], measured: Sequence[float], knots: int 
     The line (:func:`fit_line`: ``measured ~ alpha * sum + beta``, a forward's fixed overhead outside
     its kernels) and the curve (:func:`fit_curve`: the ratio as a piecewise-linear function of the sum,
     which bends where the kernels' sum is off by model size) are each fitted with one calibration
-    model left out and scored on it, in turn; the one with the smaller mean error predicts. The error is
+    model left out and scored on it, in turn; the one with the smallest mean error predicts. The error is
     relative to model ``reference`` (the base: predicted model/base against measured model/base, what a
     speed-up or a ``latency<40%`` budget reads; the reference itself is never left out), or, without
     one, the plain relative error. A table whose kernels were timed out of context needed the curve;
