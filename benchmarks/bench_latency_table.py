@@ -173,16 +173,13 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     measure_s = (time.perf_counter() - t) / (2 * len(models))  # a pair of models timed
     retimed["after"] = retime(target, base, calibration, args.image_size)
     predicted_base = table.predict(base)
-    from rsc.latency_table import curve_ratio
-
-    # every correction side by side, whichever the table chose (its leave-one-out pick)
-    line = lambda total: table.alpha * total + table.beta  # noqa: E731
-    curve = lambda total: total * curve_ratio(table.curve, total)  # noqa: E731
     base_classes = table.class_sums(base)
-    base_sum = sum(base_classes.values())
-    line_base, curve_base = line(base_sum), curve(base_sum)
     weights = table.weights  # the kernel classes' weights (None where they did not fit)
-    by_class = lambda c: sum(weights[g] * c[g] for g in weights)  # noqa: E731
+
+    def relative(t: Any, c: dict[str, float], correction: str | None = None) -> float:
+        """Predicted model/base by ``t`` with ``correction`` (default: the one ``t`` chose)."""
+        return t.combine_classes(c, correction) / t.combine_classes(base_classes, correction)
+
     rows = []
     for k, (m, what) in models.items():
         p1, p2 = passes[0][k], passes[1][k]
@@ -194,33 +191,28 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
                      "measured_ms": meas,
                      "pass1_ms": p1["model"], "pass2_ms": p2["model"], "base1_ms": p1["base"], "base2_ms": p2["base"],
                      "error": predicted[k] / meas - 1, "relative_error": (predicted[k] / predicted_base) / rel - 1,
-                     "relative_error_line": (line(sums[k]) / line_base) / rel - 1,
-                     "relative_error_curve": (curve(sums[k]) / curve_base) / rel - 1,
-                     **({"relative_error_classes": (by_class(classes[k]) / by_class(base_classes)) / rel - 1}
+                     # every correction side by side, whichever the table chose (its leave-one-out pick)
+                     "relative_error_line": relative(table, classes[k], "line") / rel - 1,
+                     "relative_error_curve": relative(table, classes[k], "curve") / rel - 1,
+                     **({"relative_error_classes": relative(table, classes[k], "classes") / rel - 1}
                         if weights else {}),
                      "classes_ms": classes[k],
                      "relative_spread": (p1["model"] / p1["base"]) / (p2["model"] / p2["base"]) - 1})
     drift = calibration_drift(table, retimed)
     # the correction refitted on the calibration models as they ran after the candidates: what a table
     # recalibrated at use time would predict
+    import copy
+
     from rsc.latency_table import fit_correction
+    from search.profile import calibration_times
 
-    after = [r["model"] * statistics.median(x["base"] for x in retimed["after"]) / r["base"] for r in retimed["after"]]
-    after[0] = statistics.median(x["base"] for x in retimed["after"])
-    refit = fit_correction([c["sum_ms"] for c in table.calibration], after, reference=0,
-                           classes=[c["classes_ms"] for c in table.calibration])
-
-    def re_predict(c: dict[str, float]) -> float:
-        total = sum(c.values())
-        if refit["correction"] == "classes":
-            return sum(refit["weights"][g] * c[g] for g in c)
-        if refit["correction"] == "curve":
-            return total * curve_ratio(refit["curve"], total)
-        return refit["alpha"] * total + refit["beta"]
-
+    refit = fit_correction([c["sum_ms"] for c in table.calibration], calibration_times([retimed["after"]]),
+                           reference=0, classes=[c["classes_ms"] for c in table.calibration])
+    recalibrated = copy.copy(table)
+    recalibrated.apply_fit(refit)
     for r in rows:
         rel = (r["pass1_ms"] / r["base1_ms"] + r["pass2_ms"] / r["base2_ms"]) / 2
-        r["relative_error_recalibrated"] = (re_predict(r["classes_ms"]) / re_predict(base_classes)) / rel - 1
+        r["relative_error_recalibrated"] = relative(recalibrated, r["classes_ms"]) / rel - 1
     errs = sorted(abs(r["error"]) for r in rows)
     rel_errs = sorted(abs(r["relative_error"]) for r in rows)
     spread = sorted(abs(r["pass1_ms"] / r["pass2_ms"] - 1) for r in rows)

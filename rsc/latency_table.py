@@ -594,12 +594,23 @@ class LatencyTable:
             return total_ms * curve_ratio(self.curve, total_ms)
         return self.alpha * total_ms + self.beta
 
-    def combine_classes(self, sums: Mapping[str, float]) -> float:
+    def combine_classes(self, sums: Mapping[str, float], correction: str | None = None) -> float:
         """A whole model's prediction from its kernels' latencies summed per class (:func:`class_sums`):
-        the classes' weights where the table chose them, else :meth:`combine` of the total."""
-        if self.correction == "classes":
+        the classes' weights where the table chose them, else :meth:`combine` of the total. ``correction``
+        (``"line"``, ``"curve"``, ``"classes"``) predicts with that one instead of the table's choice."""
+        total = float(sum(sums.values()))
+        if (correction or self.correction) == "classes":
             return float(sum(self.weights[k] * float(sums.get(k, 0.0)) for k in CLASSES))
-        return self.combine(float(sum(sums.values())))
+        if correction == "line":
+            return self.alpha * total + self.beta
+        if correction == "curve":
+            return total * curve_ratio(self.curve, total)
+        return self.combine(total)
+
+    def apply_fit(self, fit: Mapping[str, Any]) -> None:
+        """Take the corrections :func:`fit_correction` returned, and its choice."""
+        self.alpha, self.beta, self.curve = float(fit["alpha"]), float(fit["beta"]), fit["curve"]
+        self.weights, self.correction = fit["weights"], fit["correction"]
 
     def layer_cost(self, module: nn.Module, input_shape: Sequence[int]) -> float:
         """Latency (ms) of one conv or linear layer at ``input_shape`` (batch 1 shape, as

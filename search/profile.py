@@ -26,7 +26,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["main", "build_parser", "sample_plans", "structural_model", "profile_table"]
@@ -103,6 +103,22 @@ def calibration_plans(joint: Any, base: Any, context: Any, arch: dict[str, Any],
     return [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, max(n - 1, 0), seed + 7919)]
 
 
+def calibration_times(passes: Sequence[Sequence[Mapping[str, float]]]) -> list[float]:
+    """Each calibration model's time (ms) from its ``{"model", "base"}`` pairs, one list per pass, the base
+    plan first: the median over passes of its ratio to the base beside it, times the base's median over
+    every pair. Scaled by how its base ran beside it: a machine that drifts 20-40% in streaks (a shared
+    VM) would otherwise bend the fit with whichever models it slowed. The base plan's own time is the base
+    as a trial sees it - beside a smaller model, the median over every pair - not its copy's single time
+    beside it: one pair's noise (a copy ran 1.035x the base on ResNet-18 at batch 1) shifted every
+    prediction relative to the base by as much (replayed on that table's 100 candidates: 80% within
+    +-10% with the curve, 89% with this reference)."""
+    typical_base = statistics.median(pair["base"] for one in passes for pair in one)
+    times = [statistics.median(one[i]["model"] / one[i]["base"] for one in passes) * typical_base
+             for i in range(len(passes[0]))]
+    times[0] = typical_base
+    return times
+
+
 def structural_model(base: Any, plan: Any, context: Any) -> Any:
     """The plan's structure (no decomposition or importance computed; post-training steps left out)."""
     from spaces.compose import compress, split_plan
@@ -177,21 +193,11 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # table's single pass, 96% with the median of three passes of the same models)
     passes = [{k: compare_latency_on(target, {"model": m, "base": base}, image_size) for k, m in models.items()}
               for _ in range(max(int(calibration_passes), 1))]
-    # each model's time scaled by how its base ran beside it against the base's median: a machine that
-    # drifts 20-40% in streaks (a shared VM) would otherwise bend the fit with whichever models it slowed
-    typical_base = statistics.median(p[k]["base"] for p in passes for k in models)
-    ratios = {k: [p[k]["model"] / p[k]["base"] for p in passes] for k in models}
-    measured = {k: statistics.median(r) * typical_base for k, r in ratios.items()}
-    # the reference (the base plan, "0") is the base as a trial sees it - beside a smaller model, the median
-    # over every pair - not its copy's single time beside it: one pair's noise (a copy ran 1.035x the base
-    # on ResNet-18 at batch 1) shifted every prediction relative to the base by as much (replayed on that
-    # table's 100 candidates: 80% within +-10% with the curve, 89% with this reference)
-    measured["0"] = typical_base
+    measured = dict(zip(models, calibration_times([[p[k] for k in models] for p in passes])))
     # chosen by its error relative to the base (cal_plans[0]), as budgets and speed-ups read predictions
     fit = fit_correction([sums[k] for k in models], [measured[k] for k in models], reference=0,
                          classes=[classes[k] for k in models])
-    table.alpha, table.beta, table.curve, table.correction = fit["alpha"], fit["beta"], fit["curve"], fit["correction"]
-    table.weights = fit["weights"]
+    table.apply_fit(fit)
     table.calibration = [{"plan": i, "sum_ms": sums[k], "classes_ms": classes[k], "measured_ms": measured[k],
                           "raw_ms": [p[k]["model"] for p in passes], "base_ms": [p[k]["base"] for p in passes],
                           "predicted_ms": table.combine_classes(classes[k])}
