@@ -102,7 +102,8 @@ def main() -> int:
                                       num_classes=args.num_classes, methods=["prune", "tucker"], seed=0,
                                       say=lambda m: print(f"  {m}", file=sys.stderr))
         tables[batch].on_missing = "measure"
-        print(f"table at batch {batch}: {time.perf_counter() - t0:.0f}s", flush=True)
+        chose = tables[batch].correction or ("curve" if tables[batch].curve else "line")
+        print(f"table at batch {batch}: {time.perf_counter() - t0:.0f}s, correction {chose}", flush=True)
 
     arch = {"model": args.model, "num_classes": args.num_classes, "image_size": args.image_size}
     base_macs = count_macs(base, image_size=args.image_size)
@@ -168,7 +169,10 @@ def main() -> int:
             "processor": tables[1].fingerprint.get("device_name"), "repeats": args.repeats,
             "batch_size": args.batch_size, "image_size": args.image_size, "model": args.model,
             "finetune": args.finetune, "base_epochs": args.base_epochs, "ft_epochs": args.ft_epochs,
-            "damage": args.damage}
+            "damage": args.damage,
+            # which whole-model correction each table chose (rsc.latency_table.fit_correction) and its fit
+            "tables": {str(k): {"correction": t.correction, "weights": t.weights,
+                                "line": {"alpha": t.alpha, "beta": t.beta}} for k, t in tables.items()}}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     b = args.batch_size
     columns = {"method": "{method}", "x": "x{target:g}", "allocation": "{allocation}", "reached": "{reached}", "params (M)": "{params_m:.2f}",

@@ -25,6 +25,7 @@ which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -48,46 +49,34 @@ def random_candidates(model: str, methods: list[str], image_size: int, num_class
     """A fresh base and ``n`` random structural candidates of the search's space over ``methods``, keyed by
     draw number, each with its methods (drawn with ``seed``; plans the space refuses are skipped)."""
     from rsc.models import create_model
-    from search.profile import sample_plans, structural_model
+    from search.profile import built_plans, sample_plans
     from search.space import JointSpace
     from spaces.base import Context
-    from spaces.errors import SpaceError
 
     base = create_model(model, num_classes, image_size=image_size).eval()
     arch = {"model": model, "num_classes": num_classes, "image_size": image_size}
     context = Context(num_classes=num_classes, image_size=image_size, seed=1)
     joint = JointSpace(methods, max_combo=2, bins=4)
-    models: dict[str, tuple[Any, str]] = {}
-    for i, plan in enumerate(sample_plans(joint, base, context, arch, n * 2, seed=seed)):
-        if len(models) >= n:
-            break
-        try:
-            models[str(i)] = (structural_model(base, plan, context), "+".join(s.space for s in plan.steps) or "base")
-        except SpaceError:
-            continue
-    return base, models
+    drawn = built_plans(base, sample_plans(joint, base, context, arch, n * 2, seed=seed), context)
+    return base, {str(i): (built, "+".join(s.space for s in plan.steps) or "base")
+                  for i, plan, built in itertools.islice(drawn, n)}
 
 
 def calibration_models(model: str, methods: list[str], args: argparse.Namespace, table: Any) -> list[Any]:
     """The table's calibration models rebuilt (fresh weights, the same plans as ``search.profile`` drew with
     seed 0), checked against the kernel sums the table recorded for them."""
     from rsc.models import create_model
-    from search.profile import calibration_plans, strongest_plans, structural_model
+    from search.profile import built_plans, calibration_plans, strongest_plans
     from search.space import JointSpace
     from spaces.base import Context
-    from spaces.errors import SpaceError
 
     base = create_model(model, args.num_classes, image_size=args.image_size).eval()
     arch = {"model": model, "num_classes": args.num_classes, "image_size": args.image_size}
     context = Context(num_classes=args.num_classes, image_size=args.image_size, seed=0)
     joint = JointSpace(methods, max_combo=2, bins=4)
-    built = []
     strongest = strongest_plans(joint, base, context, arch, say=lambda m: None)
-    for plan in calibration_plans(joint, base, context, arch, strongest, args.calibration, seed=0):
-        try:
-            built.append(structural_model(base, plan, context))
-        except SpaceError:
-            continue
+    plans = calibration_plans(joint, base, context, arch, strongest, args.calibration, seed=0)
+    built = [m for _, _, m in built_plans(base, plans, context)]
     sums = [table.sum_ms(m) for m in built]
     recorded = [c["sum_ms"] for c in table.calibration]
     if len(sums) != len(recorded) or any(abs(a - b) > 1e-6 * b for a, b in zip(sums, recorded)):

@@ -26,10 +26,10 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "sample_plans", "structural_model", "profile_table"]
+__all__ = ["main", "build_parser", "sample_plans", "structural_model", "built_plans", "profile_table"]
 
 DEFAULT_METHODS = ("prune", "tucker", "distill")
 
@@ -127,6 +127,20 @@ def structural_model(base: Any, plan: Any, context: Any) -> Any:
     return model.eval()
 
 
+def built_plans(base: Any, plans: Iterable[Any], context: Any) -> Iterator[tuple[int, Any, Any]]:
+    """``(index, plan, structural model)`` for every plan the space builds, in order; a plan it refuses
+    (:class:`spaces.errors.SpaceError`, e.g. a random draw past a layer's floor) is skipped and costs
+    nothing. The index is the plan's place in ``plans``."""
+    from spaces.errors import SpaceError
+
+    for i, plan in enumerate(plans):
+        try:
+            model = structural_model(base, plan, context)
+        except SpaceError:
+            continue
+        yield i, plan, model
+
+
 def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
                   depth_bins: int = 4, plans: int = 40, points: int = 8, calibration: int = 32,
                   calibration_passes: int = 3,
@@ -140,7 +154,6 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     from rsc.targets import compare_latency_on, parse_target
     from search.space import JointSpace
     from spaces.base import Context, Plan
-    from spaces.errors import SpaceError
 
     target = parse_target(target)
     t0 = time.perf_counter()
@@ -152,11 +165,8 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     candidates = [Plan(base=arch), *strongest, *sample_plans(joint, base, context, arch, plans, seed)]
     observed: dict[str, list[Any]] = {}
     where: dict[str, list[float]] = {}  # a kind's places in the forward passes, 0 (first) to 1 (last)
-    for plan in tqdm(candidates, desc="kernels of candidate plans", unit="plan", disable=not progress, leave=False):
-        try:
-            built = structural_model(base, plan, context)
-        except SpaceError:
-            continue  # a random plan the space refuses costs nothing here
+    bar = tqdm(candidates, desc="kernels of candidate plans", unit="plan", disable=not progress, leave=False)
+    for _, _, built in built_plans(base, bar, context):
         kernels = kernels_of(built, image_size)
         for i, k in enumerate(kernels):
             observed.setdefault(k.key, []).append(k)
@@ -179,11 +189,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
     # and random ones
     cal_plans = calibration_plans(joint, base, context, arch, strongest, calibration, seed)
     models, sums, classes = {}, {}, {}
-    for i, plan in enumerate(cal_plans):
-        try:
-            built = structural_model(base, plan, context)
-        except SpaceError:
-            continue
+    for i, _, built in built_plans(base, cal_plans, context):
         models[str(i)], classes[str(i)] = built, table.class_sums(built)
         sums[str(i)] = sum(classes[str(i)].values())
     # each timed beside the base, as a trial times its model: how many models share the caches changes

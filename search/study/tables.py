@@ -15,7 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines"]
+__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines", "PICK_RULES",
+           "replay_pick", "rule_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
              "test_oa", "val_oa", "compression_rate", "compression_rate_params", "speedup", "params",
@@ -214,6 +215,55 @@ def pick_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
     return out
 
 
+def _params(f: dict[str, Any]) -> float:
+    return f.get("params") or 0.0
+
+
+# ways to choose a searched cell's model among its finalists, replayed from their records (every finalist is
+# fine-tuned in full and tested): the study's own rule first (search.crossval.chosen_row without folds). A
+# rule is a sort key; max() keeps the first finalist among equals, as chosen_row does.
+PICK_RULES: dict[str, Any] = {
+    "validation OA, ties to fewer params (the study's)": lambda f: (f["val_oa"], -_params(f)),
+    "validation OA, ties to the better trial score": lambda f: (f["val_oa"], f["search_val_oa"]),
+    "validation OA, ties to more params": lambda f: (f["val_oa"], _params(f)),
+    "trial score": lambda f: (f["search_val_oa"], f["val_oa"], -_params(f)),
+    "validation OA + trial score": lambda f: (f["val_oa"] + f["search_val_oa"], -_params(f)),
+}
+
+
+def replay_pick(finalists: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    """The finalist ``rule`` (a :data:`PICK_RULES` name) chooses."""
+    return max(finalists, key=PICK_RULES[rule])
+
+
+def replayable(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished searched cell's finalists, when a choice among them can be replayed (two or more, each
+    with its test, validation and trial score); else []."""
+    finalists = (row.get("search") or {}).get("finalists") or []
+    ok = [f for f in finalists if all(f.get(k) is not None for k in ("test_oa", "val_oa", "search_val_oa"))]
+    return ok if row.get("status") == "ok" and len(ok) > 1 and len(ok) == len(finalists) else []
+
+
+def rule_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each :data:`PICK_RULES` rule replayed on every searched cell in ``rows`` (pooled over methods, rates
+    and ratios): its choice's test OA minus the finalists' mean, and minus the study's rule's choice."""
+    cells = [f for f in map(replayable, rows) if f]
+    if not cells:
+        return []
+    first = next(iter(PICK_RULES))
+    own = [replay_pick(f, first)["test_oa"] for f in cells]
+    out = ["| rule | chosen minus the finalists' mean (pts) | ahead of the mean | chosen minus the study's rule (pts) "
+           "| ahead / behind the study's rule | cells |", "|---|---|---|---|---|---|"]
+    for rule in PICK_RULES:
+        chosen = [replay_pick(f, rule)["test_oa"] for f in cells]
+        vs_mean = [c - statistics.fmean(x["test_oa"] for x in f) for c, f in zip(chosen, cells)]
+        vs_own = [c - o for c, o in zip(chosen, own)]
+        out.append(f"| {rule} | {_pm(vs_mean, 2, pct=True)} | {sum(d > 1e-9 for d in vs_mean)}/{len(cells)} | "
+                   f"{_pm(vs_own, 2, pct=True)} | {sum(d > 1e-9 for d in vs_own)} / {sum(d < -1e-9 for d in vs_own)} | "
+                   f"{len(cells)} |")
+    return out
+
+
 _TITLES = {"baselines": "Baselines: classic networks trained from scratch",
            "families": "Weight vs local vs global compression",
            "pruning": "Pruning methods at matched compression rates, with and without distillation",
@@ -303,6 +353,10 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
             if picks := pick_lines([r for r in rows if exp in r.get("experiments", ())], ratio):
                 md += ["The final choice of each searched cell: its finalists were all fine-tuned in full and "
                        "tested, and one chosen on validation OA alone:", "", *picks, ""]
+                if rules := rule_lines([r for r in rows if exp in r.get("experiments", ())
+                                        and r["train_ratio"] == ratio]):
+                    md += ["Other rules replayed on the same finalists (no test OA is ever used to choose; the "
+                           "study's rule is the first):", "", *rules, ""]
             if exp in ("families", "pruning", "quality"):
                 for key, label, tag in (("rate", "compression rate (x, log)", "rate"),
                                         ("speedup", "measured speed-up (x, log)", "speedup")):

@@ -228,6 +228,26 @@ def test_the_repair_aim_reads_the_budget_as_the_check_does():
     assert repair_aim(parse_budgets(["latency<7ms", "params<1"]), over, {}, {}) is None
 
 
+def test_plans_the_space_refuses_are_skipped_and_the_rest_keep_their_places():
+    from rsc.models import create_model
+    from search.profile import built_plans
+    from spaces.base import Context, Plan, Step
+    from spaces.prune import prunable_groups
+
+    base = create_model("resnet18", 3, image_size=32).eval()
+    arch = {"model": "resnet18", "num_classes": 3, "image_size": 32}
+    context = Context(num_classes=3, image_size=32)
+    halve = {"ratios": {g.name: 0.5 for g in prunable_groups(base, context)}}
+    plans = [Plan(base=arch), Plan(base=arch, steps=(Step(space="no.such.space"),)),
+             Plan(base=arch, steps=(Step(space="prune.channel", params=halve),))]
+    built = list(built_plans(base, plans, context))
+    assert [i for i, _, _ in built] == [0, 2]
+    assert built[1][1] is plans[2]
+    full, pruned = (sum(p.numel() for p in m.parameters()) for _, _, m in built)
+    assert pruned < 0.5 * full  # the structure was built (and the base left as it was)
+    assert sum(p.numel() for p in base.parameters()) == full
+
+
 def test_allocating_by_latency_without_a_table_is_refused(tmp_path):
     from rsc.errors import ConfigError
 

@@ -111,6 +111,34 @@ def test_the_pick_table_shows_what_the_validation_choice_cost_against_the_best_f
     assert pick_lines([rows[-1]], 0.8) == []
 
 
+def test_other_final_choice_rules_are_replayed_on_the_same_finalists_never_by_test_oa():
+    from search.study.tables import PICK_RULES, replay_pick, replayable, rule_lines
+
+    def f(trial, test, val, score, params):
+        return {"trial": trial, "test_oa": test, "val_oa": val, "search_val_oa": score, "params": params}
+
+    def row(finalists, **kw):
+        return {"id": "c", "status": "ok", "train_ratio": 0.8, "search": {"finalists": finalists}, **kw}
+
+    # a validation tie between trials 0 and 1; trial 2 has the best trial score; the best test OA is trial 1's
+    tie = [f(0, 0.80, 0.90, 0.70, 100.0), f(1, 0.86, 0.90, 0.72, 200.0), f(2, 0.83, 0.88, 0.80, 50.0)]
+    picked = {rule: replay_pick(tie, rule)["trial"] for rule in PICK_RULES}
+    assert list(picked.values()) == [0, 1, 1, 2, 2]  # fewer params, better score, more params, score, sum
+    assert replay_pick([f(0, 0.8, 0.9, 0.7, 1.0), f(1, 0.9, 0.9, 0.7, 1.0)], next(iter(PICK_RULES)))["trial"] == 0
+    # cells no rule can be replayed on: one finalist, a finalist never tested, a failed cell
+    assert not replayable(row(tie[:1])) and not replayable(row([*tie[:2], {**tie[2], "test_oa": None}]))
+    assert not replayable(row(tie, status="failed")) and rule_lines([row(tie, status="failed")]) == []
+    other = [f(0, 0.70, 0.80, 0.60, 1.0), f(1, 0.74, 0.79, 0.65, 1.0)]
+    lines = rule_lines([row(tie), row(other), row(tie[:1])])
+    assert len(lines) == 2 + len(PICK_RULES)
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("|")[1:-1]] for line in lines[2:])}
+    # the study's rule: 0.80 - 0.83 and 0.70 - 0.72 -> -2.50 +- 0.71 pts, never ahead; 2 cells
+    assert cells["validation OA, ties to fewer params (the study's)"] == ["-2.50 +- 0.71", "0/2", "0.00 +- 0.00",
+                                                                          "0 / 0", "2"]
+    # the trial score: 0.83 - 0.83 and 0.74 - 0.72 -> +1.00 +- 1.41; against the study's +3 and +4 pts
+    assert cells["trial score"] == ["1.00 +- 1.41", "1/2", "3.50 +- 0.71", "2 / 0", "2"]
+
+
 def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(tmp_path):
     config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
                          rates=(2.0,), experiments=("quality",), search_trials=3, search_fidelity=1, search_final=2,
