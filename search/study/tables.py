@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines", "PICK_RULES",
-           "replay_pick", "rule_lines"]
+           "replay_pick", "replayable", "rule_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
              "test_oa", "val_oa", "compression_rate", "compression_rate_params", "speedup", "params",
