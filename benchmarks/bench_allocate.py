@@ -102,8 +102,7 @@ def main() -> int:
                                       num_classes=args.num_classes, methods=["prune", "tucker"], seed=0,
                                       say=lambda m: print(f"  {m}", file=sys.stderr))
         tables[batch].on_missing = "measure"
-        chose = tables[batch].correction or ("curve" if tables[batch].curve else "line")
-        print(f"table at batch {batch}: {time.perf_counter() - t0:.0f}s, correction {chose}", flush=True)
+        print(f"table at batch {batch}: {time.perf_counter() - t0:.0f}s; {tables[batch].summary()}", flush=True)
 
     arch = {"model": args.model, "num_classes": args.num_classes, "image_size": args.image_size}
     base_macs = count_macs(base, image_size=args.image_size)
@@ -170,9 +169,11 @@ def main() -> int:
             "batch_size": args.batch_size, "image_size": args.image_size, "model": args.model,
             "finetune": args.finetune, "base_epochs": args.base_epochs, "ft_epochs": args.ft_epochs,
             "damage": args.damage,
-            # which whole-model correction each table chose (rsc.latency_table.fit_correction) and its fit
-            "tables": {str(k): {"correction": t.correction, "weights": t.weights,
-                                "line": {"alpha": t.alpha, "beta": t.beta}} for k, t in tables.items()}}
+            # which whole-model correction each table chose (rsc.latency_table.fit_correction), its fit and the
+            # leave-one-out errors it was chosen by
+            "tables": {str(k): {"summary": t.summary(), "correction": t.correction, "weights": t.weights,
+                                "line": {"alpha": t.alpha, "beta": t.beta},
+                                "correction_loo": t.meta.get("correction_loo")} for k, t in tables.items()}}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     b = args.batch_size
     columns = {"method": "{method}", "x": "x{target:g}", "allocation": "{allocation}", "reached": "{reached}", "params (M)": "{params_m:.2f}",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["fold_plan", "cross_validate", "chosen_row"]
+__all__ = ["fold_plan", "cross_validate", "chosen_row", "choice_key"]
 
 
 def fold_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,4 +95,10 @@ def chosen_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     if not ok:
         return None
     cv = all(r.get("cv_oa") is not None for r in ok)
-    return dict(max(ok, key=lambda r: (r["cv_oa"] if cv else r["val_oa"], r["val_oa"], -(r.get("params") or 0.0))))
+    return dict(max(ok, key=lambda r: choice_key(r, cv)))
+
+
+def choice_key(row: Mapping[str, Any], cv: bool = False) -> tuple[float, float, float]:
+    """The order :func:`chosen_row` ranks final models by: the cross-validated OA (``cv``) or the
+    validation OA, ties to the better validation OA, then fewer params."""
+    return (row["cv_oa"] if cv else row["val_oa"], row["val_oa"], -(row.get("params") or 0.0))

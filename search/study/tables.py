@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from search.crossval import choice_key
+
 __all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines", "PICK_RULES",
            "replay_pick", "replayable", "rule_lines"]
 
@@ -220,10 +222,10 @@ def _params(f: dict[str, Any]) -> float:
 
 
 # ways to choose a searched cell's model among its finalists, replayed from their records (every finalist is
-# fine-tuned in full and tested): the study's own rule first (search.crossval.chosen_row without folds). A
+# fine-tuned in full and tested): the study's own rule first (search.crossval.chosen_row's, without folds). A
 # rule is a sort key; max() keeps the first finalist among equals, as chosen_row does.
 PICK_RULES: dict[str, Any] = {
-    "validation OA, ties to fewer params (the study's)": lambda f: (f["val_oa"], -_params(f)),
+    "validation OA, ties to fewer params (the study's)": choice_key,
     "validation OA, ties to the better trial score": lambda f: (f["val_oa"], f["search_val_oa"]),
     "validation OA, ties to more params": lambda f: (f["val_oa"], _params(f)),
     "trial score": lambda f: (f["search_val_oa"], f["val_oa"], -_params(f)),
