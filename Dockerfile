@@ -38,6 +38,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['export']))" > /t
  && rm /tmp/requirements.txt
 COPY README.md ./
 COPY rsc rsc
+COPY costs costs
 COPY spaces spaces
 COPY search search
 COPY tracking tracking

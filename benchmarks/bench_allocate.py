@@ -17,7 +17,7 @@ allocations of the same budget:
 * ``uniform latency b1`` / ``bN``: the uniform setting projected onto that same predicted latency
   (what ``--target lut:FILE`` without ``--allocate`` does): the accuracy comparison at equal speed.
 
-Every model is timed next to its base in one process (``rsc.cost.compare``: interleaved, one
+Every model is timed next to its base in one process (``costs.timing.compare``: interleaved, one
 thread, channels-last, median of ``--repeats``, batch 1 and ``--batch-size``). ``ratio`` =
 speed-up / MACs cut (the issue's target for pruning and Tucker: >= 0.8), ``vs x`` = speed-up / x.
 With fine-tuning (default), the base is trained on UC Merced (80 % train, seed 0) and every model
@@ -61,9 +61,11 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from benchmarks.bench_spaces import start_params
-    from rsc.cost import CostSettings, compare, count_macs
+    from costs.counting import count_macs
+    from costs.registry import CostSettings
+    from costs.timing import compare
     from rsc.models import create_model
-    from rsc.targets import parse_target
+    from costs.targets import parse_target
     from search.profile import profile_table
     from spaces import Context, Plan, Step, compress, get_space
     from spaces.project import cost_gap, project_plan
@@ -169,7 +171,7 @@ def main() -> int:
             "batch_size": args.batch_size, "image_size": args.image_size, "model": args.model,
             "finetune": args.finetune, "base_epochs": args.base_epochs, "ft_epochs": args.ft_epochs,
             "damage": args.damage,
-            # which whole-model correction each table chose (rsc.latency_table.fit_correction), its fit and the
+            # which whole-model correction each table chose (costs.latency.fit.fit_correction), its fit and the
             # leave-one-out errors it was chosen by
             "tables": {str(k): {"summary": t.summary(), "correction": t.correction, "weights": t.weights,
                                 "line": {"alpha": t.alpha, "beta": t.beta},

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rsc.cost import CostSettings, analytic_costs, measure
+    from costs.registry import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, make_loaders, make_split
     from rsc.models import create_model
     from rsc.training import fit, resolve_device, seed_everything

@@ -13,7 +13,7 @@ table's whole-model corrections (the line ``alpha * sum + beta``, the calibratio
 classes' weights, fitted on the same models; the table predicts with the one of smallest leave-one-out
 error), and the time to predict a candidate against the time to measure it: as the
 search predicts (``LatencyTable.predict``: one graph trace per model structure, then reads of the
-modules, :mod:`rsc.kernel_templates`) and, for comparison, with a trace of every candidate. The same figures relative to the base
+modules, :mod:`costs.latency.templates`) and, for comparison, with a trace of every candidate. The same figures relative to the base
 model timed beside each candidate (predicted model/base against measured model/base: what a
 speed-up or a ``latency<40%`` budget reads) are free of the machine's load drift between calls,
 which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::
@@ -86,7 +86,7 @@ def calibration_models(model: str, methods: list[str], args: argparse.Namespace,
 
 def retime(target: Any, base: Any, models: list[Any], image_size: int) -> list[dict[str, float]]:
     """Each model timed beside ``base`` once, as the table's calibration timed it."""
-    from rsc.targets import compare_latency_on
+    from costs.targets import compare_latency_on
 
     return [compare_latency_on(target, {"model": m, "base": base}, image_size) for m in models]
 
@@ -106,8 +106,8 @@ def calibration_drift(table: Any, retimed: dict[str, list[dict[str, float]]]) ->
 
 
 def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
-    from rsc.latency_table import class_sums, kernels_of
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.latency.kernels import class_sums, kernels_of
+    from costs.targets import compare_latency_on, parse_target
     from search.profile import profile_table
 
     target = parse_target(target_spec(getattr(args, "device", "cpu"), batch, threads=args.threads)).check()
@@ -192,7 +192,7 @@ def run_case(model: str, batch: int, args: argparse.Namespace) -> dict:
     # recalibrated at use time would predict
     import copy
 
-    from rsc.latency_table import fit_correction
+    from costs.latency.fit import fit_correction
     from search.profile import calibration_times
 
     refit = fit_correction([c["sum_ms"] for c in table.calibration], calibration_times([retimed["after"]]),

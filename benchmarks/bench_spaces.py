@@ -14,7 +14,7 @@ with the bisection it replaced; for magnitude pruning one sparsity computed anal
 setting: channel pruning of every group (L1, multiples of 8), Tucker-2 of every eligible conv,
 a thinned copy of the teacher for KD, and per-layer sparsity for magnitude pruning. Int8 runs
 alone and after 2x channel pruning. Every compressed model is measured next to its base in the
-same process with ``rsc.cost.compare``: latency runs interleaved, fixed threads, median of
+same process with ``costs.timing.compare``: latency runs interleaved, fixed threads, median of
 ``--repeats``, at batch 1 and ``--batch-size``. ``ratio`` = speed-up / MACs reduction (target for
 channel pruning and Tucker: >= 0.8). Magnitude pruning cuts non-zero params only: no dense
 speed-up is expected or claimed. Int8 keeps MACs but runs them in int8 kernels.
@@ -66,7 +66,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
-                   help="layout of weights and input during latency runs (rsc.cost.CostSettings)")
+                   help="layout of weights and input during latency runs (costs.registry.CostSettings)")
     p.add_argument("--tucker-fc", action="store_true",
                    help="also SVD the hidden FC layers (minutes per VGG/AlexNet layer on a busy CPU)")
     p.add_argument("--finetune", action="store_true")
@@ -80,7 +80,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rsc.cost import CostSettings, compare, count_macs, count_nonzero_params
+    from costs.counting import count_macs, count_nonzero_params
+    from costs.registry import CostSettings
+    from costs.timing import compare
     from rsc.models import create_model
     from spaces import Context, Plan, Step, compress, get_space
     from spaces.project import cost_gap, project_plan

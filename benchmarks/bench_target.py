@@ -15,12 +15,12 @@ runs every part on this machine (the energy part then says why it measured nothi
 2. **A latency table measured on the device** (``search.profile``), checked as ``bench_latency_table.py``
    checks the CPU's: the share of ``--candidates`` random candidates whose predicted latency, relative to
    the base timed beside them, is within +-10% of the measured one, and the measurement's own spread.
-3. **Energy.** Joules per image at batch 1, measured by the machine's counters (``rsc.energy.measure_energy``:
+3. **Energy.** Joules per image at batch 1, measured by the machine's counters (``costs.energy_counters.measure_energy``:
    NVML on a GPU, RAPL on a CPU, Zeus where installed) over a window of ``--window`` seconds per model, for
    the base and the candidates, and the same with the idle power (measured over an idle window first)
-   subtracted. Beside them the analytical model's estimate (``rsc.energy.estimate_energy``, per-layer MACs
+   subtracted. Beside them the analytical model's estimate (``costs.energy.estimate_energy``, per-layer MACs
    and data movement, Yang et al. 2017), its rank correlation with the measurement, and the model
-   calibrated (``rsc.energy.calibrate``) on every other candidate, predicting the rest. No counter: the
+   calibrated (``costs.energy.calibrate``) on every other candidate, predicting the rest. No counter: the
    reason is written, never a zero.
 
 Writes ``--out`` (JSON) after every part, so a run stopped by its time limit keeps what it measured.
@@ -53,7 +53,7 @@ def _candidates(model: str, args: argparse.Namespace, n: int, seed: int) -> tupl
 
 def runtimes_part(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.bench_latency_table import target_spec
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
 
     base, cands = _candidates(args.model, args, args.runtime_candidates, seed=777)
     rows: list[dict[str, Any]] = []
@@ -116,8 +116,9 @@ def _sync(device: str) -> None:
 def energy_part(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from rsc.cost import count_macs
-    from rsc.energy import calibrate, estimate_energy, measure_energy
+    from costs.counting import count_macs
+    from costs.energy import calibrate, estimate_energy
+    from costs.energy_counters import measure_energy
     from rsc.errors import ConfigError
     from tracking.stats import rank_correlation
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--calibration", type=int, default=32)
     p.add_argument("--energy-candidates", type=int, default=16)
-    p.add_argument("--energy-source", default="auto", help="auto, nvml, rapl or zeus (rsc.energy.measure_energy)")
+    p.add_argument("--energy-source", default="auto", help="auto, nvml, rapl or zeus (costs.energy_counters.measure_energy)")
     p.add_argument("--window", type=float, default=1.0, help="seconds each model runs inside an energy window")
     p.add_argument("--parts", default="runtimes,table,energy")
     p.add_argument("--brief", action="store_true", help="leave the per-candidate rows of the table part out")

@@ -4,7 +4,7 @@ A budget names a cost metric (``params``, ``nonzero_params``, ``macs``, ``size``
 a comparison and a limit, either absolute (``params<5M``, ``size<=2MB``, ``latency<20ms``) or
 relative to the uncompressed base model (``macs<50%``). Several budgets are ANDed.
 
-The metrics are the budgetable costs of :mod:`rsc.cost`'s registry, which says for each its cost
+The metrics are the budgetable costs of :mod:`costs`'s registry, which says for each its cost
 key, its unit grammar and whether it is *analytic* (counted from the model's structure, hence
 projected before training) or *measured* (timed after building the model, hence an Optuna
 constraint): a new cost registered there is a budget and an objective here, with no edit.
@@ -49,7 +49,7 @@ class BudgetConflict(BudgetError):
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A budget metric as the search sees it: a view of one registered :class:`rsc.cost.CostMetric`.
+    """A budget metric as the search sees it: a view of one registered :class:`costs.registry.CostMetric`.
 
     Attributes:
         name: the name used in budgets and objectives (``latency``).
@@ -67,7 +67,7 @@ class MetricSpec:
 
 
 def _specs() -> dict[str, MetricSpec]:
-    from rsc.cost import budget_metrics
+    from costs.registry import budget_metrics
 
     return {name: MetricSpec(name, c.name, c.kind, c.units, c.unit) for name, c in budget_metrics().items()}
 

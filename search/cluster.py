@@ -26,7 +26,7 @@ from rsc.errors import ConfigError, UserError
 __all__ = ["RayUnavailable", "check_ray_address", "code_version", "probe_cluster", "join_for_target"]
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rsc", "spaces", "search", "tracking")
+PACKAGES = ("rsc", "costs", "spaces", "search", "tracking")
 
 
 class RayUnavailable(UserError):

@@ -217,7 +217,7 @@ class SearchConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers!r}")
         if not float(self.trial_cpus) > 0 or float(self.trial_gpus) < 0:
             raise ConfigError(f"trial_cpus must be > 0 and trial_gpus >= 0, got {self.trial_cpus!r}, {self.trial_gpus!r}")
-        from rsc.targets import parse_target
+        from costs.targets import parse_target
 
         remote = parse_target(self.hardware).remote is not None
         if self.backend == "local" and (self.workers or (self.ray_address and not remote)):

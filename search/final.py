@@ -23,7 +23,7 @@ __all__ = ["front_row", "spread_pick", "final_candidates", "final_stage", "write
 
 def front_row(t: Any, base_costs: Mapping[str, float]) -> dict[str, Any]:
     """A finished trial as a row of the front: its OA, its costs, its compression rate."""
-    from rsc.cost import budget_metrics
+    from costs.registry import budget_metrics
 
     costs = dict(t.user_attrs.get("costs") or {})
     row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": t.values[0],
@@ -92,10 +92,10 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
     """Fine-tune the final set longer and evaluate it - and the base model - on the test split; with
     ``rank_sample``, also the rank sample, and the rank correlation of trial score with final OA."""
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
-    from rsc.cost import CostSettings, budget_metrics, measure
+    from costs.registry import CostSettings, budget_metrics, measure
     from rsc.data import make_loaders
     from rsc.evaluation import evaluate
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
     from search.budget import REPAIR_PASSES, meets_budget, parse_budgets, repair_aim
 
     base = model_from_checkpoint(load_checkpoint(ckpt)).eval()

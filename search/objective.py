@@ -65,7 +65,7 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     ceilings the plan aims at; a plan that cannot reach them keeps its most compressed form within
     ``limits``), ``base_costs``, ``epochs``, ``lr``, ``batch_size``, ``seed``, ``device``,
     ``calibration_batches``, ``bn_batches`` (BatchNorm re-estimation after every fine-tune epoch;
-    0: off), ``latency`` (bool), ``hardware`` (the :mod:`rsc.targets` spec latency is measured on;
+    0: off), ``latency`` (bool), ``hardware`` (the :mod:`costs.targets` spec latency is measured on;
     default ``cpu``), ``distill`` (bool: KD from the base model
     during the fine-tune even without a distillation step), ``zero_shot`` (bool: score the
     compressed model before fine-tuning), ``early_stop`` (or null: {fronts, directions, cost_keys,
@@ -82,10 +82,10 @@ def evaluate_trial(request: Mapping[str, Any], *, return_model: bool = False) ->
     """
     import torch
 
-    from rsc.cost import CostSettings, analytic_costs, measure
+    from costs.registry import CostSettings, analytic_costs, measure
     from rsc.data import fold_split, load_scene_data, load_scene_file, make_loaders, make_split
     from rsc.evaluation import evaluate
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
     from rsc.training import seed_everything
     from spaces.base import Context, Plan
     from spaces.compose import split_plan, to_cpu

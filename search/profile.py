@@ -1,16 +1,16 @@
 """``python -m search.profile``: measure a per-kernel latency table on a target, for ``--target lut:FILE``.
 
-The table (:mod:`rsc.latency_table`) must hold every kernel the search can produce from the model:
+The table (:mod:`costs.latency.table`) must hold every kernel the search can produce from the model:
 this command builds (structure only, no weights computed) the base model, each method
 combination's most compressed plan and ``--plans`` random plans of the search's own space
 (:class:`search.space.JointSpace`: channel counts at the pruning rounding step, Tucker-2 ranks and
 their 1x1 projections, student architectures), collects their fused kernels and measures, on the
 target, a grid of ``--points`` values per channel dim spanning what was seen, in rounds that look
-like a forward pass (:func:`rsc.latency_table.profile_kernels`). Then it times ``--calibration`` whole
+like a forward pass (:func:`costs.latency.profile.profile_kernels`). Then it times ``--calibration`` whole
 models (the base, other random plans) and every combination's most compressed plan (the floor a
 budget is checked against), each beside the base in ``--calibration-passes`` passes, against the sum of
 their kernels and fits the whole-model correction (a line, a calibration curve or a weight per kernel
-class, whichever has the smallest leave-one-out error: :func:`rsc.latency_table.fit_correction`), which
+class, whichever has the smallest leave-one-out error: :func:`costs.latency.fit.fit_correction`), which
 it reports with its error. Post-training steps
 (int8) are not tabled: a model with them is measured whole when it is predicted.
 
@@ -42,7 +42,7 @@ def build_parser() -> Any:
                                    "target (for search.run --target lut:FILE).",
                        epilog="Example: python -m search.profile --target cpu --model resnet18 --image-size 64 "
                               "--num-classes 21 --out lut.json")
-    p.add_argument("--target", default="cpu", help="where to measure (rsc.targets grammar: cpu[:threads=N,"
+    p.add_argument("--target", default="cpu", help="where to measure (costs.targets grammar: cpu[:threads=N,"
                    "runtime=eager|torchscript|onnxruntime,format=...,batch=N], cuda[:N], ray:RESOURCE); default cpu")
     p.add_argument("--model", default="resnet18", help="base architecture (rsc.models registry); default resnet18")
     p.add_argument("--image-size", type=int, default=64, help="input side in pixels; default 64")
@@ -146,12 +146,15 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
                   calibration_passes: int = 3,
                   repeats: int | None = None, seed: int = 0, progress: bool = False,
                   say: Any = print) -> Any:
-    """Measure a :class:`rsc.latency_table.LatencyTable` (module docstring); returns it unsaved."""
+    """Measure a :class:`costs.latency.table.LatencyTable` (module docstring); returns it unsaved."""
     from tqdm.auto import tqdm
 
-    from rsc.latency_table import LatencyTable, fit_correction, kernels_of, profile_kernels
+    from costs.latency.fit import fit_correction
+    from costs.latency.kernels import kernels_of
+    from costs.latency.profile import profile_kernels
+    from costs.latency.table import LatencyTable
     from rsc.models import create_model
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
     from search.space import JointSpace
     from spaces.base import Context, Plan
 
@@ -220,7 +223,7 @@ def profile_table(*, target: Any, model: str, image_size: int, num_classes: int,
 def _grid_size(kernels: Sequence[Any], points: int) -> int:
     import math
 
-    from rsc.latency_table import grid_axes
+    from costs.latency.profile import grid_axes
 
     if kernels[0].spec["op"] == "exact":
         return len({k.dims for k in kernels})
@@ -234,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         from rsc.errors import ConfigError
-        from rsc.targets import parse_target
+        from costs.targets import parse_target
 
         least = {"image_size": 1, "num_classes": 2, "plans": 0, "points": 2, "calibration": 1,
                  "calibration_passes": 1}

@@ -94,7 +94,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     min_accuracy: float | None = None
     searched: list[str] = field(default_factory=list)  # cost keys budgeted or optimised
-    hardware: str = "cpu"  # the rsc.targets spec latency and speed-up were measured on
+    hardware: str = "cpu"  # the costs.targets spec latency and speed-up were measured on
     hardware_fingerprint: dict[str, Any] = field(default_factory=dict)
     hardware_note: str = ""  # Target.describe()
     chosen: dict[str, Any] | None = None  # search.final.chosen_row: the final model a user ships
@@ -151,7 +151,7 @@ def _fmt(v: Any, key: str) -> str:
 
 
 def _cost_unit(key: str) -> str | None:
-    from rsc.cost import get_cost, list_costs
+    from costs.registry import get_cost, list_costs
 
     return get_cost(key).unit if key in list_costs() else None
 
@@ -165,9 +165,9 @@ def _human(v: float) -> str:
 
 def cost_columns(rows: Sequence[Mapping[str, Any]], searched: Sequence[str] = ()) -> list[str]:
     """The cost columns of a front table: params and the compression rate, then every other budgetable
-    cost of :mod:`rsc.cost`'s registry the rows carry; non-zero params only when ``searched`` (the
+    cost of :mod:`costs`'s registry the rows carry; non-zero params only when ``searched`` (the
     budgeted and objective cost keys) holds it, as a search of weight-zeroing methods does."""
-    from rsc.cost import budget_metrics
+    from costs.registry import budget_metrics
 
     keys = ["params", "compression_rate"]
     for cost in budget_metrics().values():

@@ -45,7 +45,7 @@ class Prepared:
     target_ceiling: float | None
     request_base: dict[str, Any]
     ray_nodes: dict[str, Any]
-    hardware: Any = None  # the rsc.targets.Target latency is measured on
+    hardware: Any = None  # the costs.targets.Target latency is measured on
     hardware_fingerprint: dict[str, Any] | None = None
     ray_joined: bool = False  # this search connected to Ray for a ray: target (and disconnects at the end)
 
@@ -66,10 +66,10 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     """
     import torch
 
-    from rsc.cost import CostSettings, analytic_costs, measure
+    from costs.registry import CostSettings, analytic_costs, measure
     from rsc.data import load_scene_data, make_split
     from rsc.models import create_model
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
     from rsc.training import resolve_device
     from search.base_model import search_base_checkpoint
     from search.budget import parse_budgets
@@ -115,13 +115,13 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     if config.latency:
         measured.append("latency_ms")
     measured = list(dict.fromkeys(measured))
-    if "latency_ms" in measured:  # on the target; every other measured cost as rsc.cost defines it
+    if "latency_ms" in measured:  # on the target; every other measured cost as costs defines it
         base_costs["latency_ms"] = compare_latency_on(hardware, {"model": skeleton}, data.image_size)["model"]
     if [k for k in measured if k != "latency_ms"]:
         base_costs.update(measure(skeleton, [k for k in measured if k != "latency_ms"], settings))
     predictors = {}
     if hardware.table is not None:  # latency predicted from the table: projected like the counted costs
-        from rsc.latency_table import check_table
+        from costs.latency.table import check_table
 
         table = hardware.load_table()
         check_table(table, model=config.model, image_size=data.image_size, num_classes=data.num_classes)

@@ -48,7 +48,7 @@ def check_reachable(joint: Any, budgets: Budgets, base_model: Any, base: Mapping
     ``extra_keys``, which the per-trial targets must not go below. ``predictors`` are costs
     predicted before training (``latency_ms`` from a latency table), projected like the analytic ones.
     """
-    from rsc.cost import CostSettings, measure
+    from costs.registry import CostSettings, measure
     from spaces.base import Plan
     from spaces.compose import compress
 

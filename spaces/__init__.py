@@ -20,7 +20,7 @@ The search engine needs only this surface:
 Registered spaces: ``prune.channel``, ``prune.magnitude``, ``decompose.tucker``, ``distill.kd``,
 ``quant.int8``, and ``prune.allocated`` / ``decompose.allocated`` (per-layer choices allocated by
 a layer cost: MACs, energy or a latency table, :mod:`spaces.allocate`). Heavy dependencies (torch-pruning, tensorly, torch.ao) load on first use.
-Costs (params, MACs, size, latency) are measured by :mod:`rsc.cost`.
+Costs (params, MACs, size, latency) are measured by :mod:`costs`.
 """
 
 from __future__ import annotations

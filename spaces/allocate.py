@@ -17,9 +17,9 @@ counts) and its batch-1 input shape. A cost that reads only the module's attribu
 an attribute ``shape_only = True``; its candidates are then built on the meta device (no memory,
 ~4x faster to build). Layers are priced one by one and summed,
 which is how MACs and the analytical energy are defined, and close to how latency behaves on
-CPUs/GPUs per operator. :func:`macs_cost` counts like :func:`rsc.cost.count_macs`,
+CPUs/GPUs per operator. :func:`macs_cost` counts like :func:`costs.counting.count_macs`,
 :func:`params_cost` its weights (a params budget allocated where the parameters are),
-:func:`energy_cost` is :mod:`rsc.energy`'s model of the layer, and a latency lookup table is any
+:func:`energy_cost` is :mod:`costs.energy`'s model of the layer, and a latency lookup table is any
 object with a ``layer_cost(module, input_shape)`` method of the same signature
 (:func:`get_layer_cost` picks one by name). Every distinct layer shape is priced once per
 allocation (memoised), so slow costs (a table that profiles its misses) stay affordable.
@@ -74,8 +74,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from rsc.cost import hooked_forward, layer_kind
-from spaces._util import check_fraction, is_positive_int
+from costs.counting import hooked_forward, layer_kind
+from spaces.checks import check_fraction, is_positive_int
 from spaces.base import Context, Params
 from spaces.errors import SpaceError
 
@@ -238,7 +238,7 @@ def _cost_name(cost: Any) -> str:
 
 
 def macs_cost(module: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Multiply-accumulates of one layer at ``input_shape``, counted as :func:`rsc.cost.count_macs`
+    """Multiply-accumulates of one layer at ``input_shape``, counted as :func:`costs.counting.count_macs`
     counts them: ``out_elements * in_channels/groups * prod(kernel)`` for a conv, ``out_elements *
     in_features`` for a linear layer."""
     layer = _Layer.of(module)
@@ -252,7 +252,7 @@ macs_cost.shape_only = True  # type: ignore[attr-defined] - reads attributes onl
 
 
 def params_cost(module: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Parameters of one layer, weights and bias (as ``rsc.cost.count_params`` counts them; the input
+    """Parameters of one layer, weights and bias (as ``costs.counting.count_params`` counts them; the input
     shape does not matter)."""
     layer = _Layer.of(module)
     weights = layer.cin * layer.cout if layer.kind == "linear" else \
@@ -265,7 +265,7 @@ params_cost.shape_only = True  # type: ignore[attr-defined]
 
 class _Feed(nn.Module):
     """Runs its one layer on zeros of a fixed shape, whatever it is given: a one-layer model whose
-    layer sees exactly ``shape`` under :func:`rsc.energy.energy_breakdown`."""
+    layer sees exactly ``shape`` under :func:`costs.energy.energy_breakdown`."""
 
     def __init__(self, layer: nn.Module, shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -278,15 +278,15 @@ class _Feed(nn.Module):
 
 
 def energy_cost(module: nn.Module, input_shape: tuple[int, ...], energy_model: Any = None) -> float:
-    """Picojoules of one layer at a batch-1 ``input_shape`` under :mod:`rsc.energy`'s analytical model
-    (``energy_model``: an :class:`rsc.energy.EnergyModel`, the default one when None).
+    """Picojoules of one layer at a batch-1 ``input_shape`` under :mod:`costs.energy`'s analytical model
+    (``energy_model``: an :class:`costs.energy.EnergyModel`, the default one when None).
 
     A twin of the layer on the meta device (same attributes, no data, no arithmetic) runs through
-    :func:`rsc.energy.energy_breakdown` as a one-layer model. The layer is priced dense even under
+    :func:`costs.energy.energy_breakdown` as a one-layer model. The layer is priced dense even under
     ``skip_zero_weights``: candidate layers are built with zero weights, and structured compression
     leaves no zeros to skip.
     """
-    from rsc.energy import EnergyModel, energy_breakdown
+    from costs.energy import EnergyModel, energy_breakdown
 
     em = energy_model if energy_model is not None else EnergyModel()
     if em.skip_zero_weights:
@@ -301,7 +301,7 @@ energy_cost.shape_only = True  # type: ignore[attr-defined]
 
 def get_layer_cost(name: str, *, table: Any = None, energy_model: Any = None) -> LayerCost:
     """The layer cost called ``name``: ``"macs"``, ``"params"``, ``"energy"`` (``energy_model``: a
-    calibrated :class:`rsc.energy.EnergyModel`, or the default) or ``"latency"`` (``table.layer_cost``,
+    calibrated :class:`costs.energy.EnergyModel`, or the default) or ``"latency"`` (``table.layer_cost``,
     in ms)."""
     if name == "macs":
         return macs_cost
@@ -325,7 +325,7 @@ def get_layer_cost(name: str, *, table: Any = None, energy_model: Any = None) ->
 
 def _layer_inputs(model: nn.Module, context: Context) -> dict[str, tuple[nn.Module, list[tuple[int, ...]]]]:
     """Every innermost Conv/Linear layer of ``model`` (by name) and its input shapes, one per call,
-    from one batch-1 forward of zeros (as :func:`rsc.cost.hooked_forward` walks layers)."""
+    from one batch-1 forward of zeros (as :func:`costs.counting.hooked_forward` walks layers)."""
     seen: dict[str, tuple[nn.Module, list[tuple[int, ...]]]] = {}
 
     def hook_for(name: str, _kind: str) -> Callable[..., None]:
@@ -718,7 +718,7 @@ def allocate_tucker(space: Any, model: nn.Module, context: Context, *, cost: Lay
 def _kept_choices(channels: int, round_to: int | None, max_ratio: float) -> list[tuple[int, float]]:
     """``(kept channels, ratio)`` for every count ``ChannelPruning`` keeps of ``channels`` at a ratio in
     [0, max_ratio], highest first; ``kept_channels(channels, ratio, round_to) == kept``."""
-    from spaces._util import round_channels
+    from spaces.layers import round_channels
     from spaces.prune import kept_channels
 
     lowest = kept_channels(channels, max_ratio, round_to)

@@ -15,7 +15,7 @@ plan replays without the cost (no latency table needed to rebuild it). A ``keep`
 space can reach gives its strongest allocation (as ``scale`` saturates elsewhere).
 
 Options: ``cost`` (``"macs"``, ``"params"``, ``"energy"``, ``"latency"``: ``context.latency_table``
-must hold a table, :class:`rsc.latency_table.LatencyTable`); pruning's ``damage`` (``"importance"``,
+must hold a table, :class:`costs.latency.table.LatencyTable`); pruning's ``damage`` (``"importance"``,
 the share of L1 mass removed, or ``"sensitivity"``, each group's measured calibration-loss rise with
 BatchNorm re-estimated: :func:`spaces.allocate.channel_sensitivity`); ``min_keep`` and ``step``, the sampled range
 ``[min_keep, 1 - step]``; the rest goes to the inner :class:`spaces.prune.ChannelPruning`
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from spaces import allocate
-from spaces._util import check_fraction, check_no_extra
+from spaces.checks import check_fraction, check_no_extra
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.prune import ChannelPruning

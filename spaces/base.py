@@ -59,7 +59,7 @@ class Context:
         calibration: A few ``(x, y)`` batches, normalised like the training data. Needed only by
             data-dependent choices (Taylor importance, int8 calibration); ``None`` when rebuilding.
         seed: Seeds the example inputs so that every build is deterministic.
-        latency_table: A latency table of the target (:class:`rsc.latency_table.LatencyTable`),
+        latency_table: A latency table of the target (:class:`costs.latency.table.LatencyTable`),
             for choices allocated by latency (:mod:`spaces.allocated`); ``None`` elsewhere.
     """
 

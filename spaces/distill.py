@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spaces._util import check_fraction, check_no_extra
+from spaces.checks import check_fraction, check_no_extra
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space

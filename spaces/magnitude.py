@@ -5,7 +5,7 @@ the zeros are made permanent (no ``weight_orig``/mask re-parametrisation is left
 :func:`spaces.finetune.finetune` re-applies the zero pattern as a mask while fine-tuning so that
 pruned weights stay pruned).
 
-What it buys, plainly: fewer *non-zero* parameters (``rsc.cost`` metric ``nonzero_params``,
+What it buys, plainly: fewer *non-zero* parameters (``costs`` metric ``nonzero_params``,
 compression rate on non-zero parameters) and a smaller *sparse* encoding (``sparse_size``).
 It brings **no dense speed-up**: the tensors keep their shape and dense kernels multiply the
 zeros, so MACs and latency are unchanged unless a sparse kernel runs the model.
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
-                          depth_bins, expand_bins, find_head)
+from spaces.checks import check_bins, check_fraction, check_keys, check_mapping, check_no_extra
+from spaces.layers import bin_values, depth_bins, expand_bins, find_head
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.registry import register_space
 

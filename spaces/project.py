@@ -27,9 +27,9 @@ def cost_gap(limits: Mapping[str, float], image_size: int,
 
     Counted costs only (no timing; no serialisation unless ``size`` is limited), so a probe is cheap.
     ``predictors`` give costs that are predicted rather than counted, by cost key (``latency_ms``
-    from a latency table: :meth:`rsc.latency_table.LatencyTable.predict`).
+    from a latency table: :meth:`costs.latency.table.LatencyTable.predict`).
     """
-    from rsc.cost import CostSettings, measure
+    from costs.registry import CostSettings, measure
 
     settings = CostSettings(image_size=image_size)
     predictors = dict(predictors or {})

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import check_no_extra
+from spaces.checks import check_no_extra
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces._util import (bin_values, check_bins, check_fraction, check_keys, check_mapping, check_no_extra,
-                          depth_bins, expand_bins, find_head, is_positive_int, round_channels, set_module)
+from spaces.checks import check_bins, check_fraction, check_keys, check_mapping, check_no_extra, is_positive_int
+from spaces.layers import bin_values, depth_bins, expand_bins, find_head, round_channels, set_module
 from spaces.base import Context, Params, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space

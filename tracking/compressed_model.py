@@ -18,7 +18,7 @@ import mlflow.pyfunc
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_PATHS = [str(ROOT / name) for name in ("rsc", "spaces", "tracking")]
+CODE_PATHS = [str(ROOT / name) for name in ("rsc", "costs", "spaces", "tracking")]
 
 # The model as code (MLflow's "models from code"): ``log_model`` is given this script, not a pickled
 # object, and loading runs it (with CODE_PATHS on sys.path) instead of unpickling anything.

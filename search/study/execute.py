@@ -96,9 +96,10 @@ def _context(ws: Workspace, plain: list) -> Any:
 
 def measure_cell(ws: Workspace, model: Any, reference: Any, val: Any, test: Any) -> dict[str, Any]:
     """Validation and test OA, counted costs, and latency beside ``reference`` (its base) on the CPU."""
-    from rsc.cost import CostSettings, measure, sparse_size
+    from costs.counting import sparse_size
+    from costs.registry import CostSettings, measure
     from rsc.evaluation import evaluate
-    from rsc.targets import compare_latency_on, parse_target
+    from costs.targets import compare_latency_on, parse_target
 
     nc = ws.data.num_classes
     settings = CostSettings(image_size=ws.data.image_size)
@@ -126,7 +127,7 @@ def _plan_steps(method: str, cell: Cell, base: Any, ctx: Any) -> tuple[list[dict
 
     Every plan starts weak (5% pruned, ranks at 95%, a student at 95% width): the projection only
     strengthens a plan until it fits, so a start already past the rate would overshoot it."""
-    from rsc.cost import CostSettings, measure
+    from costs.registry import CostSettings, measure
     from spaces.prune import prunable_groups
     from spaces.registry import get_space, resolve_space
 

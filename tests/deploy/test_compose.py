@@ -443,7 +443,7 @@ def test_env_vars_the_code_reads_are_wired(compose):
     pattern = re.compile(r"""(?:os\.environ\.get|os\.getenv|environ\.get)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
                          r"""|os\.environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\](?!\s*=[^=])"""
                          r"""|["']([A-Z][A-Z0-9_]*)["']\s+(?:not\s+)?in\s+os\.environ""")
-    for pkg in ("rsc", "spaces", "search", "tracking"):
+    for pkg in ("rsc", "costs", "spaces", "search", "tracking"):
         for path in (ROOT / pkg).rglob("*.py"):
             reads |= {next(g for g in m.groups() if g) for m in pattern.finditer(path.read_text())}
     assert "RSC_CACHE_DIR" in reads  # the scan works

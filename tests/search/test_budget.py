@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rsc.cost import register_cost
+from costs.registry import register_cost
 from rsc.errors import ConfigError, UserError
 from search.budget import (
     GRAMMAR,

@@ -33,7 +33,7 @@ def work_lut(lut, tmp_path_factory):
     no whole-model correction: monotone in every channel and the same on every machine. On a fast CPU a
     32 px ResNet-18 is mostly per-call overhead, so the measured table's pruning floor can lie close to
     the base - too close for a test that needs a budget reachable well below the first aim."""
-    from rsc.latency_table import load_table
+    from costs.latency.table import load_table
 
     table = load_table(lut)
 
@@ -65,7 +65,8 @@ def _base_and_floor(table):
 
 
 def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
-    from rsc.latency_table import curve_ratio, load_table
+    from costs.latency.fit import curve_ratio
+    from costs.latency.table import load_table
 
     table = load_table(lut)
     assert table.model == "resnet18" and table.image_size == SIZE and table.num_classes == 8
@@ -96,7 +97,7 @@ def test_the_table_covers_the_search_space_and_records_how_it_was_made(lut):
 def test_a_latency_budget_is_projected_with_the_table_and_re_measured_at_the_end(tmp_path, lut):
     import optuna
 
-    from rsc.latency_table import load_table
+    from costs.latency.table import load_table
     from search.run import render, run
 
     spec = f"lut:{lut}"
@@ -129,7 +130,7 @@ def test_a_latency_budget_is_projected_with_the_table_and_re_measured_at_the_end
 def test_a_search_allocating_by_latency_ranks_layers_by_the_table_and_meets_the_budget(tmp_path, lut):
     import optuna
 
-    from rsc.latency_table import load_table
+    from costs.latency.table import load_table
     from search.run import run
 
     base, floor = _base_and_floor(load_table(lut))
@@ -152,7 +153,7 @@ def test_a_final_model_over_the_latency_budget_is_re_projected_below_it_and_fine
                                                                                             monkeypatch):
     """The target runs models slower than the table predicts: the finalist, projected onto the budget as
     predicted, measures 10% over it; it is aimed lower by that error and fine-tuned again, inside."""
-    from rsc.latency_table import LatencyTable, load_table
+    from costs.latency.table import LatencyTable, load_table
 
     def no_timing(self, kernels):  # the table covers the space: nothing is timed, so nothing varies by machine
         raise AssertionError(f"kernel measured on the fly: {kernels[0].name} {list(kernels[0].dims)}")

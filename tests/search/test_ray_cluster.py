@@ -208,7 +208,7 @@ def test_a_node_running_other_code_is_refused_before_any_training(tmp_path, monk
     from search.executors import RayUnavailable, code_version, probe_cluster
 
     other = tmp_path / "other"
-    for package in ("rsc", "spaces", "search", "tracking"):
+    for package in ("rsc", "costs", "spaces", "search", "tracking"):
         shutil.copytree(ROOT / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
     with open(other / "spaces" / "base.py", "a") as f:
         f.write("\n# an edit the driver does not have\n")

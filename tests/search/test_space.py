@@ -139,7 +139,7 @@ def test_a_target_deeper_than_the_sample_can_reach_keeps_its_most_compressed_for
 def test_int8_never_raises_the_counts_that_projection_probes_skip_it_for(model):
     """Projection leaves int8 out of its probes unless ``size`` is budgeted; that is sound only
     while quantising never raises params, nonzero params or MACs (BN folding lowers params)."""
-    from rsc.cost import CostSettings, measure
+    from costs.registry import CostSettings, measure
     from spaces import Plan, Step, compress, split_plan
     from spaces.prune import prunable_groups
 
@@ -185,7 +185,7 @@ def test_a_binned_stage_is_never_sampled_uncompressed_so_every_sample_reaches_th
     the projection's scaling and no plan could reach params<=25% (measured: 14 of 216 benchmark
     trials infeasible; Tucker ranks sampled at [1, 1] for layer4 made 1 more). Binned ratios start
     one grid step up instead, binned rank fractions stop one step below full rank."""
-    from rsc.cost import count_params
+    from costs.counting import count_params
     from spaces import Plan, Step, project_plan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import count_macs
-from rsc.energy import estimate_energy
+from costs.counting import count_macs
+from costs.energy import estimate_energy
 from spaces import SpaceError, get_space
 from spaces import allocate as A
 from tests.spaces.conftest import NUM_CLASSES, SIZE, make

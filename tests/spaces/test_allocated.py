@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from rsc.cost import count_macs
+from costs.counting import count_macs
 from spaces import Plan, SpaceError, Step, build_from_plan, compress, cost_gap, get_space, project_plan
 from spaces import allocate as A
 from tests.spaces.conftest import NUM_CLASSES, SIZE

@@ -86,7 +86,7 @@ def test_depth_bins_contract(name, resnet18, ctx):
 
 
 def test_depth_bins_follow_module_order_and_cut_evenly(resnet18):
-    from spaces._util import depth_bins
+    from spaces.layers import depth_bins
 
     names = ["layer4.0.downsample.0", "conv1", "layer2.0.conv1", "layer1.0.conv1", "layer3.0.conv1"]
     assert depth_bins(resnet18, names, 2) == [["conv1", "layer1.0.conv1"],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rsc.cost import count_params
+from costs.counting import count_params
 from spaces import SpaceError, get_space
 from spaces.distill import kd_loss
 from tests.spaces.conftest import NUM_CLASSES

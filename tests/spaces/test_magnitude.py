@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import count_macs, count_nonzero_params, count_params, serialized_size, sparse_size
+from costs.counting import count_macs, count_nonzero_params, count_params, serialized_size, sparse_size
 from spaces import SpaceError, get_space
 from spaces.magnitude import prunable_layers
 from tests.spaces.conftest import SIZE

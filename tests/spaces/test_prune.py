@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import count_macs, count_params
+from costs.counting import count_macs, count_params
 from spaces import Plan, SpaceError, Step, build_from_plan, get_space
 from spaces.prune import kept_channels, prunable_groups
 from tests.spaces.conftest import NUM_CLASSES, SIZE, make

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsc.cost import count_params, serialized_size
+from costs.counting import count_params, serialized_size
 from spaces import Context, Plan, SpaceError, Step, build_from_plan, compress, get_space
 from spaces.quant import is_quantized
 from tests.spaces.conftest import NUM_CLASSES, SIZE

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import count_params
+from costs.counting import count_params
 from spaces import SpaceError, get_space
 from spaces import allocate as A
 from spaces.base import Context

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import count_macs, count_params
+from costs.counting import count_macs, count_params
 from spaces import Context, SpaceError, get_space
 from spaces.vbmf import evbmf_rank
 from tests.spaces.conftest import NUM_CLASSES, SIZE, make

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from rsc.errors import ConfigError
-from rsc.targets import Target, TargetUnsupported, compare_latency_on, parse_target
+from costs.errors import TargetUnsupported
+from costs.targets import Target, compare_latency_on, parse_target
 
 SIZE = 16
 
@@ -85,8 +86,8 @@ def test_bad_specs_are_one_line_naming_what_is_allowed(spec, words):
 
 def test_default_is_todays_measurement(monkeypatch):
     """`cpu`: the settings and the call the search made before targets existed."""
-    import rsc.cost
-    from rsc.cost import CostSettings
+    import costs.hardware
+    from costs.registry import CostSettings
 
     default = parse_target(None)
     assert default == parse_target("cpu") == Target() and default.is_default and default.runs_int8
@@ -97,7 +98,7 @@ def test_default_is_todays_measurement(monkeypatch):
         seen.update(models=models, settings=settings, batch_size=batch_size)
         return {k: 1.0 for k in models}
 
-    monkeypatch.setattr(rsc.cost, "compare_latency", spy)
+    monkeypatch.setattr(costs.hardware, "compare_latency", spy)
     models = {"base": _tiny(), "model": _tiny()}
     assert compare_latency_on("cpu", models, 32) == {"base": 1.0, "model": 1.0}
     assert all(seen["models"][k] is models[k] for k in models)  # the modules themselves, as before

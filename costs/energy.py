@@ -1,10 +1,10 @@
-"""Energy per image: an analytical model counted from the structure, and measured counters where they exist.
+"""Energy per image: an analytical model counted from the structure (the ``energy_mj`` cost).
 
-    python -m rsc.energy --model resnet18 --image-size 64 --num-classes 21
+    python -m costs.energy_report --model resnet18 --image-size 64 --num-classes 21   # per layer
 
 **The model** (in the spirit of energy-aware pruning, Yang, Chen & Sze, CVPR 2017): the energy of
 one image (batch 1) is the sum over the Conv and Linear layers - the same innermost layers
-:func:`rsc.cost.count_macs` counts, float or int8, grouped, depthwise, 1x1, the Tucker/SVD chains
+:func:`costs.counting.count_macs` counts, float or int8, grouped, depthwise, 1x1, the Tucker/SVD chains
 and channel-pruned layers the spaces produce - of *computation* plus *data movement* through
 three memory levels::
 
@@ -53,10 +53,7 @@ Absolute joules of such a model are indicative; what the search needs is the *ra
 plans, which the structure determines. Where measured energies exist, :func:`calibrate` fits a
 compute and a data-movement scale factor to them (non-negative least squares).
 
-**Counters**: :func:`counters` reports which measured energy counters this machine has (Intel
-RAPL under ``/sys/class/powercap``, NVIDIA NVML through ``pynvml``, the Zeus library if
-installed), each with the reason when it is unavailable; :func:`measure_energy` measures a
-function's energy with them, or returns None and the reason - never 0.0 for "unknown".
+Measured counters (RAPL, NVML, Zeus) are in :mod:`costs.energy_counters`.
 
 The registered cost ``energy_mj`` (millijoules per image, analytic) makes ``energy`` a budget
 (``energy<5mJ``, ``energy<50%``) and an objective (``--objectives accuracy,energy``).
@@ -64,27 +61,22 @@ The registered cost ``energy_mj`` (millijoules per image, analytic) makes ``ener
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsc.cost import register_cost
+from costs.counting import hooked_forward
+from costs.registry import register_cost
 from rsc.errors import ConfigError
 
 if TYPE_CHECKING:  # torch loads on first use, so that CLIs answer --help at once
     from torch import nn
 
-    from rsc.cost import CostSettings
+    from costs.registry import CostSettings
 
-__all__ = [
-    "ENERGY_UNITS", "EnergyModel", "LayerEnergy", "sram_pj_per_word", "energy_breakdown", "estimate_energy",
-    "summarize", "calibrate", "Counter", "counters", "measure_energy", "POWERCAP",
-]
+__all__ = ["ENERGY_UNITS", "EnergyModel", "LayerEnergy", "sram_pj_per_word", "energy_breakdown", "estimate_energy",
+           "summarize", "calibrate"]
 
 #: Budget unit grammar of ``energy`` (base unit: millijoule per image).
 ENERGY_UNITS: Mapping[str, float] = {"": 1.0, "mj": 1.0, "j": 1e3, "uj": 1e-3, "nj": 1e-6}
@@ -280,7 +272,6 @@ def energy_breakdown(model: nn.Module, image_size: int, in_channels: int = 3,
     """
     import torch
 
-    from rsc.cost import hooked_forward
 
     em = energy_model or EnergyModel()
     if not isinstance(image_size, int) or image_size < 1 or not isinstance(in_channels, int) or in_channels < 1:
@@ -392,228 +383,6 @@ def calibrate(measurements: Iterable[tuple[nn.Module, float]], image_size: int, 
                                              f"relative residual {float(residual):.3g}")
 
 
-# -- measured counters ---------------------------------------------------------------------------
-
-#: Where Linux exposes Intel RAPL (also on recent AMD CPUs); a module attribute so tests can point it elsewhere.
-POWERCAP = Path("/sys/class/powercap")
-
-
-@dataclass(frozen=True)
-class Counter:
-    """A measured energy counter: whether this machine has it, and what it measures or why not."""
-
-    name: str
-    available: bool
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.name}: {'available' if self.available else 'unavailable'}: {self.detail}"
-
-
-@dataclass
-class _Domain:
-    label: str
-    read: Callable[[], float]  # joules since some origin
-    wrap: float = math.inf  # joules at which the counter wraps
-
-
-def _rapl() -> tuple[list[_Domain], str]:
-    root = POWERCAP
-    if not root.is_dir():
-        return [], f"no {root}"
-    tops = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
-    if not tops:
-        return [], f"no intel-rapl domains under {root}"
-
-    def name_of(p: Path) -> str:
-        try:
-            return (p / "name").read_text().strip()
-        except OSError:
-            return p.name
-
-    packages = [p for p in tops if name_of(p).startswith("package")]
-    chosen = packages or tops  # psys (platform) includes the packages: never summed with them
-    domains, problems = [], []
-    for p in chosen:
-        f = p / "energy_uj"
-        try:
-            int(f.read_text())
-        except PermissionError:
-            problems.append(f"{f} is not readable (root-only since Linux 5.10, the PLATYPUS fix)")
-            continue
-        except (OSError, ValueError) as exc:
-            problems.append(f"cannot read {f}: {exc}")
-            continue
-        try:
-            wrap = int((p / "max_energy_range_uj").read_text()) * 1e-6
-        except (OSError, ValueError):
-            wrap = math.inf
-        domains.append(_Domain(f"rapl {name_of(p)}", (lambda f=f: int(f.read_text()) * 1e-6), wrap))
-    if not domains:
-        return [], "; ".join(problems)
-    return domains, ", ".join(d.label for d in domains)
-
-
-def _nvml() -> tuple[list[_Domain], str, Any]:
-    """NVML energy domains, their description or the reason, and the module (to shut down)."""
-    try:
-        import pynvml
-    except ImportError:
-        return [], "pynvml is not importable (pip install nvidia-ml-py)", None
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded...
-        return [], f"nvmlInit failed: {exc}", None
-    domains, problems = [], []
-    try:
-        n = pynvml.nvmlDeviceGetCount()
-        for i in range(n):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            try:
-                pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-            except Exception as exc:  # noqa: BLE001 - NVMLError_NotSupported before Volta
-                problems.append(f"GPU {i}: total energy counter not supported ({exc})")
-                continue
-            domains.append(_Domain(f"nvml GPU {i}",
-                                   (lambda h=h: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) * 1e-3)))
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"NVML query failed: {exc}")
-    if not domains:
-        _nvml_shutdown(pynvml)
-        return [], "; ".join(problems) or "NVML sees no NVIDIA GPU", None
-    return domains, ", ".join(d.label for d in domains), pynvml
-
-
-def _nvml_shutdown(pynvml: Any) -> None:
-    if pynvml is not None:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _zeus_monitor() -> tuple[Any, str]:
-    """A ZeusMonitor over every GPU and CPU it finds, or None and the reason."""
-    try:
-        from zeus.monitor import ZeusMonitor
-    except ImportError:
-        return None, "zeus is not installed (optional: pip install zeus)"
-    except Exception as exc:  # noqa: BLE001 - a broken install
-        return None, f"zeus cannot be imported: {type(exc).__name__}: {exc}"
-    try:
-        monitor = ZeusMonitor()
-    except Exception as exc:  # noqa: BLE001 - no GPU/CPU backend, permissions
-        return None, f"ZeusMonitor cannot start: {type(exc).__name__}: {exc}"
-    gpus, cpus = list(getattr(monitor, "gpu_indices", []) or []), list(getattr(monitor, "cpu_indices", []) or [])
-    if not gpus and not cpus:
-        return None, "ZeusMonitor finds no GPU or CPU energy counter"
-    return monitor, f"ZeusMonitor over GPUs {gpus or 'none'}, CPUs {cpus or 'none'}"
-
-
-def counters() -> dict[str, Counter]:
-    """The measured energy counters of this machine: ``rapl``, ``nvml`` and ``zeus``, each
-    available (with what it measures) or not (with the reason)."""
-    rapl, rapl_detail = _rapl()
-    nvml, nvml_detail, handle = _nvml()
-    _nvml_shutdown(handle)
-    monitor, zeus_detail = _zeus_monitor()
-    return {"rapl": Counter("rapl", bool(rapl), rapl_detail),
-            "nvml": Counter("nvml", bool(nvml), nvml_detail),
-            "zeus": Counter("zeus", monitor is not None, zeus_detail)}
-
-
-def _sync() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-SOURCES = ("auto", "zeus", "rapl", "nvml")
-
-
-def measure_energy(fn: Callable[[], Any], repeats: int = 10, *, warmup: int = 1,
-                   source: str = "auto") -> tuple[float | None, str]:
-    """Measured joules per call of ``fn``, or ``(None, why not)``; never 0.0 for "unknown".
-
-    ``source``: ``"zeus"`` (ZeusMonitor), ``"rapl"`` (CPU packages), ``"nvml"`` (GPUs), or
-    ``"auto"``: Zeus if it is installed and finds a counter, else RAPL and NVML together (their
-    domains summed: CPU packages plus GPUs). ``fn`` runs ``warmup`` times untimed, then
-    ``repeats`` times inside the window; CUDA work is synchronised at both ends. A counter that
-    does not advance over the window (too short for its update interval) gives None, not 0.
-
-    Returns:
-        ``(joules per call, what measured it)`` or ``(None, the reason no counter could)``.
-    """
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise ConfigError(f"measure_energy: repeats must be a positive integer, got {repeats!r}")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ConfigError(f"measure_energy: warmup must be an integer >= 0, got {warmup!r}")
-    if source not in SOURCES:
-        raise ConfigError(f"measure_energy: source must be one of {', '.join(SOURCES)}, got {source!r}")
-    reasons = []
-    if source in ("auto", "zeus"):
-        monitor, detail = _zeus_monitor()
-        if monitor is not None:
-            return _measure_zeus(monitor, detail, fn, repeats, warmup)
-        reasons.append(f"zeus: {detail}")
-        if source == "zeus":
-            return None, "; ".join(reasons)
-    domains, handle = [], None
-    if source in ("auto", "rapl"):
-        found, detail = _rapl()
-        domains += found
-        if not found:
-            reasons.append(f"rapl: {detail}")
-    if source in ("auto", "nvml"):
-        found, detail, handle = _nvml()
-        domains += found
-        if not found:
-            reasons.append(f"nvml: {detail}")
-    if not domains:
-        return None, "no energy counter: " + "; ".join(reasons)
-    try:
-        for _ in range(warmup):
-            fn()
-        _sync()
-        start = [d.read() for d in domains]
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        _sync()
-        seconds = time.perf_counter() - t0
-        end = [d.read() for d in domains]
-    finally:
-        _nvml_shutdown(handle)
-    total = 0.0
-    for d, a, b in zip(domains, start, end):
-        delta = b - a
-        if delta < 0 and math.isfinite(d.wrap):
-            delta += d.wrap  # the counter wrapped once during the window
-        total += max(delta, 0.0)
-    labels = " + ".join(d.label for d in domains)
-    if total <= 0:
-        return None, (f"{labels}: the counter did not advance over {seconds:.3g} s of {repeats} call(s); "
-                      "raise repeats so the window spans its update interval")
-    return total / repeats, f"{labels}: {total:.4g} J over {repeats} call(s) in {seconds:.3g} s"
-
-
-def _measure_zeus(monitor: Any, detail: str, fn: Callable[[], Any], repeats: int,
-                  warmup: int) -> tuple[float | None, str]:
-    for _ in range(warmup):
-        fn()
-    key = f"rsc.energy.{id(fn)}"
-    monitor.begin_window(key)
-    for _ in range(repeats):
-        fn()
-    m = monitor.end_window(key)
-    # Measurement.total_energy is the GPUs' alone (zeus 0.16); the CPU packages are added, as with raw RAPL
-    parts = [*(getattr(m, "gpu_energy", None) or {}).values(), *(getattr(m, "cpu_energy", None) or {}).values()]
-    total = float(sum(parts)) if parts else math.nan
-    if not math.isfinite(total) or total <= 0:
-        return None, f"zeus: {detail} measured no energy ({total!r} J) over {repeats} call(s)"
-    return total / repeats, f"zeus: {detail}: {total:.4g} J over {repeats} call(s) in {float(m.time):.3g} s"
-
-
 # -- the registered cost -------------------------------------------------------------------------
 
 
@@ -621,74 +390,4 @@ def _energy_mj(model: nn.Module, settings: CostSettings) -> float:
     return estimate_energy(model, settings.image_size, settings.in_channels) * 1e3
 
 
-if __name__ != "__main__":  # under python -m rsc.energy, rsc.cost has imported (and registered) rsc.energy itself
-    register_cost("energy_mj", unit="mJ", budget="energy", units=ENERGY_UNITS)(_energy_mj)
-
-
-# -- command line --------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from rsc.cli import parser, positive_int
-
-    p = parser("python -m rsc.energy", __doc__)
-    p.add_argument("--model", default="resnet18", help="torchvision model name")
-    p.add_argument("--image-size", type=positive_int, help="input side in pixels (default: 64, or the file's)")
-    p.add_argument("--num-classes", type=positive_int, default=21)
-    p.add_argument("--in-channels", type=positive_int, default=3)
-    p.add_argument("--top", type=positive_int, help="show only the N most expensive layers")
-    p.add_argument("--sparse", action="store_true", help="zero weights cost nothing (skip_zero_weights)")
-    return p
-
-
-def _table(layers: Sequence[LayerEnergy], top: int | None) -> str:
-    total = sum(layer.total_pj for layer in layers) or 1.0
-    shown = sorted(layers, key=lambda r: -r.total_pj)[:top] if top else list(layers)
-    rows = [["layer", "kind", "bits", "MACs", "compute uJ", "data uJ", "of it DRAM uJ", "share"]]
-    for r in shown:
-        rows.append([r.name, r.kind, str(r.bits), f"{r.macs:,}", f"{r.compute_pj * 1e-6:.3f}",
-                     f"{r.data_pj * 1e-6:.3f}", f"{r.dram_pj * 1e-6:.3f}" + (" *" if r.spills else ""),
-                     f"{100 * r.total_pj / total:.1f}%"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rsc.cli import run_cli
-
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        em = EnergyModel(skip_zero_weights=args.sparse)
-        from rsc.models import create_model
-
-        image_size = args.image_size or 64
-        model = create_model(args.model, args.num_classes, image_size=image_size)
-        what = f"{args.model} ({args.num_classes} classes)"
-        layers = energy_breakdown(model, image_size, args.in_channels, em)
-        s = summarize(layers)
-        print(f"{what} at {image_size} px, batch 1; {em.source}; buffer {em.buffer_bytes / 2**10:g} KiB "
-              f"({float(em.buffer_pj):.3g} pJ/word), array reuse {em.array_reuse:g}")
-        print(_table(layers, args.top))
-        if any(r.spills for r in layers):
-            print("* activations spill to DRAM (input + output exceed the buffer)")
-        tot = s["total"] or 1.0
-        print(f"total {s['total'] * 1e-9:.4g} mJ per image ({s['macs'] / 1e6:.1f} M MACs): "
-              f"compute {s['compute'] * 1e-9:.4g} mJ ({100 * s['compute'] / tot:.0f}%), "
-              f"data movement {s['data'] * 1e-9:.4g} mJ ({100 * s['data'] / tot:.0f}%: "
-              f"DRAM {s['dram'] * 1e-9:.4g}, buffer {s['buffer'] * 1e-9:.4g}, RF {s['rf'] * 1e-9:.4g})")
-        print("measured energy counters:")
-        for c in counters().values():
-            print(f"  {c}")
-        return 0
-
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    from rsc import energy as _registered  # the module rsc.cost registered, not this __main__ copy
-
-    sys.exit(_registered.main())
+register_cost("energy_mj", unit="mJ", budget="energy", units=ENERGY_UNITS)(_energy_mj)

@@ -1,6 +1,6 @@
 """A model's kernels without tracing it: one ``torch.fx`` trace per architecture, then attribute reads.
 
-:func:`rsc.latency_table.kernels_of` traces a model and propagates shapes through it: 20-40 ms for a
+:func:`costs.latency.kernels.kernels_of` traces a model and propagates shapes through it: 20-40 ms for a
 ResNet-18 on a CPU, most of a latency table's prediction. But the compressed candidates of one base
 share their graph: channel pruning changes only channel counts, and Tucker-2 swaps a convolution for
 the same three-layer sequence whatever its ranks. So a model's *structure* is keyed by its module
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rsc.latency_table import Kernel, _shape, split_kernels
+from costs.latency.kernels import Kernel, node_shape, split_kernels
 
 if TYPE_CHECKING:
     from torch import nn
@@ -149,7 +149,7 @@ def _follow(node: Any, gm: Any, same_functions: set[Any]) -> tuple[str, Any] | N
                 return None
         else:
             return None
-        inputs = [a for a in node.all_input_nodes if _shape(a)]
+        inputs = [a for a in node.all_input_nodes if node_shape(a)]
         if not inputs:
             return None
         node = inputs[0]
@@ -171,7 +171,7 @@ def _template(model: nn.Module, gm: Any, split: list[tuple[Kernel, list[Any]]], 
             entries.append(_Entry(layer=str(first.target), linear=isinstance(m, nn.Linear),
                                   dw=bool(kernel.spec.get("dw")), **common))
             continue
-        inputs = [a for a in first.all_input_nodes if _shape(a)]
+        inputs = [a for a in first.all_input_nodes if node_shape(a)]
         found = _follow(inputs[0], gm, same) if inputs else None
         if found is None:
             return None
@@ -203,7 +203,7 @@ def _read(entries: list[_Entry], modules: Mapping[str, nn.Module], in_channels: 
 
 
 class KernelTemplates:
-    """:func:`rsc.latency_table.kernels_of` with one trace per model structure (module docstring).
+    """:func:`costs.latency.kernels.kernels_of` with one trace per model structure (module docstring).
 
     Holds the templates of the last ``maxsize`` structures seen; ``traces`` and ``reads`` count how
     each call was answered.
@@ -220,7 +220,7 @@ class KernelTemplates:
         kernels read from a template carry no runnable module: a latency table rebuilds them).
 
         Raises:
-            TableMiss: as :func:`rsc.latency_table.kernels_of`.
+            TableMiss: as :func:`costs.latency.kernels.kernels_of`.
         """
         modules = _modules_of(model)
         key = structure_key(model, image_size, in_channels, modules)

@@ -15,8 +15,8 @@ A target is one string on the command line (``--target``)::
             | device (cpu | cuda | cuda:N; ray: targets only, default cpu)  the device on that node
 
 ``cpu`` (the default) is what the search always measured: this machine's CPU, one thread,
-channels-last, eager PyTorch, batch 1 (:class:`rsc.cost.CostSettings` and
-:func:`rsc.cost.compare_latency`, unchanged). Examples: ``cpu:threads=4,runtime=onnxruntime``,
+channels-last, eager PyTorch, batch 1 (:class:`costs.registry.CostSettings` and
+:func:`costs.timing.compare_latency`). Examples: ``cpu:threads=4,runtime=onnxruntime``,
 ``cuda:0,runtime=torchscript,batch=16``, ``ray:target-jetson,runtime=onnxruntime``.
 
 Runtimes: ``eager`` times the module itself; ``torchscript`` times ``torch.jit.freeze(torch.jit.trace(...))``;
@@ -24,70 +24,55 @@ Runtimes: ``eager`` times the module itself; ``torchscript`` times ``torch.jit.f
 times ``InferenceSession.run`` with ``intra_op_num_threads = threads``. Every runtime measures the
 models interleaved (A, B, A, B...: load from other processes hits all alike), after warm-up, and
 reports the median. A model a runtime cannot take (int8 ``torch.ao`` models: no ONNX export, no
-CUDA kernels) raises :class:`TargetUnsupported` naming the model and the target.
+CUDA kernels) raises :class:`costs.errors.TargetUnsupported` naming the model and the target.
 
-``lut:FILE`` predicts instead of measuring: latency is read from a per-kernel latency table
-(:mod:`rsc.latency_table`, built by ``python -m search.profile``) measured on the target the
-table names, which must be this one (:meth:`Target.check` refuses a table measured elsewhere,
-naming what differs). Kernels the table lacks are measured on the fly on that target.
-:attr:`Target.measured` is the target the table was measured on: where final models are timed.
+``lut:FILE`` predicts instead of measuring, from a latency table measured on a target of this
+grammar: :mod:`costs.targets` parses it into a :class:`costs.targets.TableTarget` (a Target whose
+``table`` is set); :attr:`Target.measured` is where such a table was measured, and where final models
+are timed. This module knows no table: it asks a target for one (:meth:`Target.load_table`).
 
 ``ray:RESOURCE`` measures on the Ray node that offers the custom resource ``RESOURCE`` (an edge
 device joined with ``ray start --address HEAD --num-cpus 0 --resources '{"RESOURCE": 1}'``): the
 models are put into Ray's object store and a task with ``resources={RESOURCE: 1}, num_cpus=0``
-runs :func:`compare_latency_on` there with the target's local part (``device``, ``runtime``...).
-One unit of the resource means one measurement at a time on that node. The caller must be
-connected to Ray (``ray.init``) already; this module imports torch, onnxruntime and ray lazily.
+runs :func:`compare_latency_on` there with the target's local part (``device``, ``runtime``...,
+:mod:`costs.remote`). The caller must be connected to Ray (``ray.init``) already; torch, onnxruntime
+and ray load lazily. The runtimes themselves are in :mod:`costs.runtimes`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import os
 import platform
 import re
 import socket
-import statistics
-import tempfile
-import time
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from costs.errors import TargetUnsupported
+from costs.machine import cpu_count, cpu_name, machine_summary
+from costs.registry import MEMORY_FORMATS
+from costs.remote import remote_call
+from costs.runtimes import ONNX_OPSET, on_device, onnxruntime_latency, require_onnxruntime, traced
+from costs.timing import compare_latency
 from rsc.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Target", "TargetUnsupported", "parse_target", "compare_latency_on", "RUNTIMES", "GRAMMAR",
-           "DEFAULT_SPEC"]
+__all__ = ["Target", "TargetUnsupported", "parse_hardware", "compare_latency_on", "remote_task", "RUNTIMES",
+           "GRAMMAR", "DEFAULT_SPEC", "KEYS", "GPU_PROVIDERS"]
 
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
-MEMORY_FORMATS = ("channels_last", "contiguous")
 KEYS = ("threads", "runtime", "provider", "format", "batch", "device")
 DEFAULT_SPEC = "cpu"
 GRAMMAR = ("DEVICE[:N][,KEY=VALUE...] with DEVICE cpu, cuda, cuda:N or ray:RESOURCE and keys threads, "
            "runtime (eager, torchscript, onnxruntime), provider, format (channels_last, contiguous), batch, "
            "device (ray: only); or lut:FILE, a latency table from python -m search.profile")
-#: The lowest opset torch 2.14's ONNX exporter implements: asked for 17 it exports 18 and converts down,
-#: which fails on ResNet-18 (onnx's version converter: "No initializer or constant input to node").
-ONNX_OPSET = 18
 #: onnxruntime providers that run on a CUDA device (the others run on the host).
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider")
-#: seconds to wait for a ray: target's node to answer a check (its worker may have to start first).
-REMOTE_CHECK_TIMEOUT = 120.0
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _RESOURCE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_RAY_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
-
-
-class TargetUnsupported(ConfigError):
-    """A model the target's runtime or device cannot run (int8 on ONNX or CUDA, a failed trace...)."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +87,8 @@ class Target:
         memory_format: ``channels_last`` or ``contiguous`` (always ``contiguous`` on onnxruntime).
         batch: images per timed forward.
         remote: the Ray custom resource of the node that measures, or None (this process).
-        table: a latency table file (``lut:FILE``): latency is predicted from it; the other fields are
-            those of the target it was measured on.
+        table: a latency table file (``lut:FILE``, set by :class:`costs.targets.TableTarget` only):
+            latency is predicted from it; the other fields are those of the target it was measured on.
     """
 
     device: str = "cpu"
@@ -173,20 +158,18 @@ class Target:
     @property
     def local(self) -> Target:
         """The part the measuring node applies (this target without ``remote``)."""
-        return replace(self, remote=None, table=None)
+        return replace(self.measured, remote=None)
 
     @property
     def measured(self) -> Target:
         """Where latency is timed: a ``lut:`` target's table was measured there; any other is itself."""
-        return replace(self, table=None)
+        if self.table is None and type(self) is Target:
+            return self
+        return Target(**{f.name: getattr(self, f.name) for f in fields(Target) if f.name != "table"})
 
     def load_table(self) -> Any:
-        """The :class:`rsc.latency_table.LatencyTable` of a ``lut:`` target (ConfigError if unreadable)."""
-        from rsc.latency_table import load_table
-
-        if self.table is None:
-            raise ConfigError(f"target {self.spec} has no latency table")
-        return load_table(self.table)
+        """The latency table of a ``lut:`` target (:class:`costs.targets.TableTarget` overrides this)."""
+        raise ConfigError(f"target {self.spec} has no latency table")
 
     @property
     def is_default(self) -> bool:
@@ -204,7 +187,7 @@ class Target:
         if self.remote is not None:
             where = f"the Ray node offering {self.remote!r}, {self.device}"
         elif self.device == "cpu":
-            where = f"this machine's CPU ({_cpu_name()})"
+            where = f"this machine's CPU ({cpu_name()})"
         else:
             where = f"this machine's {self.device}"
         layout = "NCHW input" if self.runtime == "onnxruntime" else self.memory_format.replace("_", "-")
@@ -214,8 +197,8 @@ class Target:
                 f"batch {self.batch}")
 
     def cost_settings(self, image_size: int, in_channels: int = 3) -> Any:
-        """The :class:`rsc.cost.CostSettings` of the torch runtimes (the default's are today's)."""
-        from rsc.cost import CostSettings
+        """The :class:`costs.registry.CostSettings` of the torch runtimes."""
+        from costs.registry import CostSettings
 
         return CostSettings(image_size=image_size, in_channels=in_channels, device=self.device, threads=self.threads,
                             memory_format=self.memory_format)
@@ -228,32 +211,24 @@ class Target:
         Raises:
             ConfigError: no CUDA or no such CUDA device, onnxruntime missing or without the provider,
                 more threads than CPUs, no Ray connection, or a Ray cluster without the resource
-                (the message says what this machine, or the cluster, has); a ``lut:`` table measured on
-                another target (:class:`rsc.latency_table.TableMismatch`, naming what differs).
+                (the message says what this machine, or the cluster, has).
         """
-        if self.table is not None:
-            from rsc.latency_table import check_table
-
-            table = self.load_table()
-            self.measured.check()
-            check_table(table, fingerprint=self.measured.fingerprint())
-            return self
         if self.remote is not None:
-            _remote_call(self, "check")
+            remote_call(self, "check", remote_task)
             return self
         import torch
 
-        cores = _cpu_count()
+        cores = cpu_count()
         if self.threads > cores:
-            raise ConfigError(f"target {self.spec}: threads={self.threads}, but {_here()}")
+            raise ConfigError(f"target {self.spec}: threads={self.threads}, but {machine_summary()}")
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ConfigError(f"target {self.spec}: CUDA is not available here; {_here()}")
+                raise ConfigError(f"target {self.spec}: CUDA is not available here; {machine_summary()}")
             index = int(self.device.split(":")[1]) if ":" in self.device else 0
             if index >= torch.cuda.device_count():
-                raise ConfigError(f"target {self.spec}: no CUDA device {index}; {_here()}")
+                raise ConfigError(f"target {self.spec}: no CUDA device {index}; {machine_summary()}")
         if self.runtime == "onnxruntime":
-            ort = _onnxruntime(self)
+            ort = require_onnxruntime(self)
             available = ort.get_available_providers()
             if self.provider not in available:
                 raise ConfigError(f"target {self.spec}: onnxruntime {ort.__version__} here has no {self.provider}; "
@@ -263,20 +238,16 @@ class Target:
     def fingerprint(self) -> dict[str, Any]:
         """What the numbers were measured on: device name, runtime and library versions, settings.
 
-        For a ``ray:`` target the measuring node answers (its host, CPU or GPU, versions); a ``lut:``
-        target gives its table's, with the table's path.
+        For a ``ray:`` target the measuring node answers (its host, CPU or GPU, versions).
         """
-        if self.table is not None:
-            table = self.load_table()
-            return {**table.fingerprint, "spec": self.spec, "table": self.table, "measured_on": table.target}
         if self.remote is not None:
-            return {**_remote_call(self, "fingerprint"), "spec": self.spec, "remote": self.remote}
+            return {**remote_call(self, "fingerprint", remote_task), "spec": self.spec, "remote": self.remote}
         import torch
 
         if self.device.startswith("cuda") and torch.cuda.is_available():
             name = torch.cuda.get_device_name(torch.device(self.device))
         else:
-            name = _cpu_name()
+            name = cpu_name()
         out: dict[str, Any] = {"spec": self.spec, "device": self.device, "device_name": name,
                                "host": socket.gethostname(), "machine": platform.machine(),
                                "runtime": self.runtime, "torch": torch.__version__, "threads": self.threads,
@@ -291,8 +262,10 @@ class Target:
         return out
 
 
-def parse_target(spec: str | Target | None) -> Target:
-    """Parse a ``--target`` string (module docstring); a :class:`Target` passes through, None is ``cpu``.
+
+def parse_hardware(spec: str | Target | None) -> Target:
+    """Parse a measured ``--target`` string (module docstring); a :class:`Target` passes through, None is
+    ``cpu``. ``lut:FILE`` is :func:`costs.targets.parse_target`'s.
 
     Raises:
         ConfigError: one line naming the bad part and what is allowed.
@@ -306,17 +279,6 @@ def parse_target(spec: str | Target | None) -> Target:
 
     if not text:
         raise bad("empty")
-    if text[:4].lower() == "lut:":  # the rest is a path (commas and colons included)
-        from rsc.latency_table import load_table
-
-        path = text[4:].strip()
-        if not path:
-            raise bad("lut: takes a latency table file, e.g. lut:lut.json (build one with python -m search.profile)")
-        try:
-            inner = parse_target(load_table(path).target)
-        except ConfigError as exc:
-            raise ConfigError(f"target {text!r}: {exc}") from None
-        return replace(inner, table=path)
     first, *rest = [p.strip() for p in text.split(",")]
     head, _, tail = first.partition(":")
     head = head.strip().lower()
@@ -383,6 +345,8 @@ def parse_target(spec: str | Target | None) -> Target:
         raise bad(str(exc).removeprefix("target ")) from None
 
 
+
+
 # -- measuring -----------------------------------------------------------------------------------
 
 
@@ -392,7 +356,7 @@ def compare_latency_on(target: Target | str, models: Mapping[str, nn.Module], im
     """Median latency (ms per forward of ``target.batch`` images) of each model on ``target``.
 
     The models run interleaved, after warm-up; they are not changed. ``eager`` is
-    :func:`rsc.cost.compare_latency` with :meth:`Target.cost_settings` (the default target is
+    :func:`costs.timing.compare_latency` with :meth:`Target.cost_settings` (the default target is
     exactly what the search measured before targets existed); ``torchscript`` traces and freezes
     each model, then the same; ``onnxruntime`` exports each model to a temporary file and times
     its inference session. ``shapes`` gives a model its own input shape (without the batch; the
@@ -402,202 +366,29 @@ def compare_latency_on(target: Target | str, models: Mapping[str, nn.Module], im
         TargetUnsupported: a model the runtime or device cannot take.
         ConfigError: a ``ray:`` target without Ray, or whose resource the cluster lacks.
     """
-    target = parse_target(target)
+    target = parse_hardware(target)
     if target.table is not None:  # predicted from the table (its misses measured on target.measured)
         table = target.load_table()
         return {name: table.predict(model) for name, model in models.items()}
     if target.remote is not None:
-        return _remote_call(target, "latency", models=models, image_size=image_size, in_channels=in_channels,
-                            shapes=shapes, repeats=repeats)
-    from rsc.cost import compare_latency
-
+        return remote_call(target, "latency", remote_task, models=models, image_size=image_size,
+                           in_channels=in_channels, shapes=shapes, repeats=repeats)
     settings = target.cost_settings(image_size, in_channels)
     if repeats is not None:
         settings = replace(settings, repeats=int(repeats))
     shapes = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
     if target.runtime == "onnxruntime":
-        return _onnxruntime_latency(target, models, settings, shapes)
-    models = {name: _on_device(target, name, m) for name, m in models.items()}
+        return onnxruntime_latency(target, models, settings, shapes)
+    models = {name: on_device(target, name, m) for name, m in models.items()}
     if target.runtime == "torchscript":
-        models = {name: _traced(target, name, m, settings, shapes.get(name)) for name, m in models.items()}
+        models = {name: traced(target, name, m, settings, shapes.get(name)) for name, m in models.items()}
     return compare_latency(models, settings=settings, batch_size=target.batch, **({"shapes": shapes} if shapes else {}))
 
 
-def _is_int8(model: nn.Module) -> bool:
-    return any(".quantized" in type(m).__module__ for m in model.modules())
-
-
-def _on_device(target: Target, name: str, model: nn.Module) -> nn.Module:
-    """``model`` itself on the CPU; a copy on CUDA (int8 models refused: their kernels are CPU-only)."""
-    if target.device == "cpu":
-        return model
-    if _is_int8(model):
-        raise TargetUnsupported(f"model {name!r} is int8 (torch.ao kernels run on the CPU only): target "
-                                f"{target.spec} cannot time it")
-    return copy.deepcopy(model).to(target.device)
-
-
-def _traced(target: Target, name: str, model: nn.Module, settings: Any, shape: Sequence[int] | None = None) -> Any:
-    """``torch.jit.freeze(torch.jit.trace(model))`` in the target's memory format and batch."""
-    import torch
-
-    from rsc.cost import _in_format
-
-    model = _in_format(model, target.memory_format)
-    x = settings.example_input(target.batch, shape)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            model.eval()
-            return _Frozen(torch.jit.freeze(torch.jit.trace(model, x, check_trace=False)))
-    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways
-        raise TargetUnsupported(f"model {name!r} does not run on target {target.spec}: torch.jit.trace/freeze "
-                                f"failed: {_first_line(exc)}") from None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-class _Frozen:
-    """A frozen TorchScript module as :func:`rsc.cost.compare_latency` times modules: callable, with
-    ``modules()``/``parameters()``/``to()``/``eval()`` (a frozen module has no ``training`` flag and no parameters
-    left), and shared rather than copied (it is never changed)."""
-
-    def __init__(self, scripted: Any) -> None:
-        self.scripted = scripted
-        self.training = False
-
-    def __call__(self, x: Any) -> Any:
-        return self.scripted(x)
-
-    def modules(self) -> Any:
-        return iter((self,))
-
-    def parameters(self) -> Any:
-        return iter(())
-
-    def to(self, *args: Any, **kwargs: Any) -> _Frozen:
-        return self
-
-    def eval(self) -> _Frozen:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> _Frozen:
-        return self
-
-
-def _onnxruntime(target: Target) -> Any:
-    try:
-        import onnx  # noqa: F401 - the exporter's dependencies
-        import onnxruntime as ort
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(f"target {target.spec}: runtime onnxruntime needs the {exc.name} package "
-                          "(pip install 'rscompress[export]')") from None
-    return ort
-
-
-def _export_onnx(target: Target, name: str, model: nn.Module, x: Any, path: Path) -> None:
-    import torch
-
-    if _is_int8(model):
-        raise TargetUnsupported(f"model {name!r} is int8: torch.ao's packed weights do not export to ONNX, so "
-                                f"target {target.spec} cannot time it (use runtime=eager or torchscript on the cpu)")
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        model = copy.deepcopy(model).cpu()
-    from rsc.cost import eval_mode
-
-    try:
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(),
-              eval_mode(model)):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(path), opset_version=ONNX_OPSET, input_names=["image"],
-                              output_names=["logits"], external_data=False, verbose=False)
-    except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways
-        raise TargetUnsupported(f"model {name!r} does not export to ONNX for target {target.spec}: "
-                                f"{_first_line(exc)}") from None
-
-
-def _onnxruntime_latency(target: Target, models: Mapping[str, nn.Module], settings: Any,
-                         shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
-    ort = _onnxruntime(target)
-    feeds = {}
-    sessions = {}
-    with tempfile.TemporaryDirectory(prefix="rsc-target-") as tmp:
-        for i, (name, model) in enumerate(models.items()):
-            path = Path(tmp) / f"model-{i}.onnx"
-            x = settings.example_input(target.batch, (shapes or {}).get(name)).cpu().contiguous()
-            feeds[name] = x.numpy()
-            _export_onnx(target, name, model, x, path)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = target.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(path), sess_options=options, providers=[target.provider])
-            sessions[name] = (session, session.get_inputs()[0].name)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(settings.warmup):
-        for name, (session, inp) in sessions.items():
-            session.run(None, {inp: feeds[name]})
-    for _ in range(settings.repeats):
-        for name, (session, inp) in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, {inp: feeds[name]})  # outputs come back as host arrays: synchronised
-            times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {name: statistics.median(v) for name, v in times.items()}
-
-
-# -- this machine --------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (``model name``, or an ARM board's ``Model``/``Hardware``)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m and m.group(1).strip():
-            return m.group(1).strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def _here() -> str:
-    """What this machine has, for error messages."""
-    import torch
-
-    parts = [f"cpu ({_cpu_count()} cores)"]
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    parts.append(", ".join(f"cuda:{i}" for i in range(n)) if n else "no CUDA device")
-    with contextlib.suppress(ImportError):
-        import onnxruntime as ort
-
-        parts.append(f"onnxruntime providers {', '.join(ort.get_available_providers())}")
-    return "this machine has " + "; ".join(parts)
-
-
-# -- ray: targets --------------------------------------------------------------------------------
-
-
-def _remote_task(action: str, spec: str, refs: Mapping[str, Any] | None = None, image_size: int = 0,
-                 in_channels: int = 3, shapes: Mapping[str, Any] | None = None, repeats: int | None = None) -> Any:
+def remote_task(action: str, spec: str, refs: Mapping[str, Any] | None = None, image_size: int = 0,
+                in_channels: int = 3, shapes: Mapping[str, Any] | None = None, repeats: int | None = None) -> Any:
     """Runs on the node that offers the resource: check, fingerprint or measure the local part."""
-    target = parse_target(spec)
+    target = parse_hardware(spec)
     if action == "check":
         target.check()
         return None
@@ -608,50 +399,3 @@ def _remote_task(action: str, spec: str, refs: Mapping[str, Any] | None = None, 
     names = list(refs or {})
     models = dict(zip(names, ray.get([refs[n] for n in names])))
     return compare_latency_on(target, models, image_size, in_channels, shapes=shapes, repeats=repeats)
-
-
-def _custom_resources(resources: Mapping[str, float]) -> list[str]:
-    return sorted(k for k in resources if k not in _RAY_BUILTIN and not k.startswith(("node:", "accelerator_type:")))
-
-
-def _remote_call(target: Target, action: str, *, models: Mapping[str, nn.Module] | None = None,
-                 image_size: int = 0, in_channels: int = 3, shapes: Mapping[str, Any] | None = None,
-                 repeats: int | None = None) -> Any:
-    """Run ``action`` of ``target.local`` as a Ray task on the node offering ``target.remote``."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"target {target.spec} needs Ray: pip install 'ray[default]'") from None
-    if not ray.is_initialized():
-        raise ConfigError(f"target {target.spec} needs a Ray cluster with a node that offers {target.remote!r}: "
-                          "join it with --ray-address (or ray.init)")
-    offered = ray.cluster_resources()
-    if not offered.get(target.remote):
-        custom = _custom_resources(offered)
-        raise ConfigError(f"target {target.spec}: the Ray cluster offers no resource {target.remote!r}; its custom "
-                          f"resources: {', '.join(custom) if custom else 'none'} (start the measuring node with "
-                          f"ray start --resources '{{\"{target.remote}\": 1}}')")
-    refs = None
-    if models is not None:
-        refs = {}
-        for name, model in models.items():
-            if any(p.device.type != "cpu" for p in model.parameters()):
-                model = copy.deepcopy(model).cpu()
-            try:
-                refs[name] = ray.put(model)
-            except Exception as exc:  # noqa: BLE001 - what cannot be pickled cannot be sent
-                raise TargetUnsupported(f"model {name!r} cannot be sent to target {target.spec}: "
-                                        f"{_first_line(exc)}") from None
-    task = ray.remote(num_cpus=0, resources={target.remote: 1}, max_retries=0)(_remote_task)
-    ref = task.remote(action, target.local.spec, refs, image_size, in_channels, shapes, repeats)
-    try:
-        return ray.get(ref, timeout=REMOTE_CHECK_TIMEOUT if models is None else None)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise ConfigError(f"target {target.spec}: the node offering {target.remote!r} did not answer within "
-                          f"{REMOTE_CHECK_TIMEOUT:g} s") from None
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, ConfigError):
-            raise type(cause)(f"on the Ray node offering {target.remote!r}: {cause}") from None
-        raise

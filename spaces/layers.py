@@ -1,15 +1,16 @@
-"""Small helpers shared by the spaces: module lookup by dotted name, head detection, checks."""
+"""A model's layers as the spaces address them: by dotted name, the classifier head, contiguous depth bins."""
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
 from spaces.errors import SpaceError
+
+__all__ = ["get_module", "set_module", "find_head", "round_channels", "depth_bins", "expand_bins", "bin_values"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -20,11 +21,13 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         raise SpaceError(f"model {type(model).__name__} has no layer {name!r}") from None
 
 
+
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule at dotted path ``name`` by ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = get_module(model, parent_name) if parent_name else model
     setattr(parent, child, new)
+
 
 
 def find_head(model: nn.Module, num_classes: int) -> list[str]:
@@ -46,47 +49,6 @@ def find_head(model: nn.Module, num_classes: int) -> list[str]:
     return ([main[-1]] if main else []) + aux
 
 
-def check_fraction(space: str, what: str, value: Any, *, low: float = 0.0, high: float = 1.0,
-                   high_open: bool = True, low_open: bool = False) -> float:
-    """``value`` as a float in [low, high) (or the configured bounds), else a SpaceError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo_b = "(" if low_open else "["
-        hi_b = ")" if high_open else "]"
-        raise SpaceError(f"{space}: {what} must be a number in {lo_b}{low:g}, {high:g}{hi_b}, got {value!r}")
-    return float(value)
-
-
-def check_keys(space: str, what: str, given: Iterable[str], allowed: Iterable[str]) -> None:
-    """Every key in ``given`` must be one of ``allowed``; the error names the first bad one."""
-    allowed = list(allowed)
-    allowed_set = set(allowed)
-    bad = [k for k in given if k not in allowed_set]
-    if bad:
-        shown = ", ".join(allowed[:8]) + (" ..." if len(allowed) > 8 else "")
-        raise SpaceError(f"{space}: {what} names layer {bad[0]!r}, which is not one this method can "
-                         f"handle in this model (eligible: {shown or 'none'})")
-
-
-def check_mapping(space: str, what: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpaceError(f"{space}: {what} must be an object mapping layer names to values, got {value!r:.200}")
-    return value
-
-
-def check_no_extra(space: str, params: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    extra = sorted(set(params) - set(allowed))
-    if extra:
-        raise SpaceError(f"{space}: unknown params {extra}; expected {sorted(allowed)}")
-
-
-def is_positive_int(value: Any) -> bool:
-    """A plain ``int >= 1`` (``True`` is not a count)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
 
 def round_channels(count: int, channels: int, round_to: int | None) -> int:
     """``count`` to the nearest multiple of ``round_to`` (at least one multiple), within [1, channels].
@@ -97,6 +59,7 @@ def round_channels(count: int, channels: int, round_to: int | None) -> int:
     if round_to and round_to > 1:
         count = max(round_to, int(round(count / round_to)) * round_to)
     return max(1, min(channels, count))
+
 
 
 def depth_bins(model: nn.Module, names: Iterable[str], bins: int) -> list[list[str]]:
@@ -112,6 +75,7 @@ def depth_bins(model: nn.Module, names: Iterable[str], bins: int) -> list[list[s
     return [ordered[cuts[i]:cuts[i + 1]] for i in range(k)]
 
 
+
 def expand_bins(layout: list[list[str]], order: Iterable[str], value_of_bin: Callable[[int], Any]) -> dict[str, Any]:
     """Per-layer values from one ``value_of_bin(i)`` per bin of ``layout`` (called once per bin, in
     bin order: it is where a space suggests), keyed in ``order``; each layer gets its own copy."""
@@ -121,14 +85,6 @@ def expand_bins(layout: list[list[str]], order: Iterable[str], value_of_bin: Cal
         per.update({n: copy.copy(value) for n in names})
     return {n: per[n] for n in order}
 
-
-def check_bins(space: str, bins: Any) -> int | None:
-    """``bins`` as None (one value per layer) or a positive int, else a SpaceError."""
-    if bins is None:
-        return None
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise SpaceError(f"{space}: bins must be a positive integer or null, got {bins!r}")
-    return bins
 
 
 def bin_values(space: str, what: str, values: Mapping[str, Any], layout: list[list[str]], default: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""rsc.energy: the analytical energy model by hand, its ranking of compressed models, calibration,
+"""costs.energy: the analytical energy model by hand, its ranking of compressed models, calibration,
 the registered ``energy`` budget, the measured counters and the command line."""
 
 from __future__ import annotations
@@ -11,17 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from rsc import energy
-from rsc.cost import CostSettings, get_cost, list_costs, measure
-from rsc.energy import (
-    EnergyModel,
-    calibrate,
-    counters,
-    energy_breakdown,
-    estimate_energy,
-    measure_energy,
-    summarize,
-)
+from costs import energy, energy_counters, energy_report
+from costs.registry import CostSettings, get_cost, list_costs, measure
+from costs.energy import EnergyModel, calibrate, energy_breakdown, estimate_energy, summarize
+from costs.energy_counters import counters, measure_energy
 from rsc.errors import ConfigError
 from tests.conftest import REPO
 
@@ -194,7 +187,7 @@ def test_objective_on_energy():
 
 
 def test_counters_say_why_not(monkeypatch, tmp_path):
-    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "no-powercap")
+    monkeypatch.setattr(energy_counters, "POWERCAP", tmp_path / "no-powercap")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not importable, whatever is installed
     monkeypatch.setitem(sys.modules, "zeus", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
@@ -225,7 +218,7 @@ def test_rapl_counter_measures_and_handles_wraparound(monkeypatch, tmp_path):
     (pkg / "max_energy_range_uj").write_text("1000000\n")
     (pkg / "energy_uj").write_text("999000\n")
     (tmp_path / "intel-rapl:0:0").mkdir()  # a subdomain (core): not summed again
-    monkeypatch.setattr(energy, "POWERCAP", tmp_path)
+    monkeypatch.setattr(energy_counters, "POWERCAP", tmp_path)
     monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setitem(sys.modules, "zeus", None)
     monkeypatch.setitem(sys.modules, "zeus.monitor", None)
@@ -243,23 +236,23 @@ def test_rapl_counter_measures_and_handles_wraparound(monkeypatch, tmp_path):
 
 
 def test_cli_prints_the_table_and_counters(capsys):
-    assert energy.main(["--model", "resnet18", "--image-size", "32", "--num-classes", "5", "--top", "3"]) == 0
+    assert energy_report.main(["--model", "resnet18", "--image-size", "32", "--num-classes", "5", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "compute uJ" in out and "data uJ" in out and "share" in out
     assert "total " in out and " mJ per image" in out and "rapl: " in out and "nvml: " in out
-    assert energy.main(["--model", "resnet1"]) == 2
+    assert energy_report.main(["--model", "resnet1"]) == 2
     assert "error: unknown model 'resnet1'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        energy.main(["--image-size", "0"])
+        energy_report.main(["--image-size", "0"])
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: argument --image-size")
 
 
 def test_registered_without_torch_and_runs_as_a_module():
-    r = subprocess.run([sys.executable, "-c", "import sys, rsc.cost, search.budget; "
-                        "assert 'energy_mj' in rsc.cost.list_costs(); print('torch' in sys.modules)"],
+    r = subprocess.run([sys.executable, "-c", "import sys, costs, search.budget; "
+                        "assert 'energy_mj' in costs.list_costs(); print('torch' in sys.modules)"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
-    r = subprocess.run([sys.executable, "-m", "rsc.energy", "--image-size", "32", "--num-classes", "5", "--top", "2"],
+    r = subprocess.run([sys.executable, "-m", "costs.energy_report", "--image-size", "32", "--num-classes", "5", "--top", "2"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "mJ per image" in r.stdout and "Warning" not in r.stderr, r.stderr
 
@@ -282,7 +275,7 @@ def test_zeus_is_used_when_installed(monkeypatch, tmp_path):
     module.ZeusMonitor = FakeMonitor
     monkeypatch.setitem(sys.modules, "zeus", types.ModuleType("zeus"))
     monkeypatch.setitem(sys.modules, "zeus.monitor", module)
-    monkeypatch.setattr(energy, "POWERCAP", tmp_path)
+    monkeypatch.setattr(energy_counters, "POWERCAP", tmp_path)
     assert counters()["zeus"].available and "GPUs [0], CPUs [0]" in counters()["zeus"].detail
     joules, why = measure_energy(lambda: None, 3)
     assert joules == pytest.approx(1.0) and why.startswith("zeus: ")  # (2 J GPU + 1 J CPU) / 3 calls

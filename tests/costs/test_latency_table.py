@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from rsc.errors import ConfigError
-from rsc.latency_table import (CLASSES, LatencyTable, TableMismatch, TableMiss, build_kernel, check_table,
-                               class_sums, curve_ratio, fit_classes, fit_correction, fit_curve, fit_line, grid_axes,
-                               grid_axis, kernel_class, kernels_of, load_table, profile_kernels, profile_rounds)
-from rsc.targets import compare_latency_on, parse_target
+from costs.errors import TableMismatch, TableMiss
+from costs.latency.fit import curve_ratio, fit_classes, fit_correction, fit_curve, fit_line
+from costs.latency.kernels import CLASSES, build_kernel, class_sums, kernel_class, kernels_of
+from costs.latency.profile import grid_axes, grid_axis, profile_kernels, profile_rounds
+from costs.latency.table import LatencyTable, check_table, load_table
+from costs.targets import compare_latency_on, parse_target
 
 SIZE = 16
 

@@ -1,4 +1,4 @@
-"""A model's kernels read from a template of its structure (rsc.kernel_templates) are exactly the traced
+"""A model's kernels read from a template of its structure (costs.latency.templates) are exactly the traced
 ones: on the search's own candidates of ResNet-18 and MobileNetV2 (pruned, Tucker-2, students, combined),
 on blocks whose forward depends on a plain attribute, and where a template cannot follow the graph (traced
 every time instead). A latency table predicts through them what it predicts from a trace."""
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.kernel_templates import KernelTemplates, structure_key
-from rsc.latency_table import LatencyTable, kernels_of
+from costs.latency.templates import KernelTemplates, structure_key
+from costs.latency.kernels import kernels_of
+from costs.latency.table import LatencyTable
 
 SIZE = 32
 
@@ -142,7 +143,7 @@ def test_a_kernel_missing_from_the_table_is_measured_from_a_read_kernel(monkeypa
         calls.append({name: (type(m).__name__, shapes[name]) for name, m in models.items()})
         return {name: 0.5 for name in models}
 
-    monkeypatch.setattr("rsc.targets.compare_latency_on", fake_compare)
+    monkeypatch.setattr("costs.latency.table.compare_latency_on", fake_compare)
     value = table.predict(narrow)
     missing = [k for k in kernels_of(narrow, SIZE) if k.key not in table.exact or
                "x".join(map(str, k.dims)) not in table.exact[k.key]]

@@ -1,4 +1,4 @@
-"""rsc.cost: every cost defined once, a registry of metrics, and interleaved latency."""
+"""costs: every cost defined once, a registry of metrics, and interleaved latency."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from rsc.cost import (compare_latency, CostSettings, compare, count_macs, count_nonzero_params, count_params, get_cost,
-                      list_costs, measure, register_cost, sparse_size)
+from costs.counting import count_macs, count_nonzero_params, count_params, sparse_size
+from costs.registry import CostSettings, get_cost, list_costs, measure, register_cost
+from costs.timing import compare_latency, compare
 from rsc.errors import ConfigError
 
 
