@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-data bench-spaces bench-search bench-cluster bench-device clean
+.PHONY: setup demo test test-all bench-data bench-spaces bench-search bench-cluster bench-device clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ demo: setup
 	$(BIN)/python -m search.run --budget 'params<25%' --min-accuracy 0.25 --image-size 32 --base-epochs 10 \
 	    --trials 8 --fidelity-epochs 2 --final-epochs 3 --study demo-$(shell date +%Y%m%d-%H%M%S)
 
+# Tests on 2 xdist workers; tests that start a Ray cluster or a server share one xdist group, so they
+# run one at a time (tiers and groups: the table in tests/conftest.py).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
+# The fast tier: unit tests and the tiny end-to-end searches, not the tests marked slow (real data,
+# profiling, the MLflow server in a browser, big searches); under 10 min on 2 cores.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow" $(XDIST)
+
+# Everything, slow tier included: what CI runs (.ci/run); under 30 min on 2 cores from a fresh clone.
+test-all: setup
+	$(BIN)/python -m pytest $(XDIST)
 
 bench-data: setup
 	$(BIN)/python benchmarks/bench_data.py

@@ -1,16 +1,16 @@
 """Speed-up of channel pruning and Tucker-2 when the per-layer cuts are allocated by the target's latency.
 
-    .venv/bin/python benchmarks/bench_allocate.py [--model resnet18] [--image-size 64] [--targets 2 4]
+    .venv/bin/python benchmarks/bench_allocate.py [--model resnet18] [--image-size 64] [--reductions 2 4]
         [--batch-size 16] [--repeats 15] [--base-epochs 10] [--ft-epochs 2] [--no-finetune]
-        [--data ../shared/datasets/UCMerced_LandUse] [--out benchmarks/results/bench_allocate]
+        [--data ../shared/datasets/UCMerced_LandUse] [--out benchmarks/results/allocate-latency-vs-macs]
 
-For each method (``prune.channel``, ``decompose.tucker``) and reduction ``x`` in ``--targets``, four
+For each method (``prune.channel``, ``decompose.tucker``) and reduction ``x`` in ``--reductions``, four
 allocations of the same budget:
 
 * ``uniform``: today's search default, a uniform setting moved onto ``base MACs / x`` by the
   search's projection (one global strength factor; as ``bench_spaces.py``);
 * ``macs``: ``prune.allocated`` / ``decompose.allocated`` priced in MACs (the greedy of
-  :mod:`spaces.allocate`), its kept fraction projected onto the same ``base MACs / x``;
+  :mod:`spaces.allocation`), its kept fraction projected onto the same ``base MACs / x``;
 * ``latency b1`` / ``latency bN``: the same priced by a latency table of this CPU
   (``search.profile``, built here at batch 1 and at ``--batch-size``), projected onto
   ``predicted base latency / x`` at that batch, as ``search.run --allocate latency`` does;
@@ -44,7 +44,8 @@ def main() -> int:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--targets", nargs="+", type=float, default=[2.0, 4.0])
+    p.add_argument("--reductions", nargs="+", type=float, default=[2.0, 4.0],
+                   help="latency reduction factors to aim at (default 2 4)")
     p.add_argument("--methods", nargs="+", default=["prune.channel", "decompose.tucker"])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
@@ -52,9 +53,9 @@ def main() -> int:
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--no-finetune", dest="finetune", action="store_false")
     p.add_argument("--damage", choices=("importance", "sensitivity"), default="importance",
-                   help="how the channel allocation prices a cut (spaces.allocate: L1 share, or measured loss rise)")
+                   help="how the channel allocation prices a cut (spaces.allocation: L1 share, or measured loss rise)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "UCMerced_LandUse"))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_allocate"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "allocate-latency-vs-macs"))
     args = p.parse_args()
 
     import torch
@@ -74,7 +75,9 @@ def main() -> int:
                             batch_size=args.batch_size)
     loaders = None
     if args.finetune:
-        from rsc.data import load_scene_data, make_loaders, make_split
+        from rsc.loaders import make_loaders
+        from rsc.scenes import load_scene_data
+        from rsc.splits import make_split
 
         data = load_scene_data(args.data, image_size=args.image_size, progress=False)
         loaders = make_loaders(data, make_split(data, train_ratio=0.8, seed=0), batch_size=64, seed=0)
@@ -85,8 +88,8 @@ def main() -> int:
              for _ in range(4)]
     base_oa = None
     if args.finetune:
-        from rsc.evaluation import evaluate
-        from rsc.training import fit
+        from rsc.metrics import evaluate
+        from rsc.loop import fit
 
         t0 = time.perf_counter()
         fit(base, loaders[0], epochs=args.base_epochs, lr=0.05, device="cpu", seed=0, progress=False)
@@ -112,7 +115,7 @@ def main() -> int:
     damage = {"prune.channel": {"damage": args.damage} if args.damage != "importance" else {}}
     jobs = []
     for method in args.methods:
-        for x in args.targets:
+        for x in args.reductions:
             # every plan is moved onto its budget by the search's own projection (whole-model cost)
             start = Step(space=method, params=start_params(method, get_space(method), base, ctx))
             aims = [("uniform", start, ctx, cost_gap({"macs": base_macs / x}, args.image_size)),
@@ -149,7 +152,7 @@ def main() -> int:
                "predicted_b1": tables[1].predict(model), "measured_b1_ms": res["compressed"]["latency_ms"],
                "plan": done.to_dict()["steps"][0]["params"]}
         if args.finetune:
-            from rsc.evaluation import evaluate
+            from rsc.metrics import evaluate
             from spaces import finetune_plan
 
             t0 = time.perf_counter()

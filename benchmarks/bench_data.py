@@ -8,7 +8,7 @@ in alternating windows of ``--steps`` steps (so machine noise hits both alike); 
 throughput is the median over ``--rounds`` windows. The pipeline side includes everything that
 happens per batch in ``rsc.train``: indexing the cached uint8 tensor, conversion, random resized
 crop, D4, colour jitter and normalisation. Decoding (once, then cached) is timed separately.
-Target: pipeline / random >= 0.9. Writes benchmarks/results/bench_data.json.
+Target: pipeline / random >= 0.9. Writes benchmarks/results/data-pipeline-vs-random.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_data.json"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data-pipeline-vs-random.json"))
     args = p.parse_args()
 
     import os
@@ -40,7 +40,9 @@ def main() -> int:
 
     import torch
 
-    from rsc.data import load_scene_data, make_loaders, make_split
+    from rsc.loaders import make_loaders
+    from rsc.scenes import load_scene_data
+    from rsc.splits import make_split
     from rsc.models import create_model
 
     cache = tempfile.mkdtemp(prefix="bench-cache-")

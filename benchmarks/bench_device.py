@@ -9,7 +9,7 @@
    CPU with the same seed: validation OA, costs and wall time of each. Fine-tuning on CUDA runs
    in bf16 autocast, so the two OAs differ by rounding, not by plan.
 
-Writes ``benchmarks/results/bench_device.json`` and ``.md`` (``--out`` elsewhere). Needs
+Writes ``benchmarks/results/device-cuda-vs-cpu.json`` and ``.md`` (``--out`` elsewhere). Needs
 torch-pruning and tensorly, not Optuna or MLflow, so it runs on a bare accelerator machine.
 """
 
@@ -60,12 +60,15 @@ def main(argv=None) -> int:
     import torch
 
     from costs.registry import CostSettings, analytic_costs, measure
-    from rsc.data import load_scene_data, make_loaders, make_split
+    from rsc.loaders import make_loaders
+    from rsc.scenes import load_scene_data
+    from rsc.splits import make_split
     from rsc.models import create_model
-    from rsc.training import fit, resolve_device, seed_everything
+    from rsc.loop import fit, resolve_device, seed_everything
     from search.base_model import obtain_base_checkpoint
     from search.budget import parse_budgets
     from search.objective import evaluate_trial
+    from search.request import DataRef, TrialRequest, TrialResult
     from spaces.base import Context
 
     device = resolve_device(args.device)
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     report["train_epoch_s_device"] = report["base_train_s_device"] / max(args.base_epochs, 1)
 
     if args.determinism:
-        from rsc.evaluation import evaluate
+        from rsc.metrics import evaluate
 
         runs = []
         for _ in range(2):
@@ -112,9 +115,11 @@ def main(argv=None) -> int:
     context = Context(num_classes=data.num_classes, image_size=data.image_size, device="cpu", seed=0)
     base_costs = measure(skeleton, analytic_costs(), CostSettings(image_size=data.image_size))
     limits = parse_budgets([args.budget]).resolve(base_costs).limits()
-    data_req = {"path": str(Path(args.data).resolve()) if args.data else None, "dataset": None,
-                "image_size": data.image_size, "train_ratio": 0.8, "val_ratio": 0.1, "split_seed": 0,
-                "digest": split.digest}
+    template = TrialRequest(
+        data=DataRef(path=str(Path(args.data).resolve()) if args.data else None, image_size=data.image_size,
+                     train_ratio=0.8, val_ratio=0.1, split_seed=0, digest=split.digest),
+        base_checkpoint=str(ckpt), base_costs=base_costs, epochs=args.epochs, lr=0.01, batch_size=64,
+        calibration_batches=2, latency=True, seed=7)
     cpu_combos = set(args.cpu_combos.split(",")) if args.cpu_combos else set()
 
     # 2. one trial per combination on the device and (for some) on the CPU
@@ -123,19 +128,16 @@ def main(argv=None) -> int:
         # magnitude pruning zeroes weights without removing them: its budget is on nonzero params
         trial_limits = {"nonzero_params": v for k, v in limits.items() if k == "params"} if sparse else limits
         for dev in [str(device)] + (["cpu"] if combo in cpu_combos and device.type != "cpu" else []):
-            request = {"data": data_req, "base_checkpoint": str(ckpt),
-                       "plan": {"base": {"model": args.model, "num_classes": data.num_classes,
-                                         "image_size": data.image_size}, "steps": steps},
-                       "limits": trial_limits, "base_costs": base_costs, "epochs": args.epochs, "lr": 0.01,
-                       "batch_size": 64, "device": dev, "calibration_batches": 2, "latency": True,
-                       "seed": 7, "early_stop": None, "evaluate_test": False}
+            request = template.replace(plan={"base": {"model": args.model, "num_classes": data.num_classes,
+                                                      "image_size": data.image_size}, "steps": steps},
+                                       limits=trial_limits, device=dev)
             t = time.perf_counter()
             try:
-                out = evaluate_trial(json.loads(json.dumps(request)))
-                row = {"combo": combo, "device": dev, "ok": True, "val_oa": out["val_oa"],
-                       "params": out["costs"]["params"], "compression_rate": out["compression_rate"],
-                       "speedup_cpu_latency": out.get("speedup"), "seconds": time.perf_counter() - t,
-                       "phases": {k: round(v, 3) for k, v in out["seconds"].items()}}
+                out = TrialResult.from_dict(evaluate_trial(request.to_dict()))  # across the JSON boundary
+                row = {"combo": combo, "device": dev, "ok": True, "val_oa": out.val_oa,
+                       "params": out.costs["params"], "compression_rate": out.compression_rate,
+                       "speedup_cpu_latency": out.speedup, "seconds": time.perf_counter() - t,
+                       "phases": {k: round(v, 3) for k, v in out.seconds.items()}}
             except Exception as exc:  # noqa: BLE001 - a failure on the device is the finding
                 import traceback
 
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_device.json").write_text(json.dumps(report, indent=1, default=str))
+    (out_dir / "device-cuda-vs-cpu.json").write_text(json.dumps(report, indent=1, default=str))
     lines = [f"# Trials on {report['gpu'] or report['device']} beside the CPU ({report['cpu_threads']} threads)", "",
              f"data: {report['data']}; torch {report['torch']}", "",
              f"base model, {args.base_epochs} epochs on {report['device']}: {report['base_train_s_device']:.1f} s "
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
                          f"{r['seconds']:.1f} | {r['phases'].get('finetune', 0):.1f} |")
         else:
             lines.append(f"| {r['combo']} | {r['device']} | **no**: {r['error'][:120]} | | | {r['seconds']:.1f} | |")
-    (out_dir / "bench_device.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "device-cuda-vs-cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["ok"] for r in report["rows"]) else 1
 

@@ -2,7 +2,7 @@
 again with another pick, on the same trials.
 
     .venv/bin/python benchmarks/bench_final_pick.py --study-dir runs/ucm-quality-aimed --pick top-per-method \
-        [--folds K] [--methods search-alloc] [--final 3] [--against l1] [--out benchmarks/results/bench_final_pick]
+        [--folds K] [--methods search-alloc] [--final 3] [--against l1] [--out benchmarks/results/final_pick-replayed]
 
 For every finished searched cell, its search (Optuna storage, trials and their plans) is copied to a scratch
 folder and resumed there with ``--final-pick PICK`` (and no rank sample): no trial is run again, only the
@@ -65,12 +65,12 @@ def main(argv=None) -> int:
     p.add_argument("--against", default="l1", help="the method both answers are paired with (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads: the study's --threads, so that a trial in "
                                                           "both final sets fine-tunes to the same numbers (default 2)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_final_pick"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "final_pick-replayed"))
     a = p.parse_args(argv)
 
     import torch
 
-    from rsc.data import load_scene_data
+    from rsc.scenes import load_scene_data
     from search.config import FINAL_PICKS
     from search.study.cells import Cell
     from search.study.execute import Workspace, _search_cell
@@ -89,8 +89,9 @@ def main(argv=None) -> int:
     if a.folds < 0 or a.folds == 1:
         print(f"error: --folds takes 0 (off) or at least 2, got {a.folds}", file=sys.stderr)
         return 2
-    config = dataclasses.replace(config, search_pick=a.pick, rank_sample=0, search_folds=a.folds,
-                                 search_final=a.final if a.final is not None else config.search_final)
+    config = dataclasses.replace(config, search=dataclasses.replace(
+        config.search, final_pick=a.pick, rank_sample=0, final_folds=a.folds,
+        final_max=a.final if a.final is not None else config.search.final_max))
     data = load_scene_data(meta.get("data") or config.data, dataset=config.dataset, image_size=config.image_size,
                            progress=False)
     rows = [json.loads(f.read_text()) for f in sorted((study_dir / "cells").glob("*.json"))]
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     by = "the best validation OA" + (f" ({out[0]['study']['pick']}), the best OA cross-validated over {a.folds} folds of "
                                      f"the training part ({how})" if a.folds else "")
     lines = [f"# The final pick replayed: {study_dir.name}", "",
-             f"The same searches' trials; final stage {config.search_final} model(s) x {config.finetune_epochs} epochs, "
+             f"The same searches' trials; final stage {config.search.final_max} model(s) x {config.finetune_epochs} epochs, "
              f"the chosen model {by} among them. Test OA %; minus {a.against}: paired by split, "
              f"mean +- sample std (wins/n).", "",
              f"| cell | {out[0]['study']['pick']}: finalists (trial method: trial score / val / test) | chosen | "

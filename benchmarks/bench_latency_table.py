@@ -18,8 +18,8 @@ model timed beside each candidate (predicted model/base against measured model/b
 speed-up or a ``latency<40%`` budget reads) are free of the machine's load drift between calls,
 which on a shared 2-core VM comes in streaks of 20-40%. Run on a quiet machine::
 
-    python benchmarks/bench_latency_table.py --out benchmarks/results/bench_latency_table.json
-    python benchmarks/bench_latency_table.py --predict-only --out benchmarks/results/bench_latency_predict.json
+    python benchmarks/bench_latency_table.py --out benchmarks/results/latency_table-predicted-vs-measured.json
+    python benchmarks/bench_latency_table.py --predict-only --out benchmarks/results/latency_table-prediction-time.json
 """
 
 from __future__ import annotations

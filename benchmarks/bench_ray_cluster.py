@@ -8,7 +8,7 @@ with one thread per trial; data set and base checkpoint reach the nodes through 
 (``--ray-data object-store``, what a cluster without a shared disk gets). The base model is
 trained (or taken from the cache) before either clock starts.
 
-Reports, in ``benchmarks/results/bench_ray_cluster.json`` and on stdout:
+Reports, in ``benchmarks/results/ray_cluster-2-nodes-vs-1.json`` and on stdout:
 
 * completed trials per hour of the trial loop, 2 nodes against 1 (target >= 1.8x);
 * with 2 workers, the share of the loop's wall time outside the trial function: the driver's own
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--fidelity-epochs", type=int, default=1)
     p.add_argument("--base-epochs", type=int, default=5, help="the base model's quality does not enter (default 5)")
     p.add_argument("--methods", default="prune,tucker")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_ray_cluster.json"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ray_cluster-2-nodes-vs-1.json"))
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])

@@ -4,9 +4,10 @@ Not collected by pytest. On one private local Ray instance (advertised on loopba
 no dashboard, a small object store, a private temp dir), in one run, side by side:
 
     asktell          the project's pattern (search/driver.py + search/executors.RayExecutor): one driver
-                     holds an Optuna study in sqlite RDBStorage (NSGAIISampler seed 0, 2 objectives),
-                     keeps up to --workers Ray tasks in flight, and tells each result as it arrives
-                     (ray.wait num_returns=1), then asks for the next trial;
+                     holds the search's engine (search.engines.optuna_engine.OptunaEngine: an Optuna
+                     study in sqlite RDBStorage, NSGA-II seed 0, population 50 as Optuna's default,
+                     2 objectives), keeps up to --workers Ray tasks in flight, and tells each result as
+                     it arrives (ray.wait num_returns=1), then asks for the next trial;
     tune-optuna      tune.Tuner + ray.tune.search.optuna.OptunaSearch (the same sampler, its own sqlite
                      RDBStorage, metric=[f1, f2], mode=[min, min]), max_concurrent_trials=--workers,
                      num_samples=--trials, a function trainable that sleeps and tune.report()s once;
@@ -26,7 +27,7 @@ ASHA (one metric), Tuner.restore of an OptunaSearch experiment, and whether the 
     .venv/bin/python benchmarks/bench_ray_engines.py --features     # 15 min on 2 shared cores, mostly Tune
                                                                     # starting an actor per trial
     .venv/bin/python benchmarks/bench_ray_engines.py --trial-seconds 1 --trials 40 \\
-        --out benchmarks/results/bench_ray_engines-1s.json
+        --out benchmarks/results/ray_engines-asktell-vs-tune-1s.json
 """
 
 from __future__ import annotations
@@ -117,15 +118,18 @@ def study_summary(study) -> dict:
             "pareto_size": len(study.best_trials) if complete else 0}
 
 
-# -- engine 1: ask/tell over Ray tasks (search/driver.py's loop) ----------------------------------
+# -- engine 1: ask/tell over Ray tasks (search/driver.py's loop, through the search's engine) ---------
 
 def run_asktell(args, tmp: Path) -> dict:
     import optuna
     import ray
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp / 'asktell.db'}")
-    study = optuna.create_study(study_name="asktell", storage=storage, directions=["minimize", "minimize"],
-                                sampler=optuna.samplers.NSGAIISampler(seed=0))
+    sys.path.insert(0, str(ROOT))
+    from search.engines.optuna_engine import OptunaEngine
+
+    db = f"sqlite:///{tmp / 'asktell.db'}"
+    engine = OptunaEngine(storage=db, study_name="asktell", directions=["minimize", "minimize"], sampler="nsga2",
+                          seed=0, population_size=50)  # Optuna's default, as the Tune engines' NSGAIISampler
     remote = ray.remote(num_cpus=1, max_retries=0)(sleepy_trial)
     # Warm-up outside the clock, as RayExecutor's first submit also starts worker processes lazily:
     ray.get([remote.remote({k: 0.5 for k in PARAMS}, 0.0) for _ in range(args.workers)])
@@ -135,18 +139,19 @@ def run_asktell(args, tmp: Path) -> dict:
     t0 = time.perf_counter()
     while True:
         while len(pending) < args.workers and asked < args.trials:
-            trial = study.ask()
+            trial = engine.ask()
             params = {k: trial.suggest_float(k, 0.0, 1.0) for k in PARAMS}
-            pending[remote.remote(params, args.trial_seconds)] = trial
+            pending[remote.remote(params, args.trial_seconds)] = trial.number
             asked += 1
         if not pending:
             break
         done, _ = ray.wait(list(pending), num_returns=1)
-        trial = pending.pop(done[0])
+        number = pending.pop(done[0])
         result = ray.get(done[0])
-        study.tell(trial, [result["f1"], result["f2"]])
+        engine.tell_complete(number, [result["f1"], result["f2"]])
         runs.append(result)
     wall = time.perf_counter() - t0
+    study = optuna.load_study(study_name="asktell", storage=db)
     return summarise("asktell", wall, runs, args, {**study_summary(study), "storage": "sqlite RDBStorage"})
 
 
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-ip", default="127.0.0.2",
                     help="address Ray advertises (default 127.0.0.2: Ray 2.60 replaces 127.0.0.1 by the host's "
                          "interface address, any other loopback address is kept)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_ray_engines.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray_engines-asktell-vs-tune.json")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (studies, Tune's folders)")
     args = ap.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """Cost (and optionally accuracy) of every compression method at ~2x and ~4x reduction.
 
     .venv/bin/python benchmarks/bench_spaces.py [--models resnet18 vgg11] [--image-size 64]
-        [--targets 2 4] [--threads 1] [--repeats 15] [--batch-size 16] [--memory-format channels_last]
+        [--reductions 2 4] [--threads 1] [--repeats 15] [--batch-size 16] [--memory-format channels_last]
         [--tucker-fc]
         [--finetune [--finetune-models resnet18] [--base-epochs 10] [--ft-epochs 2]
          [--data ../shared/datasets/UCMerced_LandUse]]
@@ -22,7 +22,7 @@ speed-up is expected or claimed. Int8 keeps MACs but runs them in int8 kernels.
 ``--finetune`` also trains the base on UC Merced (80 % train, seed 0) for ``--base-epochs``,
 fine-tunes each compressed model for ``--ft-epochs`` (KD from the base for distill.kd) after BN
 recalibration, and reports test OA next to the base's. Without it the weights are random, which
-does not change any cost number. Writes benchmarks/results/bench_spaces.{json,md}.
+does not change any cost number. Writes benchmarks/results/spaces-methods-2x-4x.{json,md}.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["resnet18", "vgg11"])
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--targets", nargs="+", type=float, default=[2.0, 4.0])
+    p.add_argument("--reductions", nargs="+", type=float, default=[2.0, 4.0],
+                   help="reduction factors of the cost each method is aimed at (default 2 4)")
     p.add_argument("--methods", nargs="+",
                    default=["prune.channel", "decompose.tucker", "distill.kd", "prune.magnitude", "quant.int8"])
     p.add_argument("--threads", type=int, default=1)
@@ -74,7 +75,7 @@ def main() -> int:
     p.add_argument("--base-epochs", type=int, default=10)
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--data", default=str(REPO / ".." / "shared" / "datasets" / "UCMerced_LandUse"))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_spaces"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "spaces-methods-2x-4x"))
     args = p.parse_args()
 
     import torch
@@ -91,7 +92,9 @@ def main() -> int:
                             warmup=3, batch_size=args.batch_size, memory_format=args.memory_format)
     loaders = None
     if args.finetune:
-        from rsc.data import load_scene_data, make_loaders, make_split
+        from rsc.loaders import make_loaders
+        from rsc.scenes import load_scene_data
+        from rsc.splits import make_split
 
         data = load_scene_data(args.data, image_size=args.image_size, progress=False)
         split = make_split(data, train_ratio=0.8, seed=0)
@@ -107,8 +110,8 @@ def main() -> int:
         base_oa = None
         tuned = args.finetune and model_name in args.finetune_models
         if tuned:
-            from rsc.evaluation import evaluate
-            from rsc.training import fit
+            from rsc.metrics import evaluate
+            from rsc.loop import fit
 
             t0 = time.perf_counter()
             fit(base, loaders[0], epochs=args.base_epochs, lr=0.05, device="cpu", seed=0, progress=False)
@@ -129,7 +132,7 @@ def main() -> int:
                 continue
             options = {"decompose_fc": args.tucker_fc} if method == "decompose.tucker" else {}
             space = get_space(method, **options)
-            for target in args.targets:
+            for target in args.reductions:
                 t0 = time.perf_counter()
                 if method == "prune.magnitude":
                     # analytic: one sparsity s over the prunable layers gives the non-zero target
@@ -146,7 +149,7 @@ def main() -> int:
                 print(f"{model_name} {method} x{target:g}: projected in {time.perf_counter() - t0:.1f}s",
                       flush=True)
                 jobs.append((method, target, [Step(space=method, params=params)]))
-                if method == "prune.channel" and target == args.targets[0] and "quant.int8" in args.methods:
+                if method == "prune.channel" and target == args.reductions[0] and "quant.int8" in args.methods:
                     jobs.append(("prune.channel+quant.int8", target,
                                  [Step(space=method, params=params), Step(space="quant.int8", params={})]))
         if "decompose.tucker" in args.methods and not args.tucker_fc:
@@ -172,7 +175,7 @@ def main() -> int:
                    "ratio_batch": res["speedup_batch"] / res["macs_reduction"],
                    "build_s": build_s, "plan": done.to_dict()["steps"][0]["params"] if len(steps) == 1 else None}
             if tuned:
-                from rsc.evaluation import evaluate
+                from rsc.metrics import evaluate
                 from spaces import finetune_plan
 
                 t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 measured on the searched cells of a finished study.)
 
     .venv/bin/python benchmarks/bench_zero_shot.py --study-dir runs/ucm-quality-aimed [--methods search-alloc]
-        [--margin 0.1] [--out benchmarks/results/bench_zero_shot]
+        [--margin 0.1] [--out benchmarks/results/zero_shot-adaptive-bn-rank]
 
 For every finished searched cell of the study, every complete trial of its search is rebuilt from its plan
 (records replayed: the exact model the trial fine-tuned, on the same split and base), its BatchNorm
@@ -38,9 +38,7 @@ sys.path.insert(0, str(REPO))
 def _study_config(settings: dict):
     from search.study import StudyConfig
 
-    names = {f.name for f in dataclasses.fields(StudyConfig)}
-    return StudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in names},
-                       progress=False)
+    return StudyConfig.from_settings(settings, progress=False)
 
 
 def score_cell(ws, cell: dict, study_dir: Path, margin: float) -> dict:
@@ -48,8 +46,9 @@ def score_cell(ws, cell: dict, study_dir: Path, margin: float) -> dict:
     import optuna
     import torch
 
-    from rsc.data import make_loaders
-    from search.driver import epoch_fronts
+    from rsc.loaders import make_loaders
+    from search.request import trial_seed
+    from search.state import epoch_fronts
     from spaces.base import Context, Plan
     from spaces.compose import compress
     from spaces.finetune import zero_epoch_oa
@@ -67,12 +66,12 @@ def score_cell(ws, cell: dict, study_dir: Path, margin: float) -> dict:
                     key=lambda t: t.datetime_complete)
     scores: dict[int, float] = {}
     for t in trials:
-        trial_seed = seed * 100003 + t.number  # the trial's own batches (search.driver.run)
-        plain = make_loaders(ws.data, split, batch_size=c.batch_size, augment=False, seed=trial_seed)[0]
+        own = trial_seed(seed, t.number)  # the trial's own batches (search.driver.run)
+        plain = make_loaders(ws.data, split, batch_size=c.batch_size, augment=False, seed=own)[0]
         bn = [b for _, b in zip(range(c.bn_batches), plain)]
         ctx = Context(num_classes=ws.data.num_classes, image_size=ws.data.image_size, device="cpu",
-                      calibration=bn[:2], seed=trial_seed)
-        torch.manual_seed(trial_seed)
+                      calibration=bn[:2], seed=own)
+        torch.manual_seed(own)
         model, _ = compress(base, Plan.from_dict(t.user_attrs["plan"]), ctx)
         scores[t.number] = zero_epoch_oa(model, bn, val, num_classes=ws.data.num_classes)
     full = [*cell["search"]["finalists"], *cell["search"]["rank_sample"]]
@@ -111,14 +110,16 @@ def score_cell(ws, cell: dict, study_dir: Path, margin: float) -> dict:
 
 @dataclasses.dataclass
 class _Scored:
-    """A finished trial as :func:`search.driver.epoch_fronts` reads it, with its adaptive-BN score."""
+    """A finished trial as :func:`search.state.epoch_fronts` reads it (a trial record's ``zero_shot_oa``,
+    ``val_history`` and ``values``), with its adaptive-BN score."""
 
     trial: object
     score: float
+    val_history: tuple = ()
 
     @property
-    def user_attrs(self) -> dict:
-        return {"zero_shot_oa": self.score}
+    def zero_shot_oa(self) -> float:
+        return self.score
 
     @property
     def values(self):
@@ -135,12 +136,12 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None, help="comma list of searched methods (default: every searched cell)")
     p.add_argument("--margin", type=float, default=0.1, help="the screen's OA margin to replay (default 0.1)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_zero_shot"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "zero_shot-adaptive-bn-rank"))
     a = p.parse_args(argv)
 
     import torch
 
-    from rsc.data import load_scene_data
+    from rsc.scenes import load_scene_data
     from search.study.execute import Workspace
 
     torch.set_num_threads(a.threads)

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsc.errors import CheckpointError, UserError
+from rsc.errors import CheckpointError
+from rsc.files import read_torch_file
+from rsc.models import create_model
 
 FORMAT = "rsc-checkpoint/1"
 
@@ -33,17 +35,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: dict, cl
     return path
 
 
-def read_torch_file(path: str | os.PathLike, *, what: str, error: type[UserError]):
-    """``torch.load(weights_only=True)`` on CPU; a missing or unreadable file raises ``error``."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise error(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
     blob = read_torch_file(path, what="checkpoint", error=CheckpointError)
@@ -54,8 +45,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_from_checkpoint(blob: dict) -> nn.Module:
     """Rebuild the network of a checkpoint and load its weights."""
-    from rsc.models import create_model
-
     arch = blob["arch"]
     model = create_model(arch["model"], int(arch["num_classes"]), image_size=arch.get("image_size"))
     try:

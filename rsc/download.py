@@ -13,7 +13,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from rsc.datasets import DatasetInfo, get_dataset_info
+from rsc.catalog import DatasetInfo, get_dataset_info
 from rsc.errors import DataError
 
 

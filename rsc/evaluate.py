@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from rsc.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-    from rsc.data import TensorLoader, load_scene_data, load_split, make_split
+    from rsc.loaders import TensorLoader
+    from rsc.scenes import load_scene_data
+    from rsc.splits import load_split, make_split
     from rsc.errors import CheckpointError
-    from rsc.evaluation import evaluate, plot_confusion
-    from rsc.training import resolve_device
+    from rsc.metrics import evaluate, plot_confusion
+    from rsc.loop import resolve_device
 
     blob = load_checkpoint(args.checkpoint)
     arch = blob["arch"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rsc.errors import ModelError
+from rsc.files import read_torch_file
 
 # Architectures the RS compression literature uses; any other torchvision classifier works too.
 FEATURED = (
@@ -108,8 +109,6 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a torchvision ``.pth`` or from one of our checkpoints (``weights_only``)."""
-    from rsc.checkpoint import read_torch_file
-
     blob = read_torch_file(path, what="weights", error=ModelError)
     if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob["state_dict"], dict):
         blob = blob["state_dict"]

@@ -16,72 +16,51 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rsc.cli import parser, positive_int, ratio, run_cli
+from rsc.recipe import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+from rsc.options import add_options, opt, options_from_args
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Every default of ``rsc.train`` in one place."""
+    """Every setting of ``rsc.train``, its default and its help, in one place (the flags are generated)."""
 
-    data: str | None = None          # dataset folder; None = built-in synthetic scenes
-    dataset: str | None = None       # registry name; None = detected from the folder
-    download: bool = False           # fetch the official archive into --data first
-    model: str = "resnet18"
-    weights: str | None = None       # local state dict / checkpoint, or "imagenet"
-    train_ratio: float = 0.8         # the RS protocol's training ratio (UC Merced: 0.5 / 0.8)
-    val_ratio: float = 0.1           # share of the training part held out for validation
-    image_size: int = 64
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    seed: int = 0
-    repeats: int = 1                 # independent seeded splits, reported as mean +- std
-    split: str | None = None         # a saved split manifest to reuse instead of a fresh split
-    d4: bool = True
-    crop: bool = True
-    jitter: float = 0.2
-    bn_batches: int = 4              # BatchNorm statistics re-estimated at the end (0: as trained)
-    device: str | None = None        # default: cuda when present
-    threads: int | None = None       # torch CPU threads
-    out: str | None = None
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
+    data: str | None = opt(None, "dataset folder (class folders, any wrapper level); default: synthetic scenes")
+    dataset: str | None = opt(None, "dataset name (see --list-datasets); default: detected from the folder")
+    download: bool = opt(False, "download the official archive into --data first")
+    model: str = opt("resnet18", "torchvision classifier name (default {default})")
+    weights: str | None = opt(None, "pretrained weights: a local .pth/checkpoint, or 'imagenet' (needs internet)")
+    train_ratio: float = opt(0.8, "training share of each class, e.g. 0.8 or 80%% (the RS protocol; UC Merced: "
+                                  "0.5 / 0.8) (default {default})", type=ratio)
+    val_ratio: float = opt(0.1, "validation share of the training part (default {default})")
+    image_size: int = opt(64, "input side in pixels (default {default})", type=positive_int)
+    epochs: int = opt(30, "training epochs (default {default})")
+    batch_size: int = opt(DEFAULT_BATCH_SIZE, "batch size (default {default})", type=positive_int)
+    lr: float = opt(DEFAULT_LR, "peak learning rate, one-cycle (default {default})")
+    weight_decay: float = opt(DEFAULT_WEIGHT_DECAY, "SGD weight decay (default {default})")
+    seed: int = opt(0, "seeds the split, the init and the augmentation (default {default})")
+    repeats: int = opt(1, "independent seeded splits to average over (mean +- std) (default {default})",
+                       type=positive_int)
+    split: str | None = opt(None, "reuse a saved split manifest (split.json) instead of drawing one")
+    d4: bool = opt(True, "disable flips / 90-degree rotations", flag="--no-d4")
+    crop: bool = opt(True, "disable random resized crop", flag="--no-crop")
+    jitter: float = opt(0.2, "colour jitter strength (0 disables) (default {default})")
+    bn_batches: int = opt(4, "re-estimate BatchNorm statistics on this many unaugmented training batches after the "
+                             "last epoch (0: keep the running averages of training) (default {default})")
+    device: str | None = opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    threads: int | None = opt(None, "torch CPU threads", type=positive_int)
+    out: str | None = opt(None, "output folder (default: runs/train/<dataset>-<model>-<size>px-r<ratio>)")
+    progress: bool = opt(True, "no progress bars", flag="--no-progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
     p = parser("python -m rsc.train", __doc__)
-    p.add_argument("--data", help="dataset folder (class folders, any wrapper level); default: synthetic scenes")
-    p.add_argument("--dataset", help="dataset name (see --list-datasets); default: detected from the folder")
-    p.add_argument("--download", action="store_true", help="download the official archive into --data first")
+    add_options(p, TrainConfig)
     p.add_argument("--list-datasets", action="store_true", help="print the dataset registry and exit")
     p.add_argument("--list-models", action="store_true", help="print the model names and exit")
-    p.add_argument("--model", default=d.model, help="torchvision classifier name")
-    p.add_argument("--weights", help="pretrained weights: a local .pth/checkpoint, or 'imagenet' (needs internet)")
-    p.add_argument("--train-ratio", type=ratio, default=d.train_ratio, help="training share of each class")
-    p.add_argument("--val-ratio", type=float, default=d.val_ratio, help="validation share of the training part")
-    p.add_argument("--image-size", type=positive_int, default=d.image_size, help="input side in pixels")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the init and the augmentation")
-    p.add_argument("--repeats", type=positive_int, default=d.repeats, help="seeded splits to average over")
-    p.add_argument("--split", help="reuse a saved split manifest (split.json) instead of drawing one")
-    p.add_argument("--no-d4", dest="d4", action="store_false", help="disable flips / 90-degree rotations")
-    p.add_argument("--no-crop", dest="crop", action="store_false", help="disable random resized crop")
-    p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (0 disables)")
-    p.add_argument("--bn-batches", type=int, default=d.bn_batches,
-                   help="re-estimate BatchNorm statistics on this many unaugmented training batches after the "
-                        "last epoch (0: keep the running averages of training)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--out", help="output folder (default: runs/train/<dataset>-<model>-<size>px-r<ratio>)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
 
@@ -91,7 +70,7 @@ def _listing(args) -> str | None:
 
         return "\n".join(list_models())
     if args.list_datasets:
-        from rsc.datasets import get_dataset_info, list_datasets
+        from rsc.catalog import get_dataset_info, list_datasets
 
         rows = []
         for name in list_datasets():
@@ -109,11 +88,13 @@ def run(config: TrainConfig) -> dict:
 
     from rsc.augment import AugmentConfig
     from rsc.checkpoint import save_checkpoint
-    from rsc.data import load_scene_data, load_split, make_loaders, make_split
+    from rsc.loaders import make_loaders
+    from rsc.scenes import load_scene_data
+    from rsc.splits import load_split, make_split
     from rsc.errors import ConfigError
-    from rsc.evaluation import evaluate, plot_confusion
+    from rsc.metrics import evaluate, plot_confusion
     from rsc.models import create_model
-    from rsc.training import collapse_note, fit, reestimate_bn, resolve_device, seed_everything
+    from rsc.loop import collapse_note, fit, reestimate_bn, resolve_device, seed_everything
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -197,7 +178,7 @@ def run(config: TrainConfig) -> dict:
 
 
 def _jsonable(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k != "extra"}
+    return asdict(config)
 
 
 def report(summary: dict) -> str:
@@ -234,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if listing is not None:
             print(listing)
             return 0
-        fields = set(TrainConfig.__dataclass_fields__)
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        config = TrainConfig(**options_from_args(args, TrainConfig))
         if config.data is None and not config.download:
             print("note: no --data given: training on the built-in synthetic scene set", file=sys.stderr)
         print(report(run(config)))

@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from rsc.recipe import DEFAULT_BATCH_SIZE, DEFAULT_LR
+
 __all__ = ["obtain_base_checkpoint", "search_base_checkpoint", "KEY_VERSION"]
 
 #: v2: training ends on BatchNorm statistics re-estimated on ``bn_batches`` unaugmented batches.
 KEY_VERSION = 2
 #: The base recipe a key leaves implicit; ``search.config`` and the study take their defaults from here.
-DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.05, 64
 
 
 def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, split: Any, epochs: int, lr: float,
@@ -30,12 +31,12 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
     ``weights`` may be an rsc checkpoint trained on these classes (used as is) or any other weights
     file (a backbone: loaded where shapes fit, then trained on ``data`` like no weights at all).
     ``bn_batches``: unaugmented training batches BatchNorm statistics are re-estimated on at the end
-    (:func:`rsc.training.reestimate_bn`). ``augment``: the training augmentation (an
+    (:func:`rsc.loop.recalibrate_bn`). ``augment``: the training augmentation (an
     :class:`rsc.augment.AugmentConfig`, True for the default, False for none); part of the key
     unless it is the default.
     """
     from rsc.checkpoint import check_classes, load_checkpoint, save_checkpoint
-    from rsc.data import cache_dir
+    from rsc.scenes import cache_dir
     from rsc.errors import CheckpointError
 
     if weights is not None:
@@ -72,10 +73,10 @@ def obtain_base_checkpoint(*, model_name: str, weights: str | None, data: Any, s
             say(f"base model: replacing cache {path} (trained at lr {cached:g}, not {lr:g})")
         except CheckpointError:
             say(f"base model: ignoring unreadable cache {path}")
-    from rsc.data import make_loaders
-    from rsc.evaluation import evaluate
+    from rsc.loaders import make_loaders
+    from rsc.metrics import evaluate
     from rsc.models import create_model
-    from rsc.training import collapse_note, fit, reestimate_bn, seed_everything
+    from rsc.loop import collapse_note, fit, reestimate_bn, seed_everything
 
     what = f"from {weights}" if weights else "from scratch"
     say(f"base model: no --weights given, training {model_name} {what} for {epochs} epochs on {data.name} "

@@ -9,32 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from rsc.errors import ConfigError
-from search.base_model import DEFAULT_BATCH_SIZE, DEFAULT_LR
+from rsc.options import opt
+from rsc.recipe import DEFAULT_BATCH_SIZE, DEFAULT_LR
+from spaces.registry import DEFAULT_METHODS
 from search.budget import REPAIR_PASSES
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 BACKENDS = ("local", "ray")                 # where trials run (search.executors)
 RAY_DATA = ("auto", "object-store", "shared")  # how Ray workers get the data and the base checkpoint
-TARGETS = ("spread", "sampler")             # who chooses each trial's target (search.targets.spread_target)
-ALLOCATE = ("macs", "params", "energy", "latency")  # layer costs of --allocate (spaces.allocate)
+AIMS = ("spread", "sampler")                # who chooses each trial's compression aim (search.aims.spread_target)
+ALLOCATE = ("macs", "params", "energy", "latency")  # layer costs of --allocate (spaces.allocation)
 ALLOCATE_DAMAGES = ("importance", "sensitivity")   # how --allocate prices a pruning cut's damage
 FINAL_PICKS = ("spread", "top", "top-per-method")            # which trials the final stage fine-tunes (search.final.final_candidates)
 QUALITY_OBJECTIVES = {"accuracy": "val_oa"}  # objective name -> trial result key (maximised)
-
-
-def opt(default: Any, help: str | None = None, **meta: Any) -> Any:
-    """A config field; with ``help`` it is also a command-line flag (``search.run.build_parser``).
-
-    ``meta``: ``flag`` (the flag's name when not ``--field-name``), ``choices``, ``metavar``,
-    ``list`` (a comma list on the command line), ``repeat`` (the flag repeats: ``--budget``).
-    ``{default}`` in ``help`` is replaced by the default.
-    """
-    return dataclasses.field(default=default, metadata={"help": help, **meta} if help else meta)
+#: a budget's comparison in a default study name (``params<5M`` and ``params>5M`` are two studies)
+_OPERATOR_NAMES = {"<=": "le", ">=": "ge", "<": "lt", ">": "gt"}
+_OPERATOR = re.compile(r"<=|>=|<|>")
+#: fields renamed since config files were first written: old name -> new
+RENAMED = {"targets": "aims"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +58,8 @@ class SearchConfig:
     # -- search space and budget
     budgets: tuple[str, ...] = opt((), "e.g. 'params<5M', 'macs<50%%', 'size<2MB', 'latency<20ms'; repeat to AND",
                                    flag="--budget", repeat=True, metavar="BUDGET")
-    methods: tuple[str, ...] = opt(("prune", "tucker", "distill", "quant"), "comma list (default {default})", list=True)
+    methods: tuple[str, ...] = opt(DEFAULT_METHODS, "comma list of compression methods: a space's name or alias "
+                                                    "(default {default})", list=True)
     max_combo: int = opt(2, "most methods chained in one plan (default {default})")
     depth_bins: int = opt(4, "search one pruning ratio, Tucker rank pair or sparsity per contiguous depth bin of "
                              "the layers (4 = ResNet-18's stages) instead of one per layer; 0 = per layer "
@@ -86,10 +85,11 @@ class SearchConfig:
     min_target: float = opt(0.1, "each trial aims at a searched fraction in [F, 1] of the ceiling on the first cost "
                                  "objective (the budget, else the base model), so the front spans compression "
                                  "levels; 1 puts every trial on the budget (default {default})", metavar="F")
-    targets: str = opt("spread", "who picks each trial's target: spread (a low-discrepancy sequence over "
-                                 "[--min-target, 1], the same for every sampler, so every front spans the compression "
-                                 "levels) or sampler (a parameter the sampler learns) (default {default})",
-                       choices=TARGETS)
+    aims: str = opt("spread", "who picks each trial's compression aim (its target fraction): spread (a "
+                              "low-discrepancy sequence over [--min-target, 1], the same for every sampler, so every "
+                              "front spans the compression levels) or sampler (a parameter the sampler learns) "
+                              "(default {default}; --targets is its deprecated name)",
+                    choices=AIMS, deprecated=("--targets",))
 
     # -- per-trial evaluation
     fidelity_epochs: int = opt(2, "fine-tune epochs per trial (default {default})")
@@ -241,8 +241,8 @@ class SearchConfig:
             raise ConfigError(f"final_rungs must be >= 1, got {self.final_rungs!r}")
         if self.final_pick not in FINAL_PICKS:
             raise ConfigError(f"unknown final_pick {self.final_pick!r}; choose one of {', '.join(FINAL_PICKS)}")
-        if self.targets not in TARGETS:
-            raise ConfigError(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGETS)}")
+        if self.aims not in AIMS:
+            raise ConfigError(f"unknown aims {self.aims!r}; choose one of {', '.join(AIMS)}")
         if not 0.0 < float(self.min_target) <= 1.0:
             raise ConfigError(f"min_target must lie in (0, 1], got {self.min_target!r}")
         if self.early_stop_margin is not None and self.early_stop_margin < 0:
@@ -252,7 +252,8 @@ class SearchConfig:
     def study_name(self) -> str:
         if self.study:
             return self.study
-        budget = "_".join(self.budgets) or "nobudget"
+        budget = "_".join(_OPERATOR.sub(lambda m: f"-{_OPERATOR_NAMES[m.group(0)]}-", b.replace(" ", ""))
+                          for b in self.budgets) or "nobudget"  # params<5M -> params-lt-5M: every part kept
         data = Path(self.data).name if self.data else "synthetic"
         raw = f"{data}-{self.model}-{budget}-{self.sampler}-s{self.seed}"
         return "".join(c if c.isalnum() or c in "-_.%" else "_" for c in raw)
@@ -272,14 +273,26 @@ class SearchConfig:
                 "split_seed": self.data_seed, "digest": split_digest}
 
     def space_methods(self) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
-        """The methods and per-method space options the joint space is built from: with ``allocate``,
-        ``prune`` and ``tucker`` become ``prune-alloc`` and ``tucker-alloc`` allocating by that cost."""
-        swap = {"prune": "prune-alloc", "tucker": "tucker-alloc"} if self.allocate else {}
-        methods = tuple(swap.get(m, m) for m in self.methods)
-        options = {m: {"cost": self.allocate} for m in methods if self.allocate and m in swap.values()}
-        if self.allocate_damage != "importance" and "prune-alloc" in options:
-            options["prune-alloc"]["damage"] = self.allocate_damage
-        return methods, options
+        """The methods and per-method space options the joint space is built from: with ``allocate``, a method
+        whose space has an allocated variant (:func:`spaces.registry.allocated_variant`: channel pruning,
+        Tucker-2) becomes that variant (by its short name), allocating by that cost."""
+        if not self.allocate:
+            return tuple(self.methods), {}
+        from spaces.registry import allocated_variant, resolve_space, space_class
+
+        methods, options = [], {}
+        for m in self.methods:
+            variant = allocated_variant(resolve_space(m))
+            if variant is None:
+                methods.append(m)
+                continue
+            cls = space_class(variant)
+            name = cls.aliases[0] if cls.aliases else variant
+            methods.append(name)
+            options[name] = {"cost": self.allocate}
+            if self.allocate_damage != "importance" and self.allocate_damage in getattr(cls, "damages", ()):
+                options[name]["damage"] = self.allocate_damage
+        return tuple(methods), options
 
     @property
     def data_seed(self) -> int:
@@ -298,6 +311,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchConfig":
         names = {f.name: f for f in dataclasses.fields(cls)}
+        data = {RENAMED.get(k, k): v for k, v in data.items()}  # config files written before a rename
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(names))}")

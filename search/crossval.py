@@ -1,7 +1,7 @@
 """The final choice cross-validated over the training part, not made on a validation split of ~200 images.
 
 With ``--final-folds K``, every model the final stage fine-tuned is also fine-tuned K more times, once
-per fold of the training part (train + validation; :func:`rsc.data.fold_split`). Each time the model
+per fold of the training part (train + validation; :func:`rsc.splits.fold_split`). Each time the model
 starts from a base trained from scratch *without that fold* (the search's own base recipe, cached like
 it), is compressed to the same architecture as the final model (its per-layer allocation kept; which
 channels go, the factors and calibrations recomputed from that base), fine-tuned for the final
@@ -19,7 +19,11 @@ test split stays untouched. Cost: K base trainings per search (cached) and K fin
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, Sequence
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from search.request import TrialRequest
 
 __all__ = ["fold_plan", "cross_validate", "chosen_row", "choice_key"]
 
@@ -27,7 +31,7 @@ __all__ = ["fold_plan", "cross_validate", "chosen_row", "choice_key"]
 def fold_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     """``plan`` as it is rebuilt on a fold's base: the same architecture, data-dependent choices recomputed.
 
-    A record that holds an allocation (``params`` with an ``inner`` record: :mod:`spaces.allocated`)
+    A record that holds an allocation (``params`` with an ``inner`` record: :mod:`spaces.allocation.space`)
     keeps the allocated per-layer params and loses the inner record; every other record (which channels
     a criterion removed, factors, int8 calibration) is dropped, since it belongs to the search's base.
     """
@@ -44,12 +48,12 @@ def fold_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[int, Mapping[str, Any]],
-                   request_for: Callable[..., dict[str, Any]], trial_fn: Callable[[dict[str, Any]], dict[str, Any]],
+                   request_for: Callable[..., TrialRequest], trial_fn: Callable[[dict[str, Any]], dict[str, Any]],
                    data: Any, split: Any, device: str, say: Callable[[str], None]) -> None:
     """Add ``cv_oa`` (pooled over the folds), ``cv_fold_oa`` and ``cv_images`` to each of ``rows`` (final
     models, by ``trial``) whose plan is in ``plans``; ``request_for(number, **extra)`` is the final stage's
     request for that trial. A fold that fails leaves its row without ``cv_oa`` (said, not raised)."""
-    from rsc.data import fold_split
+    from rsc.splits import fold_split
     from search.base_model import search_base_checkpoint
 
     folds = int(config.final_folds)
@@ -68,9 +72,9 @@ def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[i
         for r in todo:
             number = r["trial"]
             request = request_for(number, plan=fold_plan(plans[number]), latency=False, base_checkpoint=str(ckpt))
-            request["data"] = {**request["data"], "fold": [folds, i]}  # request_for returns a fresh (JSON) dict
+            request = request.replace(data=dataclasses.replace(request.data, fold=(folds, i)))
             try:
-                oa = float(trial_fn(request)["val_oa"])
+                oa = float(trial_fn(request.to_dict())["val_oa"])
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - the row keeps its validation OA only

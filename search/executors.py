@@ -1,7 +1,7 @@
 """Where trials run: in the driver's process, or on a Ray cluster, several at a time.
 
-The driver (``search.run``) keeps the Optuna study, MLflow and the progress bar; an executor only
-turns JSON trial requests into JSON results.
+The driver (``search.run``) keeps the engine, MLflow and the progress bar; an executor only
+turns JSON trial requests (:meth:`search.request.TrialRequest.to_dict`) into JSON results.
 
     executor.submit(key, request)          # start a trial
     key, result, error = executor.next()   # the first trial to finish (blocks)
@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 from rsc.errors import ConfigError
 from search.cluster import RayUnavailable, check_ray_address, code_version, probe_cluster
 from search.config import BACKENDS
+from search.request import TrialRequest
 
 __all__ = ["SerialExecutor", "RayExecutor", "RayUnavailable", "TrialLost", "make_executor", "check_ray_address",
            "probe_cluster", "code_version", "ship_inputs", "BACKENDS"]
@@ -253,7 +254,7 @@ def _materialise(shipped: Mapping[str, tuple[str, str, Any]], request: dict[str,
     """On a worker: write shipped files to this node's cache once, and point the request at them."""
     import ray
 
-    from rsc.data import cache_dir
+    from rsc.scenes import cache_dir
 
     folder = cache_dir() / "shipped"
     for keypath, (sha, name, ref) in shipped.items():
@@ -295,12 +296,12 @@ def make_executor(backend: str, trial_fn: TrialFn, **kwargs: Any) -> SerialExecu
     raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def ship_inputs(executor: Any, s: Any) -> dict[str, Any]:
-    """The trial request with the data set and the base checkpoint sent through the executor's object
-    store instead of by path (the synthetic set is rebuilt from its seed on the worker)."""
-    from rsc.data import save_scene_file
+def ship_inputs(executor: Any, s: Any) -> TrialRequest:
+    """The search's request template (``s.request``) with the data set and the base checkpoint sent through the
+    executor's object store instead of by path (the synthetic set is rebuilt from its seed on the worker)."""
+    from rsc.scenes import save_scene_file
 
     files: dict[tuple[str, ...], tuple[str, Any]] = {("base_checkpoint",): ("base.pt", s.ckpt)}
     if s.data.root is not None:
         files[("data", "file")] = (f"{s.data.name}-{s.data.image_size}px.pt", save_scene_file(s.data))
-    return executor.ship(s.request_base, files)
+    return TrialRequest.from_dict(executor.ship(s.request.to_dict(), files))

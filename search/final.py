@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from search.config import SearchConfig
 from search.crossval import chosen_row
+from search.engines.base import TrialRecord
 from search.executors import TrialFn
 from search.report import SearchResult
+from search.request import TrialRequest, TrialResult, trial_seed
 
-__all__ = ["front_row", "spread_pick", "final_candidates", "final_stage", "write_artifacts", "chosen_row"]
+if TYPE_CHECKING:
+    from search.setup import PreparedSearch
+
+__all__ = ["front_row", "spread_pick", "final_candidates", "final_request", "final_stage", "write_artifacts",
+           "chosen_row"]
 
 
-def front_row(t: Any, base_costs: Mapping[str, float]) -> dict[str, Any]:
+def front_row(t: TrialRecord, base_costs: Mapping[str, float]) -> dict[str, Any]:
     """A finished trial as a row of the front: its OA, its costs, its compression rate."""
     from costs.registry import budget_metrics
 
-    costs = dict(t.user_attrs.get("costs") or {})
-    row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": t.values[0],
-           "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
+    costs = dict(t.costs)
+    row = {"trial": t.number, "method": t.method, "val_oa": t.values[0], "mlflow_run_id": t.mlflow_run_id}
     row.update({c.name: costs[c.name] for c in budget_metrics().values() if c.name in costs})
     if costs.get("params"):
         row["compression_rate"] = base_costs["params"] / costs["params"]
@@ -74,7 +78,7 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
             seen: dict[str, int] = {}
             turn: dict[int, int] = {}
             for t in ranked:  # a trial's turn: how many of its method combination scored better
-                method = getattr(t, "user_attrs", {}).get("method", "")
+                method = t.method
                 turn[t.number] = seen.get(method, 0)
                 seen[method] = turn[t.number] + 1
             ranked = sorted(ranked, key=lambda t: (turn[t.number], -t.values[0], t.number))
@@ -86,23 +90,28 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
     return chosen, spread_pick(rest, config.rank_sample) if config.rank_sample else []
 
 
-def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], request_base: Mapping[str, Any],
-                trial_fn: TrialFn, tracker: Any, ckpt: Path, data: Any, split: Any, say: Callable[[str], None],
-                eligible: Sequence[Any] = ()) -> None:
+def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord], *, trial_fn: TrialFn,
+                say: Callable[[str], None], eligible: Sequence[TrialRecord] = (),
+                stage: Callable[[str, str], None] = lambda name, detail: None) -> None:
     """Fine-tune the final set longer and evaluate it - and the base model - on the test split; with
-    ``rank_sample``, also the rank sample, and the rank correlation of trial score with final OA."""
+    ``rank_sample``, also the rank sample, and the rank correlation of trial score with final OA.
+
+    ``s``: the prepared search (its config, tracker, base checkpoint, data and split, and the request
+    template, whose paths this process reads); ``front``: the Pareto trials sorted by cost; ``eligible``:
+    every trial that may be picked (``final_pick`` top), the front when empty."""
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
     from costs.registry import CostSettings, budget_metrics, measure
-    from rsc.data import make_loaders
-    from rsc.evaluation import evaluate
+    from rsc.loaders import make_loaders
+    from rsc.metrics import evaluate
     from costs.targets import compare_latency_on, parse_target
     from search.budget import REPAIR_PASSES, meets_budget, parse_budgets, repair_aim
 
-    base = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    config, tracker, data, split, template = s.config, s.tracker, s.data, s.split, s.request
+    base = model_from_checkpoint(load_checkpoint(s.ckpt)).eval()
     _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
     settings = CostSettings(image_size=data.image_size)
     cost_keys = list(c.name for c in budget_metrics().values())
-    hardware = request_base.get("hardware") or "cpu"
+    hardware = template.hardware or "cpu"
     costs = measure(base, [k for k in cost_keys if k != "latency_ms"], settings)
     target = parse_target(hardware)
     predicted = {}
@@ -120,37 +129,40 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
         return
     what = {"spread": "Pareto model(s)", "top": "best-scored model(s) inside the budget"}.get(
         config.final_pick, "best-scored model(s) of each method inside the budget")
-    say(f"final stage: fine-tuning {len(chosen)} {what}"
-        + (f" by successive halving over {config.final_rungs} rungs" if config.final_rungs > 1 and len(chosen) > 1
-           else "")
-        + (f" and {len(sample)} more for the rank correlation" if sample else "")
-        + f", {config.final_epochs} epochs at the end, then the test split")
+    detail = (f"fine-tuning {len(chosen)} {what}"
+              + (f" by successive halving over {config.final_rungs} rungs" if config.final_rungs > 1 and len(chosen) > 1
+                 else "")
+              + (f" and {len(sample)} more for the rank correlation" if sample else "")
+              + f", {config.final_epochs} epochs at the end, then the test split")
+    say(f"final stage: {detail}")
+    stage("final", detail)
     keep_model = _accepts_return_model(trial_fn)
     budgets = parse_budgets(config.budgets)
-    chosen = _halve(config, result, chosen, request_base, trial_fn, say)
+    chosen = _halve(config, result, chosen, template, trial_fn, say)
     ranked: list[dict[str, Any]] = []
     plans: dict[int, Any] = {}
     picked = {t.number for t in chosen}
-    def fine_tune(t: Any, **extra: Any) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+    def fine_tune(t: TrialRecord, **extra: Any) -> tuple[dict[str, Any], Any, TrialResult] | None:
         try:
-            request = _final_request(config, request_base, t, config.final_epochs, evaluate_test=True, **extra)
-            out = trial_fn(request, return_model=True) if keep_model else trial_fn(request)
+            request = final_request(template, t, seed=config.seed, epochs=config.final_epochs, evaluate_test=True,
+                                    **extra).to_dict()
+            raw = trial_fn(request, return_model=True) if keep_model else trial_fn(request)
+            model = raw.pop("model", None)
+            out = TrialResult.from_dict(raw)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001
             say(f"final stage: trial {t.number} failed: {type(exc).__name__}: {exc}")
             return None
-        model = out.pop("model", None)
-        costs = out.get("costs") or {}
-        row = {"trial": t.number, "method": t.user_attrs.get("method", ""), "val_oa": out.get("val_oa"),
-               "test_oa": out.get("test_oa"), **{k: costs.get(k) for k in cost_keys},
+        costs = out.costs
+        row = {"trial": t.number, "method": t.method, "val_oa": out.val_oa,
+               "test_oa": out.test_oa, **{k: costs.get(k) for k in cost_keys},
                **({"latency_ms_predicted": costs["latency_ms_predicted"]} if "latency_ms_predicted" in costs else {}),
-               "compression_rate": out.get("compression_rate"), "speedup": out.get("speedup"),
-               "search_val_oa": t.values[0], "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
-               **({"zero_shot_oa": t.user_attrs["zero_shot_oa"]} if t.user_attrs.get("zero_shot_oa") is not None
-                  else {}),
+               "compression_rate": out.compression_rate, "speedup": out.speedup,
+               "search_val_oa": t.values[0], "mlflow_run_id": t.mlflow_run_id,
+               **({"zero_shot_oa": t.zero_shot_oa} if t.zero_shot_oa is not None else {}),
                "hardware": hardware}
-        row["meets_budget"] = meets_budget(budgets, row, result.base, out)
+        row["meets_budget"] = meets_budget(budgets, row, result.base, out.to_dict())
         return row, model, out
 
     for t in [*chosen, *sample]:
@@ -160,25 +172,25 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
             continue
         first, passes = done[0], 0
         while not extra and config.latency_repair and passes < REPAIR_PASSES:
-            aim = repair_aim(budgets, done[0], result.base, done[2])
+            aim = repair_aim(budgets, done[0], result.base, done[2].to_dict())
             if aim is None:  # inside, or over another budget than latency's
                 break
             # over a latency budget the table under-predicted: aim lower by that error, fine-tune again
             before = done[0]
-            again = fine_tune(t, limits=request_base.get("limits") or {}, target={"latency_ms": aim})
+            again = fine_tune(t, limits=template.limits, target={"latency_ms": aim})
             if again is None:
                 break
             done, passes = again, passes + 1
             done[0]["repaired"] = {"latency_ms_before": first["latency_ms"], "aim_ms_predicted": aim,
-                                   "projection": done[2].get("projection"), "passes": passes}
+                                   "projection": done[2].projection, "passes": passes}
             say(f"final stage: trial {t.number} measured {before['latency_ms']:.3f} ms, over the latency budget "
                 f"(the table predicted {before['latency_ms_predicted']:.3f}); re-projected onto {aim:.3f} ms as "
                 f"predicted and fine-tuned again: {done[0]['latency_ms']:.3f} ms, "
                 + ("inside it" if done[0]["meets_budget"] else "still over it"))
         row, model, out = done
         ranked.append(row)
-        plans[t.number] = out.get("plan") or t.user_attrs["plan"]
-        run_id = t.user_attrs.get("mlflow_run_id")
+        plans[t.number] = out.plan or t.plan
+        run_id = t.mlflow_run_id
         if run_id:
             tracker.log_metrics(run_id, {f"final_{k}": v for k, v in row.items()
                                          if isinstance(v, (int, float)) and k not in ("trial",)})
@@ -187,14 +199,14 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
             continue
         result.final.append(row)
         if model is not None:
-            _ship_model(config, tracker, result, row, model, out.get("plan"), t.number, data.image_size, say)
+            _ship_model(config, tracker, result, row, model, out.plan, t.number, data.image_size, say)
     if config.final_folds:  # the choice made on every training image (search.crossval)
         from search.crossval import cross_validate
 
         trials = {t.number: t for t in [*chosen, *sample]}
-        cross_validate(config, ranked, plans, lambda n, **x: _final_request(
-            config, request_base, trials[n], config.final_epochs, evaluate_test=False, **x), trial_fn, data, split,
-            request_base.get("device") or "cpu", say)
+        cross_validate(config, ranked, plans, lambda n, **x: final_request(
+            template, trials[n], seed=config.seed, epochs=config.final_epochs, evaluate_test=False, **x), trial_fn,
+            data, split, template.device or "cpu", say)
         for row in ranked:
             if row.get("cv_oa") is not None and row.get("mlflow_run_id"):
                 tracker.log_metrics(row["mlflow_run_id"], {"final_cv_oa": row["cv_oa"]})
@@ -221,17 +233,18 @@ def final_stage(config: SearchConfig, result: SearchResult, front: list[Any], re
             tracker.log_metrics(result.parent_run_id, metrics)
 
 
-def _final_request(config: SearchConfig, request_base: Mapping[str, Any], t: Any, epochs: int, *,
-                   evaluate_test: bool, **extra: Any) -> dict[str, Any]:
-    """A trial's plan fine-tuned again from the base: no projection, no early stop, its own seed (JSON-clean)."""
-    return json.loads(json.dumps({**request_base, "plan": t.user_attrs["plan"], "limits": {}, "epochs": epochs,
-                                  "seed": config.seed * 100003 + t.number, "early_stop": None,
-                                  "zero_shot": False,  # the trial's score is already kept; nothing to screen
-                                  "evaluate_test": evaluate_test, **extra}))
+def final_request(template: TrialRequest, t: TrialRecord, *, seed: int, epochs: int, evaluate_test: bool,
+                  **changes: Any) -> TrialRequest:
+    """Trial ``t``'s plan fine-tuned again from the base: no projection, no early stop, the trial's own seed
+    (:func:`search.request.trial_seed` of the search's ``seed``); ``changes`` override the rest."""
+    return template.replace(**{"plan": t.plan, "limits": {}, "epochs": epochs, "seed": trial_seed(seed, t.number),
+                               "early_stop": None,
+                               "zero_shot": False,  # the trial's score is already kept; nothing to screen
+                               "evaluate_test": evaluate_test, **changes})
 
 
-def _halve(config: SearchConfig, result: SearchResult, chosen: list[Any], request_base: Mapping[str, Any],
-           trial_fn: TrialFn, say: Callable[[str], None]) -> list[Any]:
+def _halve(config: SearchConfig, result: SearchResult, chosen: list[TrialRecord], template: TrialRequest,
+           trial_fn: TrialFn, say: Callable[[str], None]) -> list[TrialRecord]:
     """Successive halving over fine-tune epochs before the final fine-tune (``final_rungs`` > 1).
 
     Rung i of R fine-tunes the candidates left for ``final_epochs / 2**(R-1-i)`` epochs (at least one)
@@ -250,13 +263,14 @@ def _halve(config: SearchConfig, result: SearchResult, chosen: list[Any], reques
         scores: dict[int, float] = {}
         for t in chosen:
             try:
-                out = trial_fn(_final_request(config, request_base, t, epochs, evaluate_test=False, latency=False))
+                out = TrialResult.from_dict(trial_fn(final_request(template, t, seed=config.seed, epochs=epochs,
+                                                                   evaluate_test=False, latency=False).to_dict()))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - a candidate that fails a rung drops out
                 say(f"final stage: trial {t.number} failed at rung {i + 1}: {type(exc).__name__}: {exc}")
                 continue
-            scores[t.number] = float(out["val_oa"])
+            scores[t.number] = float(out.val_oa)
         alive = sorted((t for t in chosen if t.number in scores), key=lambda t: (-scores[t.number], t.number))
         kept = alive[:math.ceil(len(chosen) / 2)]
         result.halving.append({"rung": i + 1, "epochs": epochs, "val_oa": {str(n): v for n, v in scores.items()},
@@ -327,23 +341,21 @@ def _accepts_return_model(fn: Callable) -> bool:
     return "return_model" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tuple[str, str, str]],
-                    base_costs: Mapping[str, float], budget_limits: Mapping[str, float], tracker: Any,
-                    out_dir: Path) -> None:
+def write_artifacts(s: PreparedSearch, result: SearchResult) -> None:
     """Pareto set as CSV/JSON, plots (PNG + HTML) and the summary: on disk and on the parent run."""
     import csv
 
     from tracking.plots import plot_front_html, plot_front_png
 
-    folder = out_dir / "pareto"
+    engine, objectives, base_costs, tracker = s.engine, s.search.objectives, s.base_costs, s.tracker
+    budget_limits = s.budgets.limits()
+    folder = s.config.study_dir / "pareto"
     folder.mkdir(parents=True, exist_ok=True)
     front_ids = {r["trial"] for r in result.front}
     records = []
     for t in engine.complete():
         records.append({"number": t.number, "values": {n: v for (n, _, _), v in zip(objectives, t.values)},
-                        "feasible": bool(t.user_attrs.get("feasible", True) and t.user_attrs.get("above_floor", True)),
-                        "pareto": t.number in front_ids,
-                        "method": t.user_attrs.get("method", "")})
+                        "feasible": t.eligible, "pareto": t.number in front_ids, "method": t.method})
     rows = result.final or result.front
     with open(folder / "front.csv", "w", newline="") as fh:
         keys = list(dict.fromkeys(k for r in ([result.base] if result.base else []) + rows for k in r))
@@ -362,6 +374,8 @@ def write_artifacts(result: SearchResult, engine: Any, objectives: Sequence[tupl
     obj = [(n, d) for n, _, d in objectives]
     title = f"{result.study}: {len(result.front)} Pareto model(s), HV {result.hypervolume:.4f}"
     base = base_point if len(base_point) == len(obj) else None
+    if base is not None and result.base.get("test_oa") is not None:  # the label gives it; the axis stays validation OA
+        base = {**base, "test_oa": result.base["test_oa"]}
     marks = dict(base=base, title=title, budgets=dict(budget_limits), final=result.final,
                  keys={n: k for n, k, _ in objectives})
     plot_front_png(records, obj, folder / "front.png", **marks)

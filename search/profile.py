@@ -29,9 +29,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "sample_plans", "structural_model", "built_plans", "profile_table"]
+from spaces.registry import DEFAULT_METHODS
 
-DEFAULT_METHODS = ("prune", "tucker", "distill")
+__all__ = ["main", "build_parser", "sample_plans", "structural_model", "built_plans", "profile_table",
+           "structural_defaults"]
 
 
 def build_parser() -> Any:
@@ -47,8 +48,9 @@ def build_parser() -> Any:
     p.add_argument("--model", default="resnet18", help="base architecture (rsc.models registry); default resnet18")
     p.add_argument("--image-size", type=int, default=64, help="input side in pixels; default 64")
     p.add_argument("--num-classes", type=int, default=21, help="classes of the head; default 21 (UC Merced)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"methods whose kernels to table, comma-separated; default {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--methods", help="methods whose kernels to table, comma-separated; default: the search's default "
+                                     f"methods that change the structure ({','.join(DEFAULT_METHODS)} without the "
+                                     "post-training ones)")
     p.add_argument("--depth-bins", type=int, default=4, help="as search.run's --depth-bins; default 4")
     p.add_argument("--plans", type=int, default=40, help="random plans whose kernels are tabled; default 40")
     p.add_argument("--points", type=int, default=8, help="grid values per channel dim; default 8")
@@ -139,6 +141,14 @@ def built_plans(base: Any, plans: Iterable[Any], context: Any) -> Iterator[tuple
         except SpaceError:
             continue
         yield i, plan, model
+
+
+def structural_defaults() -> list[str]:
+    """The search's default methods that change a model's structure (a post-training step adds no kernel kind
+    a float table could time)."""
+    from spaces.registry import resolve_space, space_class
+
+    return [m for m in DEFAULT_METHODS if not space_class(resolve_space(m)).post_training]
 
 
 def profile_table(*, target: Any, model: str, image_size: int, num_classes: int, methods: Sequence[str],
@@ -253,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             join_for_target(args.ray_address, target.spec)
         target.check()
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+                   else structural_defaults())
         table = profile_table(target=target, model=args.model, image_size=args.image_size,
                               num_classes=args.num_classes, methods=methods, depth_bins=args.depth_bins,
                               plans=args.plans, points=args.points, calibration=args.calibration,

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from search.engines.base import TrialRecord
 
 __all__ = ["Reporter", "TerminalReporter", "SearchResult", "cost_columns", "render", "render_table"]
 
@@ -30,6 +33,10 @@ class Reporter:
 
     def close(self) -> None:
         """The trial loop ended."""
+
+    def stage(self, name: str, detail: str) -> None:
+        """The search entered a stage after its trials (``name``: ``"final"``); ``detail`` says what it does
+        there (its ``message`` says the same as a line)."""
 
 
 class TerminalReporter(Reporter):
@@ -97,37 +104,31 @@ class SearchResult:
     hardware: str = "cpu"  # the costs.targets spec latency and speed-up were measured on
     hardware_fingerprint: dict[str, Any] = field(default_factory=dict)
     hardware_note: str = ""  # Target.describe()
-    chosen: dict[str, Any] | None = None  # search.final.chosen_row: the final model a user ships
+    chosen: dict[str, Any] | None = None  # search.crossval.chosen_row: the final model a user ships
     rank_sample: list[dict[str, Any]] = field(default_factory=list)  # extra trials fine-tuned for ``rank``
     rank: dict[str, Any] = field(default_factory=dict)  # trial score vs final OA (tracking.stats.rank_correlation)
-    halving: list[dict[str, Any]] = field(default_factory=list)  # the final stage's rungs (search.final._halve)
+    halving: list[dict[str, Any]] = field(default_factory=list)  # the final stage's successive-halving rungs
 
 
-def stored_rows(study: Any) -> list[dict[str, Any]]:
+def stored_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """The report rows (:attr:`SearchResult.trials`) of the trials an earlier process finished, as
-    ``search.driver.Search.record`` wrote them, less the hypervolume and front size at the time; trials
-    stored before the ``outcome`` attribute existed get their state from Optuna's (infeasible shows as
+    ``search.state.Search.record`` wrote them, less the hypervolume and front size at the time; trials
+    stored before the ``outcome`` attribute existed get their state from the engine's (infeasible shows as
     pruned). Interrupted trials have no row, as in the run that interrupted them."""
-    from optuna.trial import TrialState
-
-    from search.engines.optuna_engine import INTERRUPTED, LOST
-
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        a = t.user_attrs
-        if a.get(INTERRUPTED):
+    for t in trials:
+        if t.state not in ("complete", "pruned", "fail") or t.interrupted:
             continue
-        old = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "lost" if a.get(LOST) else "failed")
-        row: dict[str, Any] = {"number": t.number, "method": a.get("method"), "state": a.get("outcome", old)}
-        if t.state == TrialState.COMPLETE:
-            row.update(feasible=a.get("feasible", True), val_oa=t.values[0], costs=dict(a.get("costs") or {}),
-                       values=list(t.values))
+        old = {"complete": "complete", "pruned": "pruned"}.get(t.state, "lost" if t.lost else "failed")
+        row: dict[str, Any] = {"number": t.number, "method": t.method or None, "state": t.outcome or old}
+        if t.state == "complete":
+            row.update(feasible=t.feasible, val_oa=t.values[0], costs=dict(t.costs), values=list(t.values))
         elif row["state"] == "pruned":
-            row["val_oa"] = a.get("val_oa")
-            if a.get("screened"):
+            row["val_oa"] = t.val_oa
+            if t.screened:
                 row["screened"] = True
         elif row["state"] in ("failed", "lost"):
-            row["error"] = a.get("error") or a.get(LOST) or ""
+            row["error"] = t.error or t.lost or ""
         rows.append(row)
     return rows
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import signal
 import sys
 from typing import Any, Iterator, Sequence
@@ -24,16 +23,10 @@ __all__ = ["main", "run", "build_parser", "config_from_args", "Reporter", "Searc
 SYNTHETIC_BASE_EPOCHS = 5  # the demo's quick base model when neither --data nor --base-epochs is given
 
 
-def _value_type(annotation: str) -> Any:
-    for name, kind in (("int", int), ("float", float)):
-        if annotation.split("|")[0].strip() == name:
-            return kind
-    return str
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser, one flag per :class:`SearchConfig` field that has help (defaults stay in the config)."""
     from rsc.cli import ArgumentParser
+    from rsc.options import add_options
     from search.budget import grammar
 
     p = ArgumentParser(
@@ -42,38 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=grammar() + ". Example: python -m search.run --budget 'params<25%%' --data "
                "../shared/datasets/UCMerced_LandUse --methods prune,tucker,quant --trials 40")
     p.add_argument("--config", help="JSON file of settings (flags override it)")
-    defaults = SearchConfig()
-    for f in dataclasses.fields(SearchConfig):
-        meta = f.metadata
-        if not meta.get("help"):
-            continue
-        default = getattr(defaults, f.name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        text = meta["help"].replace("{default}", str(shown).replace("%", "%%"))
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):  # a switch away from the default
-            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=None,
-                           help=text)
-        elif meta.get("repeat"):
-            p.add_argument(flag, dest=f.name, action="append", metavar=meta.get("metavar"), help=text)
-        else:
-            p.add_argument(flag, dest=f.name, choices=meta.get("choices"), metavar=meta.get("metavar"), help=text,
-                           type=None if meta.get("list") else _value_type(str(f.type)))
+    add_options(p, SearchConfig)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     """The config of a parsed command line: defaults < ``--config`` file < flags."""
-    over: dict[str, Any] = {}
-    for f in dataclasses.fields(SearchConfig):
-        value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        if f.metadata.get("repeat"):
-            value = tuple(value)
-        elif f.metadata.get("list"):
-            value = tuple(x.strip() for x in value.split(",") if x.strip())
-        over[f.name] = value
+    from rsc.options import options_from_args
+
+    over = options_from_args(args, SearchConfig)
     if "early_stop_margin" in over and over["early_stop_margin"] < 0:
         over["early_stop_margin"] = None
     if args.data is None and args.base_epochs is None and not args.config:

@@ -3,7 +3,9 @@
 :func:`prepare` parses the budgets and objectives, reaches the tracking store (and the Ray
 address), builds the joint space, loads the data and its split, measures the base model's
 costs, drops the method combinations that cannot reach the budget, opens the Optuna study,
-trains (or loads) the base model, and starts or resumes the MLflow parent run.
+trains (or loads) the base model, and starts or resumes the MLflow parent run. It also builds the
+template every trial request is made from (:class:`search.request.TrialRequest`): the one place a
+request's data reference, base model, limits and fine-tune settings are set.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search.config import SearchConfig
-from search.driver import Search
+from search.engines.base import Engine
+from search.request import DataRef, TrialRequest
+from search.state import Search
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["PreparedSearch", "prepare"]
 
 
 @dataclass
-class Prepared:
-    """What :func:`prepare` leaves for the trial loop."""
+class PreparedSearch:
+    """What :func:`prepare` leaves for the trial loop and the final stage."""
 
+    config: SearchConfig
     search: Search
-    engine: Any
+    engine: Engine
     tracker: Any
     joint: Any
     budgets: Any
@@ -43,7 +48,7 @@ class Prepared:
     floors: dict[str, dict[str, float]]
     target_key: str | None
     target_ceiling: float | None
-    request_base: dict[str, Any]
+    request: TrialRequest  # the template of every trial's request (no plan, no seed yet)
     ray_nodes: dict[str, Any]
     hardware: Any = None  # the costs.targets.Target latency is measured on
     hardware_fingerprint: dict[str, Any] | None = None
@@ -58,7 +63,7 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
+def prepare(config: SearchConfig, say: Callable[[str], None]) -> PreparedSearch:
     """Check the input and set up study, tracking, data and base model (see the module docstring).
 
     Raises:
@@ -67,15 +72,16 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     import torch
 
     from costs.registry import CostSettings, analytic_costs, measure
-    from rsc.data import load_scene_data, make_split
+    from rsc.scenes import load_scene_data
+    from rsc.splits import make_split
     from rsc.models import create_model
     from costs.targets import compare_latency_on, parse_target
-    from rsc.training import resolve_device
+    from rsc.loop import resolve_device
     from search.base_model import search_base_checkpoint
     from search.budget import parse_budgets
     from search.engines.optuna_engine import OptunaEngine
     from search.space import JointSpace
-    from search.targets import check_reachable, objective_specs, target_key
+    from search.aims import check_reachable, objective_specs, target_key
     from spaces.base import Context
     from tracking.mlflow_log import Tracker, check_tracking_uri, default_tracking_uri
 
@@ -162,7 +168,7 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
                           "already trained on these classes (used as is): its folds would be scored on images it saw; "
                           "give backbone weights, or no --final-folds")
     if config.final_folds:  # a class too small for the folds: refused now, not after the search
-        from rsc.data import fold_split
+        from rsc.splits import fold_split
 
         fold_split(data, split, folds=config.final_folds, fold=0)
 
@@ -170,9 +176,9 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
     if parent_id and engine.get_attr("mlflow_tracking_uri") == uri:
         tracker.resume_parent(parent_id)
         stale = engine.recover()
-        for t in engine.study.get_trials(deepcopy=False):
-            if t.number in stale and t.user_attrs.get("mlflow_run_id"):
-                tracker.finish_trial(t.user_attrs["mlflow_run_id"], tags={"state": "INTERRUPTED"}, status="KILLED")
+        for t in engine.trials():
+            if t.number in stale and t.mlflow_run_id:
+                tracker.finish_trial(t.mlflow_run_id, tags={"state": "INTERRUPTED"}, status="KILLED")
         say(f"resuming study {config.study_name}: {len(engine.finished())} finished trial(s) kept"
             + (f", {len(stale)} interrupted trial(s) marked failed" if stale else ""))
     else:
@@ -197,21 +203,18 @@ def prepare(config: SearchConfig, say: Callable[[str], None]) -> Prepared:
         engine.set_attr("mlflow_parent_run_id", parent_id)
         engine.set_attr("mlflow_tracking_uri", uri)
 
-    request_base = {
-        "data": config.data_request(split.digest),
-        "base_checkpoint": str(Path(ckpt).resolve()), "limits": limits, "base_costs": base_costs,
-        "epochs": config.fidelity_epochs, "lr": config.finetune_lr, "batch_size": config.batch_size,
-        "device": device, "calibration_batches": config.calibration_batches, "bn_batches": config.bn_batches,
-        "latency": config.latency, "hardware": hardware.spec,
-        **({"distill": True} if config.finetune_kd else {}),
-        **({"zero_shot": True} if config.zero_shot else {}),
-    }
+    request = TrialRequest(
+        data=DataRef.from_dict(config.data_request(split.digest)), base_checkpoint=str(Path(ckpt).resolve()),
+        limits=limits, base_costs=base_costs, epochs=config.fidelity_epochs, lr=config.finetune_lr,
+        batch_size=config.batch_size, device=device, calibration_batches=config.calibration_batches,
+        bn_batches=config.bn_batches, latency=config.latency, hardware=hardware.spec,
+        finetune_kd=config.finetune_kd, zero_shot=config.zero_shot)
     search = Search(config, engine, tracker, parent_id, joint, budgets, objectives, base_costs)
-    return Prepared(search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets, uri=uri,
-                    device=device, data=data, split=split, ckpt=Path(ckpt), arch=arch, skeleton=skeleton,
-                    context=context, base_costs=base_costs, floors=floors, target_key=key, target_ceiling=ceiling,
-                    request_base=request_base, ray_nodes=ray_nodes, hardware=hardware,
-                    hardware_fingerprint=fingerprint, ray_joined=ray_joined)
+    return PreparedSearch(config=config, search=search, engine=engine, tracker=tracker, joint=joint, budgets=budgets,
+                          uri=uri, device=device, data=data, split=split, ckpt=Path(ckpt), arch=arch,
+                          skeleton=skeleton, context=context, base_costs=base_costs, floors=floors, target_key=key,
+                          target_ceiling=ceiling, request=request, ray_nodes=ray_nodes, hardware=hardware,
+                          hardware_fingerprint=fingerprint, ray_joined=ray_joined)
 
 
 def _check_hardware(config: SearchConfig, hardware: Any, joint: Any, say: Callable[[str], None]) -> bool:

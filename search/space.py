@@ -1,20 +1,17 @@
 """The joint conditional search space: which methods to chain, then each method's own choices.
 
-A trial first picks a *combination* (``"prune"``, ``"tucker"``, ``"prune+quant"``...) as one
-categorical choice; the plan holds the choices of that combination's methods only. Every
-method's parameters are nevertheless *suggested* in every trial (those of methods outside the
-combination are inactive): Optuna's NSGA-II, multivariate TPE and GP samplers evolve or model
-only the parameters that every finished trial shares (their intersection search space) and
-sample the rest at random, so a conditional space would turn them into random search. Measured
-on UC Merced (ResNet-18, 64 px, params <= 25%, 24 trials, 3 seeds): with conditional
-parameters NSGA-II's hypervolume equalled random search's to the last digit. Parameter names
-carry the space's prefix, so a method's choices are shared between the combinations that
-contain it and the samplers learn across them.
+A trial first picks a *combination* of methods (one categorical choice, e.g. pruning then int8);
+the plan holds the choices of that combination's methods only. Every method's parameters are
+nevertheless *suggested* in every trial (those of methods outside the combination are inactive):
+Optuna's NSGA-II, multivariate TPE and GP samplers evolve or model only the parameters that every
+finished trial shares (their intersection search space) and sample the rest at random, so a
+conditional space would turn them into random search (measured: ``benchmarks/README.md``, search).
+Parameter names carry the space's prefix, so a method's choices are shared between the
+combinations that contain it and the samplers learn across them.
 
 The search gives the layer-wise spaces ``bins`` (``--depth-bins``, default 4): one ratio, rank
-pair or sparsity per contiguous depth bin of the layers rather than per layer, 15 parameters
-instead of 48 for prune/tucker/quant on ResNet-18; on the UC Merced benchmark the mean
-hypervolume of 9 runs rose from 0.543 to 0.610 (``search/README.md``).
+pair or sparsity per contiguous depth bin of the layers rather than per layer (15 parameters
+instead of 48 for pruning, Tucker-2 and int8 on ResNet-18), which the samplers model better.
 
 Methods chain in stage order: structural (pruning, decomposition) -> distillation (a fine-tuning
 loss) -> post-training (int8 quantisation); at most one method per stage.
@@ -22,29 +19,13 @@ loss) -> post-training (int8 quantisation); at most one method per stage.
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from spaces.errors import SpaceError
 
-__all__ = ["load_spaces", "Method", "JointSpace"]
-
-
-def load_spaces() -> list[str]:
-    """Import every module of the ``spaces`` package so that its spaces register; returns the names."""
-    import spaces
-    from spaces.registry import list_spaces
-
-    for info in pkgutil.iter_modules(spaces.__path__):
-        if not info.name.startswith("_") and info.name not in ("registry", "base", "errors"):
-            try:
-                importlib.import_module(f"spaces.{info.name}")
-            except ImportError:  # an optional dependency of one method: the others still work
-                continue
-    return list_spaces()
+__all__ = ["SearchMethod", "JointSpace"]
 
 
 def _stage(space: Any) -> int:
@@ -53,7 +34,7 @@ def _stage(space: Any) -> int:
 
 
 @dataclass(frozen=True)
-class Method:
+class SearchMethod:
     """A method of the search: its command-line name, its space and that space's stage."""
 
     name: str
@@ -77,9 +58,8 @@ class JointSpace:
                  options: Mapping[str, Mapping[str, Any]] | None = None, bins: int | None = None) -> None:
         from spaces.registry import get_space, resolve_space, space_class
 
-        load_spaces()
         options = dict(options or {})
-        self.methods: dict[str, Method] = {}
+        self.methods: dict[str, SearchMethod] = {}
         self._spaces: dict[str, Any] = {}
         for m in methods:
             if m in self.methods:
@@ -89,7 +69,7 @@ class JointSpace:
             if bins and space_class(space_name).binnable:
                 opts.setdefault("bins", bins)
             space = get_space(space_name, **opts)
-            self.methods[m] = Method(m, space_name, _stage(space), opts)
+            self.methods[m] = SearchMethod(m, space_name, _stage(space), opts)
             self._spaces[m] = space
         self.combos: list[str] = []
         names = list(self.methods)

@@ -18,9 +18,11 @@ A *space* is one compression method seen as a search space. It does three things
   is moved to the budget instead of wasted.
 
 What a method *is* - applied after fine-tuning, a distillation loss, zeros to keep, searchable
-per depth bin, its short names - is said by class attributes (:class:`Space`), which the
-compress path, the fine-tune and the search read; no code outside a space's own module tests
-its name.
+per depth bin, its short names, the cost its compression rate is measured on, trained before its
+transform (soft filter pruning, Network Slimming: :class:`TrainingHooks`) - is said by class
+attributes (:class:`Space`), which the compress path, the fine-tune, the search and the study read;
+no code outside a space's own module tests its name. A space's *presets* (:class:`Preset`) are its
+named starting points: the methods a study compares (``l1``: channel pruning by L1 norm).
 
 A :class:`Plan` is the base architecture plus the list of applied steps, each step the space name,
 its params and its record. It is frozen and round-trips through JSON, which is what export,
@@ -60,7 +62,7 @@ class Context:
             data-dependent choices (Taylor importance, int8 calibration); ``None`` when rebuilding.
         seed: Seeds the example inputs so that every build is deterministic.
         latency_table: A latency table of the target (:class:`costs.latency.table.LatencyTable`),
-            for choices allocated by latency (:mod:`spaces.allocated`); ``None`` elsewhere.
+            for choices allocated by latency (:mod:`spaces.allocation`); ``None`` elsewhere.
     """
 
     num_classes: int
@@ -189,6 +191,49 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class TrainingHooks:
+    """What a space does to the model while it trains before the space's transform (:attr:`Space.pretransform_share`).
+
+    Each is called with the model being trained: ``start`` once before the first epoch,
+    ``after_backward`` between every backward pass and optimiser step (a sparsity regulariser adds its
+    subgradient there), ``end_of_epoch`` after each epoch's last step (before BatchNorm statistics are
+    re-estimated and the epoch validated).
+    """
+
+    start: Callable[[nn.Module], None] | None = None
+    after_backward: Callable[[nn.Module], None] | None = None
+    end_of_epoch: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """A named starting configuration of a space: one method a study compares with it.
+
+    ``start(space, model, context) -> params`` gives the params on a trained model. A study moves them onto
+    its compression rate with :meth:`Space.scale`, which it only strengthens, so a start is weak (5% pruned,
+    ranks at 95%) - unless ``fixed_rate``: the preset decides its own rate (EVBMF ranks) and is not moved.
+
+    Attributes:
+        name: The method's name, unique over all spaces' presets (a study's cell ids carry it).
+        family: Where the method sits in the research taxonomy: ``weight``, ``local`` or ``global``
+            compression, or ``pruning`` (a criterion of the structured-pruning comparison).
+        what: One line saying what the method is (with its reference).
+        start: The starting params.
+        options: The space's constructor options (``get_space(name, **options)``).
+        fixed_rate: The preset decides its own rate.
+        variant: A variant of a published method: listed, not in a study's default comparisons.
+    """
+
+    name: str
+    family: str
+    what: str
+    start: Callable[[Any, nn.Module, Context], Params]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fixed_rate: bool = False
+    variant: bool = False
+
+
+@dataclass(frozen=True)
 class Transformed:
     """A compressed model and the JSON record that replays it without data."""
 
@@ -219,6 +264,16 @@ class Space(ABC):
     keeps_sparsity: ClassVar[bool] = False
     #: The constructor takes ``bins``: one value per contiguous depth bin of the layers.
     binnable: ClassVar[bool] = False
+    #: What a compression rate of the method is measured on: ``params`` (original / compressed parameter
+    #: count), or ``nonzero_params`` where the method zeroes weights in tensors it keeps (unstructured pruning).
+    rate_cost: ClassVar[str] = "params"
+    #: The share of a fine-tune spent training the model *before* :meth:`transform`, under
+    #: :meth:`training_hooks`; the rest fine-tunes the transformed model (0: compress, then fine-tune;
+    #: soft filter pruning: 1, the filters removed at the end; Network Slimming: 0.5, sparsity first).
+    #: :func:`spaces.finetune.finetune_plan` honours it.
+    pretransform_share: ClassVar[float] = 0.0
+    #: Named starting configurations (:class:`Preset`): the methods a study compares with this space.
+    presets: ClassVar[tuple[Preset, ...]] = ()
 
     @abstractmethod
     def suggest(self, trial: Any, model: nn.Module, context: Context) -> Params:
@@ -260,6 +315,11 @@ class Space(ABC):
     def trial_params(self, params: Params, model: nn.Module, context: Context) -> dict[str, Any]:
         """Trial values for which :meth:`suggest` returns ``params`` (inverse of suggest)."""
         raise NotImplementedError(f"{self.name} does not map params back to trial values")
+
+    def training_hooks(self, model: nn.Module, params: Params, context: Context) -> TrainingHooks:
+        """The hooks of the training before :meth:`transform` (``pretransform_share > 0``), for ``model``,
+        the model being trained. The default does nothing."""
+        return TrainingHooks()
 
     def finetune_loss(self, params: Params, teacher: nn.Module, *, label_smoothing: float = 0.0
                       ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:

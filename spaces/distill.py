@@ -5,7 +5,7 @@
 and the student starts from the teacher's surviving weights) or another torchvision family at a
 width/depth multiplier (random init). The KD loss settings (temperature, alpha) are part of the
 params; :func:`kd_loss` builds the loss that :func:`spaces.finetune.finetune` hands to
-``rsc.training.fit``. The teacher is always the uncompressed model.
+``rsc.loop.fit``. The teacher is always the uncompressed model.
 
 Width uses a family's own multiplier where torchvision has one (MobileNet V2/V3, EfficientNet-B0)
 and uniform L1 channel thinning otherwise; depth scales the blocks per stage of ResNet,
@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from spaces.checks import check_fraction, check_no_extra
-from spaces.base import Context, Params, Record, Space, Transformed
+from spaces.base import Context, Params, Preset, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
 
@@ -39,7 +39,7 @@ def kd_loss(teacher: nn.Module, *, temperature: float, alpha: float, label_smoot
             ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Hinton's loss ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE(student, y)``.
 
-    Returns a ``loss_fn(logits, y, x)`` for ``rsc.training.fit``; the teacher runs on ``x`` in eval
+    Returns a ``loss_fn(logits, y, x)`` for ``rsc.loop.fit``; the teacher runs on ``x`` in eval
     mode without gradients. ``T^2`` keeps the soft-target gradients on the CE scale.
     ``label_smoothing`` applies to the hard-label CE term (the search uses ``fit``'s 0.1).
     """
@@ -115,8 +115,12 @@ class Distillation(Space):
         alphas: Range ``(low, high)`` of the sampled soft-loss weight.
     """
 
-    aliases = ("distill", "kd")
+    aliases = ("distill",)
     distill = True
+    presets = (Preset(name="distill-self", family="global",
+                      what="KD into the network thinned to the rate (L1-chosen channels)",
+                      start=lambda space, model, context: {"student": {"family": "self", "width": 0.95, "depth": 1.0},
+                                                           "temperature": TEMPERATURE, "alpha": ALPHA}),)
 
     def __init__(self, *, families: Sequence[str] = ("self", "mobilenet_v2", "resnet18"),
                  min_width: float = 0.25, width_step: float = 0.125, depths: Sequence[float] = (0.5, 1.0),

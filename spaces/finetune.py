@@ -7,27 +7,30 @@ Compression moves the activations every later layer sees; two cheap remedies:
   at zero fine-tuning epochs (the search's cheapest fidelity).
 * :func:`zero_epoch_oa` scores a compressed model so, on a copy: EagleEye's adaptive-BN
   accuracy (Li et al. 2020), a candidate's rank before any fine-tuning.
-* :func:`finetune` runs a short ``rsc.training.fit`` schedule, optionally distilling from the
+* :func:`finetune` runs a short ``rsc.loop.fit`` schedule, optionally distilling from the
   uncompressed model (``loss_fn``), keeps magnitude-pruned zeros at zero (the zero pattern is
   applied as a fixed mask during training and made permanent again afterwards) and, given
   ``bn_batches``, re-estimates BatchNorm statistics after every epoch, before it is validated.
 
 :func:`finetune_plan` is the one way a plan becomes a trained compressed model - the search's
-trials and final stage and the benchmarks all take it: compress the steps that come before
-fine-tuning, fine-tune (with the loss a distillation step asks for), then apply the
-post-training steps (int8) with calibration batches.
+trials and final stage, the study and the benchmarks all take it: compress the steps that come
+before fine-tuning, fine-tune (with the loss a distillation step asks for), then apply the
+post-training steps (int8) with calibration batches. A step whose space trains the model before
+its transform (``Space.pretransform_share``: soft filter pruning, Network Slimming) splits the
+fine-tune in two: that share of the epochs under the space's hooks, the transform, the rest.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from rsc.training import recalibrate_bn
-from spaces.base import Context, Plan
+from rsc.loop import recalibrate_bn
+from spaces.base import Context, Plan, TrainingHooks
 from spaces.errors import SpaceError
 
 
@@ -48,12 +51,12 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
              seed: int = 0, keep_sparsity: bool = True, min_sparsity: float = 0.05,
              progress: bool = False, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
              | None = None, on_epoch: Callable[[dict], None] | None = None,
-             bn_batches: Sequence[Any] | None = None) -> list[dict]:
-    """Fine-tune a compressed model in place with ``rsc.training.fit``.
+             bn_batches: Sequence[Any] | None = None, hooks: TrainingHooks | None = None) -> list[dict]:
+    """Fine-tune a compressed model in place with ``rsc.loop.fit``.
 
     Args:
         model: The compressed model (not quantised: fine-tune before ``quant.int8``).
-        train_loader: Batches ``(x, y)`` (see ``rsc.data.make_loaders``).
+        train_loader: Batches ``(x, y)`` (see ``rsc.loaders.make_loaders``).
         epochs: Passes over the data; 0 returns at once.
         lr: Peak learning rate; lower than from-scratch training since the weights are trained.
         teacher: The uncompressed model; when given, Hinton KD with ``temperature``/``alpha``.
@@ -67,11 +70,14 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
             behind weights that a short fine-tune is still moving: on UC Merced at 64 px, a
             ResNet-18 pruned to 1/4 of its params read 0.49 validation OA after one epoch and
             0.67 once re-estimated on 4 batches; at 1/16, 0.16 and 0.42.
+        hooks: A space's hooks for the training before its transform (:class:`spaces.base.TrainingHooks`):
+            ``start`` before the first epoch, ``after_backward`` at every step, ``end_of_epoch`` before
+            the BatchNorm re-estimation.
 
     Returns:
         ``fit``'s per-epoch history.
     """
-    from rsc.training import fit
+    from rsc.loop import fit
 
     from spaces.quant import is_quantized
 
@@ -84,9 +90,12 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
 
         teacher.to(device)
         loss_fn = kd_loss(teacher, temperature=temperature, alpha=alpha)
-    end_of_epoch = None
-    if bn_batches:
-        def end_of_epoch(m: nn.Module) -> None:
+    hooks = hooks or TrainingHooks()
+
+    def end_of_epoch(m: nn.Module) -> None:
+        if hooks.end_of_epoch is not None:
+            hooks.end_of_epoch(m)
+        if bn_batches:
             recalibrate_bn(m, bn_batches, max_batches=len(bn_batches), device=device)
 
     masked: list[nn.Module] = []
@@ -96,10 +105,13 @@ def finetune(model: nn.Module, train_loader: Any, *, epochs: int, lr: float = 0.
         for m in _sparse_layers(model, min_sparsity):
             tprune.custom_from_mask(m, "weight", (m.weight.detach() != 0).to(m.weight.dtype))
             masked.append(m)
+    if hooks.start is not None and epochs > 0:  # after the masks: zeros the hooks make are free to grow back
+        hooks.start(model)
     try:
         return fit(model, train_loader, epochs=epochs, lr=lr, val_loader=val_loader, num_classes=num_classes,
                    loss_fn=loss_fn, device=device, seed=seed, progress=progress, desc="finetune",
-                   on_epoch=on_epoch, end_of_epoch=end_of_epoch)
+                   on_epoch=on_epoch, after_backward=hooks.after_backward,
+                   end_of_epoch=end_of_epoch if bn_batches or hooks.end_of_epoch else None)
     finally:
         if masked:
             import torch.nn.utils.prune as tprune
@@ -116,7 +128,7 @@ def zero_epoch_oa(model: nn.Module, bn_batches: Sequence[Any], val_loader: Any, 
     caller's model - and the fine-tune that follows - is exactly as it was."""
     import copy
 
-    from rsc.evaluation import evaluate
+    from rsc.metrics import evaluate
 
     scored = copy.deepcopy(model)
     if bn_batches:
@@ -141,6 +153,13 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
                   progress: bool = False) -> tuple[nn.Module, Plan, list[dict]]:
     """Compress ``base_model`` by ``plan``, fine-tune, then apply the post-training steps (int8).
 
+    A step whose space trains the model before its transform (``pretransform_share > 0``) and every
+    step after it wait: the model compressed by the steps before it trains ``floor(epochs * share)``
+    epochs under that space's :class:`TrainingHooks` (zeros free to grow back), then those steps
+    transform it and the rest of the epochs fine-tune it (soft filter pruning: all epochs soft-pruned,
+    the filters removed at the end; Network Slimming: half sparsity-regularised, pruned by BN scale,
+    half fine-tuned). The history counts the epochs of both parts as one fine-tune.
+
     Args:
         base_model: The trained uncompressed model (also the KD teacher); not mutated.
         plan: Steps to apply (records, if present, are replayed).
@@ -156,8 +175,10 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
         recalibrate_first: Also re-estimate them once before fine-tuning.
         val_loader, on_epoch: Passed to ``fit``; an ``on_epoch`` that raises :class:`StopFinetune`
             ends the fine-tune (the exception carries the plan compressed so far).
-        on_compressed: Called with the compressed model before it is fine-tuned; it may raise
-            :class:`StopFinetune` too (the plan compressed is set on it as for ``on_epoch``).
+        on_compressed: Called with the compressed model before it is fine-tuned (after the training
+            before a transform, where a step has one); it may raise :class:`StopFinetune` too (the plan
+            compressed is set on it as for ``on_epoch``; stopped before a transform: the plan unrecorded
+            from that step on).
         label_smoothing: Of the KD loss's hard-label term (``fit``'s own CE uses 0.1).
 
     Returns:
@@ -167,14 +188,15 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
 
     pre, post = split_plan(plan)
     ctx = context or plan.context()
-    model, pre_done = compress(base_model, pre, ctx)
+    # the steps from the first one trained before its transform (SFP, slimming) wait for that training
+    trained = [space_of(s).pretransform_share > 0 for s in pre.steps]
+    cut = trained.index(True) if any(trained) else len(pre.steps)
+    head, rest = (Plan(base=plan.base, steps=pre.steps[:cut]), Plan(base=plan.base, steps=pre.steps[cut:]))
+    before = math.floor(epochs * max(space_of(s).pretransform_share for s in rest.steps)) if rest.steps else 0
+    model, pre_done = compress(base_model, head, ctx)
     model.to(device)
-    if on_compressed is not None:
-        try:
-            on_compressed(model)
-        except StopFinetune as stop:  # stopped before any fine-tuning (a search's zero-epoch screen)
-            stop.plan = pre_done
-            raise
+    if not rest.steps:
+        _compressed(on_compressed, model, pre_done)
     if isinstance(bn_batches, int):
         batches = [(b[0].detach().cpu(), b[1].detach().cpu()) for _, b in zip(range(bn_batches), train_loader)]
     else:
@@ -182,28 +204,35 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
     if recalibrate_first:
         recalibrate_bn(model, batches, max_batches=len(batches), device=device)
     history: list[dict] = []
-    if epochs > 0:
-        loss_fn = None
-        kd = [s for s in pre.steps if space_of(s).distill]
-        if kd or distill:
-            teacher = base_model
-            want = torch.device(device)
-            if any(t.device.type != want.type or want.index not in (None, t.device.index)
-                   for t in teacher.parameters()):
-                import copy
+    loss_fn = _loss(base_model, pre, distill, device, label_smoothing) if epochs > 0 else None
+    train = dict(lr=lr, loss_fn=loss_fn, val_loader=val_loader, num_classes=ctx.num_classes, device=device, seed=seed,
+                 progress=progress, bn_batches=batches)
+    if rest.steps:
+        if before > 0:
+            hooks = [space_of(s).training_hooks(model, s.params, ctx) for s in rest.steps]
+            try:  # the zeros of the steps before are kept, those the hooks make may grow back
+                history = finetune(model, train_loader, epochs=before, min_sparsity=0.0, on_epoch=on_epoch,
+                                   keep_sparsity=any(space_of(s).keeps_sparsity for s in head.steps),
+                                   hooks=_chained(hooks), **train)
+            except StopFinetune as stop:
+                stop.plan = Plan(base=plan.base, steps=(*pre_done.steps, *rest.steps))
+                raise
+        model, rest_done = compress(model, rest, ctx)
+        model.to(device)
+        pre_done = Plan(base=plan.base, steps=(*pre_done.steps, *rest_done.steps))
+        _compressed(on_compressed, model, pre_done)
+        if recalibrate_first:
+            recalibrate_bn(model, batches, max_batches=len(batches), device=device)
+    if epochs - before > 0:
+        def shifted(record: dict) -> None:  # the epochs of the two parts counted as one fine-tune
+            record["epoch"] += before
+            if on_epoch is not None:
+                on_epoch(record)
 
-                teacher = copy.deepcopy(base_model).to(device)  # never move the caller's model
-            if kd and distill is not False:
-                loss_fn = space_of(kd[-1]).finetune_loss(kd[-1].params, teacher, label_smoothing=label_smoothing)
-            elif distill:
-                from spaces.distill import ALPHA, TEMPERATURE, kd_loss
-
-                loss_fn = kd_loss(teacher, temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=label_smoothing)
         try:
-            history = finetune(model, train_loader, epochs=epochs, lr=lr, loss_fn=loss_fn, val_loader=val_loader,
-                               num_classes=ctx.num_classes, device=device, seed=seed, progress=progress,
-                               keep_sparsity=any(space_of(s).keeps_sparsity for s in pre.steps), min_sparsity=0.0,
-                               on_epoch=on_epoch, bn_batches=batches)
+            history += finetune(model, train_loader, epochs=epochs - before, min_sparsity=0.0,
+                                keep_sparsity=any(space_of(s).keeps_sparsity for s in pre.steps),
+                                on_epoch=shifted if before else on_epoch, **train)
         except StopFinetune as stop:
             stop.plan = pre_done
             raise
@@ -214,3 +243,53 @@ def finetune_plan(base_model: nn.Module, plan: Plan, train_loader: Any, *, epoch
     qctx = ctx if ctx.calibration else dataclasses.replace(ctx, calibration=batches)
     model, post_done = compress(model.cpu(), post, qctx)  # post-training kernels run on the CPU
     return model.eval(), Plan(base=plan.base, steps=(*pre_done.steps, *post_done.steps)), history
+
+
+def _compressed(on_compressed: Callable[[nn.Module], None] | None, model: nn.Module, done: Plan) -> None:
+    if on_compressed is not None:
+        try:
+            on_compressed(model)
+        except StopFinetune as stop:  # stopped before any fine-tuning of the compressed model (a zero-epoch screen)
+            stop.plan = done
+            raise
+
+
+def _chained(hooks: Sequence[TrainingHooks]) -> TrainingHooks:
+    """One :class:`TrainingHooks` calling each of ``hooks`` in turn."""
+    def each(kind: str) -> Callable[[nn.Module], None] | None:
+        fns = [getattr(h, kind) for h in hooks if getattr(h, kind) is not None]
+        if not fns:
+            return None
+        if len(fns) == 1:
+            return fns[0]
+
+        def each_in_turn(m: nn.Module) -> None:
+            for fn in fns:
+                fn(m)
+
+        return each_in_turn
+
+    return TrainingHooks(start=each("start"), after_backward=each("after_backward"), end_of_epoch=each("end_of_epoch"))
+
+
+def _loss(base_model: nn.Module, pre: Plan, distill: bool | None, device: str | torch.device,
+          label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The fine-tune's loss: a distillation step's, or the default KD with ``distill``, else None (plain CE)."""
+    from spaces.compose import space_of
+
+    kd = [s for s in pre.steps if space_of(s).distill]
+    if not (kd or distill):
+        return None
+    teacher = base_model
+    want = torch.device(device)
+    if any(t.device.type != want.type or want.index not in (None, t.device.index) for t in teacher.parameters()):
+        import copy
+
+        teacher = copy.deepcopy(base_model).to(device)  # never move the caller's model
+    if kd and distill is not False:
+        return space_of(kd[-1]).finetune_loss(kd[-1].params, teacher, label_smoothing=label_smoothing)
+    if distill:
+        from spaces.distill import ALPHA, TEMPERATURE, kd_loss
+
+        return kd_loss(teacher, temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=label_smoothing)
+    return None

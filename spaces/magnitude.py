@@ -21,7 +21,7 @@ from torch import nn
 
 from spaces.checks import check_bins, check_fraction, check_keys, check_mapping, check_no_extra
 from spaces.layers import bin_values, depth_bins, expand_bins, find_head
-from spaces.base import Context, Params, Record, Space, Transformed
+from spaces.base import Context, Params, Preset, Record, Space, Transformed
 from spaces.registry import register_space
 
 
@@ -51,6 +51,11 @@ class MagnitudePruning(Space):
     aliases = ("sparse", "magnitude")
     keeps_sparsity = True
     binnable = True
+    rate_cost = "nonzero_params"  # the tensors keep their shapes: the rate counts the weights left non-zero
+    presets = (Preset(name="magnitude", family="weight",
+                      what="unstructured magnitude pruning (Han et al.), rate on non-zero params",
+                      start=lambda space, model, context: {"sparsity": dict.fromkeys(space.layers(model, context),
+                                                                                     0.05)}),)
 
     def __init__(self, *, max_sparsity: float = 0.95, per_layer: bool = True,
                  include_head: bool = False, step: float = 0.05, bins: int | None = None) -> None:

@@ -27,14 +27,15 @@ from torch import nn
 from costs.counting import eval_mode
 from spaces.checks import check_bins, check_fraction, check_keys, check_mapping, check_no_extra, is_positive_int
 from spaces.layers import bin_values, depth_bins, expand_bins, find_head, round_channels
-from spaces.base import Context, Params, Record, Space, Transformed
+from spaces.base import Context, Params, Preset, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
 
 CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor")
 
 
-def _importance(criterion: str) -> Callable[[Any], torch.Tensor | None]:
+def importance_of(criterion: str) -> Callable[[Any], torch.Tensor | None]:
+    """torch-pruning's scorer for ``criterion`` (one of :data:`CRITERIA`): ``scorer(group)`` -> channel scores."""
     import torch_pruning as tp
 
     factories: dict[str, Callable[[], Any]] = {
@@ -55,7 +56,7 @@ class GroupInfo:
     channels: int
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> Any:
+def trace_dependencies(model: nn.Module, example: torch.Tensor) -> Any:
     """torch-pruning's dependency graph of ``model`` (traced in eval mode: BN with batch 1)."""
     import torch_pruning as tp
 
@@ -71,7 +72,7 @@ def _err(msg: str) -> SpaceError:
     return SpaceError(f"prune.channel: {msg}")
 
 
-def _groups(model: nn.Module, dg: Any, context: Context) -> list[tuple[str, Any]]:
+def dependency_groups(model: nn.Module, dg: Any, context: Context) -> list[tuple[str, Any]]:
     """(root name, full-index group) for every group whose outputs may shrink."""
     names = {m: n for n, m in model.named_modules()}
     ignored = [model.get_submodule(h) for h in find_head(model, context.num_classes)]
@@ -86,11 +87,12 @@ def _groups(model: nn.Module, dg: Any, context: Context) -> list[tuple[str, Any]
 
 def prunable_groups(model: nn.Module, context: Context) -> list[GroupInfo]:
     """The groups channel pruning can act on, in model order (the head's group excluded)."""
-    dg = _trace(model, context.example_input(1).to(_device(model)))
-    return [GroupInfo(n, len(g[0].idxs)) for n, g in _groups(model, dg, context)]
+    dg = trace_dependencies(model, context.example_input(1).to(parameter_device(model)))
+    return [GroupInfo(n, len(g[0].idxs)) for n, g in dependency_groups(model, dg, context)]
 
 
-def _device(model: nn.Module) -> torch.device:
+def parameter_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
@@ -107,13 +109,13 @@ def kept_channels(channels: int, ratio: float, round_to: int | None) -> int:
     return round_channels(channels - int(math.floor(ratio * channels)), channels, round_to)
 
 
-def _calibration_grads(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def calibration_grads(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Accumulate loss gradients over the calibration batches (for Taylor importance)."""
     model.zero_grad(set_to_none=True)
     modes = {m: m.training for m in model.modules()}
     model.eval()  # BN statistics must not move; gradients flow the same
     try:
-        dev = _device(model)
+        dev = parameter_device(model)
         with torch.enable_grad():
             for x, y in batches:
                 out = model(x.to(dev))
@@ -145,6 +147,14 @@ class ChannelPruning(Space):
 
     aliases = ("prune", "channel")
     binnable = True
+    presets = (
+        Preset(name="l1", family="pruning", what="L1 filter norm (Li et al.), uniform ratio",
+               start=lambda space, model, context: space.uniform_params(model, context, criterion="l1")),
+        Preset(name="fpgm", family="pruning", what="filter pruning via geometric median (He et al.)",
+               start=lambda space, model, context: space.uniform_params(model, context, criterion="fpgm")),
+        Preset(name="taylor", family="pruning", what="first-order Taylor importance (Molchanov et al.)",
+               start=lambda space, model, context: space.uniform_params(model, context, criterion="taylor")),
+    )
 
     def __init__(self, *, criteria: Sequence[str] = ("l1", "l2", "fpgm", "bn_scale"),
                  round_to_choices: Sequence[int] = (8,), max_ratio: float = 0.8,
@@ -160,6 +170,11 @@ class ChannelPruning(Space):
         self.per_layer = bool(per_layer)
         self.step = check_fraction("prune.channel", "step", step, low_open=True)
         self.bins = check_bins("prune.channel", bins)
+
+    def uniform_params(self, model: nn.Module, context: Context, *, criterion: str, ratio: float = 0.05) -> Params:
+        """Every group pruned by ``ratio`` with ``criterion`` (a preset's weak start: a projection strengthens it)."""
+        return {"criterion": criterion, "round_to": self.round_to_choices[0],
+                "ratios": {g.name: ratio for g in prunable_groups(model, context)}}
 
     def _layout(self, model: nn.Module, names: list[str]) -> list[list[str]]:
         return depth_bins(model, names, self.bins or 1)
@@ -231,8 +246,8 @@ class ChannelPruning(Space):
     def transform(self, model: nn.Module, params: Params, context: Context, *,
                   record: Record | None = None, structure_only: bool = False) -> Transformed:
         new = copy.deepcopy(model)
-        dg = _trace(new, context.example_input(1).to(_device(new)))
-        groups = _groups(new, dg, context)
+        dg = trace_dependencies(new, context.example_input(1).to(parameter_device(new)))
+        groups = dependency_groups(new, dg, context)
         criterion, round_to, ratios = self.validate(params, [n for n, _ in groups])
         if record is not None:
             history = _check_history(record, new)
@@ -246,7 +261,7 @@ class ChannelPruning(Space):
         if criterion == "taylor" and structure_only:
             criterion = "l1"  # channel counts do not depend on the criterion
         if criterion == "taylor":
-            _calibration_grads(new, context.calibration_batches("prune.channel criterion 'taylor'"))
+            calibration_grads(new, context.calibration_batches("prune.channel criterion 'taylor'"))
         plans = _selection(groups, criterion, ratios, round_to)
         with torch.no_grad():
             for name, group, idxs in plans:
@@ -264,8 +279,8 @@ class ChannelPruning(Space):
 def _selection(groups: Sequence[tuple[str, Any]], criterion: str, ratios: dict[str, float],
                round_to: int | None) -> list[tuple[str, Any, list[int]]]:
     """``(group name, group, channel indices to remove)`` for every group that loses channels."""
-    imp_fn = _importance(criterion)
-    fallback = _importance("l1")
+    imp_fn = importance_of(criterion)
+    fallback = importance_of("l1")
     plans: list[tuple[str, Any, list[int]]] = []
     with torch.no_grad():
         for name, group in groups:
@@ -298,8 +313,8 @@ def soft_prune(model: nn.Module, params: Params, context: Context) -> int:
     and be kept at the next. After the last epoch, ``prune.channel`` with the ``l1`` criterion at
     the same ratios removes the zeroed channels (their L1 norm is 0, the lowest).
     """
-    dg = _trace(model, context.example_input(1).to(_device(model)))
-    groups = _groups(model, dg, context)
+    dg = trace_dependencies(model, context.example_input(1).to(parameter_device(model)))
+    groups = dependency_groups(model, dg, context)
     criterion, round_to, ratios = ChannelPruning(criteria=CRITERIA).validate(params, [n for n, _ in groups])
     if criterion == "taylor":
         raise _err("soft pruning scores filters by their weights; use l1, l2, fpgm or bn_scale")
@@ -337,7 +352,7 @@ def _check_forward(model: nn.Module, context: Context, what: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(context.example_input(1).to(_device(model)))
+            model(context.example_input(1).to(parameter_device(model)))
     except Exception as exc:  # noqa: BLE001
         raise _err(f"the model no longer runs after {what}: {type(exc).__name__}: {exc}") from exc
     finally:

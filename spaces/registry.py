@@ -1,13 +1,29 @@
-"""Name -> space class. Adding a compression method = one module + ``@register_space(name)``."""
+"""Name -> space class. Adding a compression method = one module + ``@register_space(name)``.
+
+The built-in spaces register when their modules are imported; every lookup here imports them first
+(:func:`load_spaces`), so ``import spaces.registry`` alone stays cheap (no torch) and a command line
+can name :data:`DEFAULT_METHODS` in its ``--help`` at once.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from spaces.errors import SpaceError
 
+__all__ = ["register_space", "unregister_space", "resolve_space", "list_spaces", "space_class", "get_space",
+           "load_spaces", "allocated_variant", "DEFAULT_METHODS"]
+
+#: The methods a search explores unless told otherwise, by their short names, in chain order.
+DEFAULT_METHODS = ("prune", "tucker", "distill", "quant")
+#: Modules of the package that define no space.
+_NOT_SPACES = ("registry", "base", "errors")
+
 _SPACES: dict[str, type] = {}
+_LOADED: list[str] = []
 
 T = TypeVar("T", bound=type)
 
@@ -32,6 +48,29 @@ def register_space(name: str) -> Callable[[T], T]:
     return deco
 
 
+def unregister_space(name: str) -> None:
+    """Forget the space ``name`` (a test's temporary space); unknown names are ignored."""
+    _SPACES.pop(name, None)
+
+
+def load_spaces() -> list[str]:
+    """Import every module of the ``spaces`` package once, so that its spaces register; returns the names.
+
+    A module whose optional dependency is missing is skipped: the other methods still work.
+    """
+    if not _LOADED:
+        _LOADED.append("spaces")
+        import spaces
+
+        for info in pkgutil.iter_modules(spaces.__path__):
+            if not info.name.startswith("_") and info.name not in _NOT_SPACES:
+                try:
+                    importlib.import_module(f"spaces.{info.name}")
+                except ImportError:
+                    continue
+    return sorted(_SPACES)
+
+
 def resolve_space(name: str) -> str:
     """The registered space named ``name``, or whose ``aliases`` hold it (``prune`` -> ``prune.channel``).
 
@@ -40,6 +79,7 @@ def resolve_space(name: str) -> str:
     Raises:
         SpaceError: unknown or ambiguous name (the message lists the known names and aliases).
     """
+    load_spaces()
     if name in _SPACES:
         return name
     owners = [n for n, cls in _SPACES.items() if name in getattr(cls, "aliases", ())]
@@ -56,11 +96,12 @@ def resolve_space(name: str) -> str:
 
 def list_spaces() -> list[str]:
     """Names of all registered spaces, sorted."""
-    return sorted(_SPACES)
+    return load_spaces()
 
 
 def space_class(name: str) -> type:
     """The class registered as ``name`` (SpaceError listing the known names when absent)."""
+    load_spaces()
     try:
         return _SPACES[name]
     except KeyError:
@@ -78,3 +119,10 @@ def get_space(name: str, **options: Any) -> Any:
         return cls(**options)
     except TypeError as exc:
         raise SpaceError(f"space {name!r}: bad options {options!r}: {exc}") from exc
+
+
+def allocated_variant(name: str) -> str | None:
+    """The registered space that allocates space ``name``'s per-layer choices by a layer cost (its class
+    attribute ``allocates`` is that space's class), or None."""
+    cls = space_class(name)
+    return next((n for n, c in sorted(_SPACES.items()) if getattr(c, "allocates", None) is cls), None)

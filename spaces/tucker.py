@@ -32,15 +32,14 @@ from torch import nn
 
 from spaces.checks import check_bins, check_fraction, check_keys, check_mapping, check_no_extra, is_positive_int
 from spaces.layers import bin_values, depth_bins, expand_bins, find_head, round_channels, set_module
-from spaces.base import Context, Params, Record, Space, Transformed
+from spaces.base import Context, Params, Preset, Record, Space, Transformed
 from spaces.errors import SpaceError
 from spaces.registry import register_space
 
 
-def _rank(fraction: float, channels: int, round_to: int = 1) -> int:
-    """``round(fraction * channels)``, then to the nearest multiple of ``round_to`` (at least one
-    multiple, never above ``channels``): CPU and GPU conv kernels run multiples of 8 far faster
-    (measured on ResNet-18 layers at 64 px, batch 16: rank 64 of 128 runs 1.4x faster than 67)."""
+def rank_of(fraction: float, channels: int, round_to: int = 1) -> int:
+    """The rank ``transform`` builds: ``round(fraction * channels)``, then to the nearest multiple of
+    ``round_to`` (at least one multiple, never above ``channels``; conv kernels run multiples of 8 far faster)."""
     return round_channels(int(round(fraction * channels)), channels, round_to)
 
 
@@ -48,8 +47,8 @@ def _ksize(conv: nn.Conv2d) -> int:
     return int(conv.kernel_size[0]) * int(conv.kernel_size[1])
 
 
-def _form(conv: nn.Conv2d, r_out: int, r_in: int, tucker1: bool) -> str:
-    """``"tucker2"`` (three convs), ``"out"`` / ``"in"`` (Tucker-1 along that mode only)."""
+def decomposed_form(conv: nn.Conv2d, r_out: int, r_in: int, tucker1: bool) -> str:
+    """The form ``transform`` builds: ``"tucker2"`` (three convs), ``"out"`` / ``"in"`` (Tucker-1 on that mode)."""
     if tucker1 and r_in == conv.in_channels:
         return "out"
     if tucker1 and r_out == conv.out_channels:
@@ -60,7 +59,7 @@ def _form(conv: nn.Conv2d, r_out: int, r_in: int, tucker1: bool) -> str:
 def tucker_worthwhile(conv: nn.Conv2d, r_out: int, r_in: int, tucker1: bool = False) -> bool:
     """Whether the factorised form has fewer weights (hence MACs per output pixel) than the original."""
     c_out, c_in, k = conv.out_channels, conv.in_channels, _ksize(conv)
-    form = _form(conv, r_out, r_in, tucker1)
+    form = decomposed_form(conv, r_out, r_in, tucker1)
     if form == "out":
         weights = c_in * r_out * k + r_out * c_out
     elif form == "in":
@@ -100,6 +99,17 @@ class TuckerDecomposition(Space):
 
     aliases = ("tucker",)
     binnable = True
+    presets = (
+        Preset(name="tucker-vbmf", family="local", what="Tucker-2 on every convolution at EVBMF ranks (Kim et al.)",
+               start=lambda space, model, context: space.reference_params(model, context), fixed_rate=True),
+        Preset(name="tucker", family="local",
+               what="Tucker-2 on every convolution, uniform ranks projected onto the rate",
+               start=lambda space, model, context: space.uniform_params(model, context)),
+        # 5% of every EVBMF cut, then one factor onto the rate
+        Preset(name="tucker-vbmf-scaled", family="local", variant=True,
+               what="Tucker-2 at EVBMF's per-layer rank profile, its cuts scaled by one factor onto the rate",
+               start=lambda space, model, context: space.scale(space.reference_params(model, context), 0.05)),
+    )
 
     def __init__(self, *, min_fraction: float = 0.1, max_fraction: float = 1.0, step: float = 0.05,
                  min_channels: int = 16, decompose_fc: bool = True, n_iter_max: int = 2,
@@ -231,6 +241,12 @@ class TuckerDecomposition(Space):
         k = math.ceil((f - self.min_fraction) / self.step - 1e-9)
         return round(min(self.max_fraction, max(self.min_fraction, self.min_fraction + k * self.step)), 6)
 
+    def uniform_params(self, model: nn.Module, context: Context, fraction: float = 0.95) -> Params:
+        """Every eligible convolution at ranks ``fraction`` of its channels, Tucker-1 where a mode stays full
+        (a preset's weak start: a projection strengthens it)."""
+        return {"conv": {n: [fraction, fraction] for n in self.conv_layers(model, context)}, "fc": {},
+                "round_to": self.round_to, "tucker1": True}
+
     def reference_params(self, model: nn.Module, context: Context) -> Params:
         """EVBMF ranks of every eligible layer, as grid fractions (Kim et al.'s choice)."""
         from spaces.vbmf import evbmf_rank
@@ -274,19 +290,19 @@ class TuckerDecomposition(Space):
         ranks: dict[str, Any] = {}
         for n, (f_out, f_in) in conv.items():
             m = new.get_submodule(n)
-            r_out, r_in = _rank(f_out, m.out_channels, round_to), _rank(f_in, m.in_channels, round_to)
+            r_out, r_in = rank_of(f_out, m.out_channels, round_to), rank_of(f_in, m.in_channels, round_to)
             if not tucker_worthwhile(m, r_out, r_in, tucker1):
                 continue
             if m.padding_mode != "zeros":
                 raise self.fail(f"layer {n!r}: padding_mode {m.padding_mode!r} is not supported")
-            form = _form(m, r_out, r_in, tucker1)
+            form = decomposed_form(m, r_out, r_in, tucker1)
             seq = (self._tucker(m, r_out, r_in, n, structure_only) if form == "tucker2"
                    else _tucker1(m, r_out if form == "out" else r_in, form, structure_only))
             set_module(new, n, seq)
             ranks[n] = [r_out, r_in]
         for n, f in fc.items():
             m = new.get_submodule(n)
-            r = _rank(f, min(m.in_features, m.out_features), round_to)
+            r = rank_of(f, min(m.in_features, m.out_features), round_to)
             if not svd_worthwhile(m, r):
                 continue
             set_module(new, n, _svd_linear(m, r, structure_only))

@@ -152,3 +152,12 @@ def test_every_public_name_exists(module):
     missing = [n for n in getattr(mod, "__all__", ()) if not hasattr(mod, n)
                and importlib.util.find_spec(f"{mod.__name__.removesuffix('.__init__')}.{n}") is None]
     assert missing == []  # ``from module import *`` works
+
+
+def test_no_package_export_is_named_like_one_of_its_modules():
+    """A lazily exported name that is also a submodule's name would turn into the module once that is imported."""
+    for package in PACKAGES:
+        mod = importlib.import_module(package)
+        submodules = {p.stem for p in (ROOT / package).glob("*.py")} | {p.name for p in (ROOT / package).iterdir()
+                                                                       if (p / "__init__.py").exists()}
+        assert sorted(set(getattr(mod, "__all__", ())) & submodules - {"__init__"}) == [] or package == "rsc"

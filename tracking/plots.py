@@ -6,15 +6,22 @@ A record is a mapping with ``number`` (trial number), ``values`` (objective name
 
 One panel is drawn per cost objective, accuracy on the y axis and the cost on a log x axis (a
 compressed model is 4-40x smaller than its base, so a linear axis squeezes the front into a
-corner). In each panel:
+corner). The y axis is one accuracy for every marker: the quality objective, which in a search is
+the *validation* OA (``keys`` maps it to ``val_oa``); the axis is titled with that name. Trials only
+have a validation OA, so the base model is drawn at its validation OA too and a final model's ring
+sits on its trial's point; the final models' *test* OA appears only in their label text. In each panel:
 
 * the 2-D front of that pair is a staircase; members of the full front are filled blue dots,
   dominated trials hollow grey circles, infeasible trials (over a budget or under the OA floor) red crosses;
 * ``budgets`` (objective name -> limit, in the units of the values) draws the limit as a dashed
   red line and shades the side beyond it;
-* ``base`` (objective name -> value) is a labelled orange star;
+* ``base`` (objective name -> value) is a labelled orange star (its label adds ``test_oa`` when
+  ``base`` has one);
 * ``final`` (rows with ``trial``, ``method``, ``test_oa`` and the costs) rings the final models
   and labels each with its method and test OA.
+
+Labels are placed by :func:`place_labels` (pure, in display pixels): each label sits next to its
+own point (a leader line, when drawn, ends at that point) and no label covers any marker.
 
 ``keys`` maps an objective name to the key ``budgets``, ``base`` and ``final`` use for it when that
 differs (``{"accuracy": "val_oa", "latency": "latency_ms"}``); the objective name is tried first.
@@ -28,9 +35,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tracking.labels import PendingLabel, Placement, mirror, place_labels, place_panel_labels
 from tracking.pareto import pareto_mask
 
-__all__ = ["split_objectives", "plot_front_png", "front_figure", "plot_front_html", "format_value"]
+__all__ = ["split_objectives", "plot_front_png", "front_figure", "plot_front_html", "format_value", "place_labels",
+           "Placement", "quality_name"]
 
 Objective = tuple[str, str]  # (name, "maximize" | "minimize")
 
@@ -141,6 +150,24 @@ def _use_log(values: Sequence[float]) -> bool:
     return bool(len(arr)) and bool((arr > 0).all())
 
 
+# ---- which accuracy the y axis shows -------------------------------------------------------------
+
+# the search's quality objective is the trials' validation OA (search.config.QUALITY_OBJECTIVES maps
+# "accuracy" to "val_oa"); ``keys`` says so explicitly, this is the default when it does not
+_QUALITY_KEYS = {"accuracy": "val_oa"}
+_QUALITY_NAMES = {"val_oa": ("validation OA", "val OA"), "search_val_oa": ("validation OA", "val OA"),
+                  "test_oa": ("test OA", "test OA"), "cv_oa": ("cross-validated OA", "CV OA")}
+
+
+def quality_name(q: str, keys: Mapping[str, str] | None = None, short: bool = False) -> str:
+    """What the quality objective ``q`` measures, for the y axis title (``"validation OA"``) or, with
+    ``short``, for a label (``"val OA"``); the objective's own name when it is not a known accuracy."""
+    key = (keys or {}).get(q) or _QUALITY_KEYS.get(q, q)
+    names = _QUALITY_NAMES.get(key)
+    return names[1 if short else 0] if names else q
+
+
+
 def plot_front_png(
     records: Sequence[Mapping[str, Any]],
     objectives: Sequence[Objective],
@@ -176,7 +203,12 @@ def front_figure(
     final: Sequence[Mapping[str, Any]] = (),
     keys: Mapping[str, str] | None = None,
 ) -> Any:
-    """The matplotlib ``Figure`` :func:`plot_front_png` saves (built without pyplot: no global state)."""
+    """The matplotlib ``Figure`` :func:`plot_front_png` saves (built without pyplot: no global state).
+
+    Labels are ``Annotation``s with gids ``final-label``, ``base-label`` and ``trial-label``; each
+    one's ``xy`` is its own point and its ``arrow_patch``, when visible, is the leader line to it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -185,17 +217,26 @@ def front_figure(
     costs = costs or [("cost", "minimize")]
     budgets = budgets or {}
     n_panels = len(costs)
-    # up to three final models get a labelled box with a leader line each; more would cross, so
-    # then each ring gets its trial number and the labels go to a list right of the panels
+    # One accuracy on the y axis: the validation OA (the quality objective), for trials, base and
+    # final models alike. Trials have nothing else, and mixing them with the final models' test OA
+    # (or putting the base at its test OA) on one axis would compare different numbers as if they
+    # were one; the final models' test OA - the number to report - is in their labels, named "test OA".
+    q_axis, q_short = quality_name(q, keys), quality_name(q, keys, short=True)
+    # up to three final models get a labelled box each; more would crowd the panel, so then each
+    # ring gets its trial number and the labels go to a list right of the panels
     compact = len(final) > 3
     side = 2.5 if compact else 0.0
-    fig = Figure(figsize=(7.4 * n_panels + side, 5.6))
+    dpi = 120  # the PNG's: labels are placed in these pixels
+    fig = Figure(figsize=(7.4 * n_panels + side, 5.6), dpi=dpi)
+    FigureCanvasAgg(fig)  # a renderer to measure the labels with
     axes = fig.subplots(1, n_panels, squeeze=False)
     feasible = np.array([bool(r.get("feasible", True)) for r in records], dtype=bool)
     pareto = np.array([bool(r.get("pareto", False)) for r in records], dtype=bool)
     dominated = feasible & ~pareto
     base_y = _get(base, q, keys)
+    base_test = _get(base, "test_oa", None)
     handles: dict[str, Any] = {}
+    panels: list[tuple[Any, list[tuple[float, float, float]], list[PendingLabel]]] = []
 
     for ax, (c, c_dir) in zip(axes[0], costs):
         xs, ys = _points(records, q, c)
@@ -207,26 +248,34 @@ def front_figure(
         if log:
             ax.set_xscale("log")
         minimise = c_dir == "minimize"
+        marks: list[tuple[float, float, float]] = []  # (x, y, radius in points) of every marker drawn
+        labels: list[PendingLabel] = []
+
+        def scatter(x: Any, y: Any, s: float, lw: float, **kw: Any) -> Any:
+            r = math.sqrt(s) / 2 + lw / 2
+            marks.extend((float(a), float(b), r) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b))
+            return ax.scatter(x, y, s=s, linewidths=lw, **kw)
 
         if len(xs):
             if dominated.any():
-                handles["dominated"] = ax.scatter(xs[dominated], ys[dominated], s=22, facecolors="none",
-                                                  edgecolors=_DOMINATED, linewidths=0.9, zorder=2,
-                                                  label=f"dominated ({int(dominated.sum())})")
+                handles["dominated"] = scatter(xs[dominated], ys[dominated], 22, 0.9, facecolors="none",
+                                               edgecolors=_DOMINATED, zorder=2, gid="dominated",
+                                               label=f"dominated ({int(dominated.sum())})")
             if (~feasible).any():
-                handles["over"] = ax.scatter(xs[~feasible], ys[~feasible], s=26, c=_OVER, marker="x", linewidths=1.2,
-                                             zorder=2, label=f"infeasible ({int((~feasible).sum())})")
+                handles["over"] = scatter(xs[~feasible], ys[~feasible], 26, 1.2, c=_OVER, marker="x", zorder=2,
+                                          gid="infeasible", label=f"infeasible ({int((~feasible).sum())})")
             sx, sy = _staircase(xs[feasible], ys[feasible], c_dir)
             if len(sx):
                 ax.step(sx, sy, where="post" if c_dir == "minimize" else "pre", c=_FRONT, lw=1.3, alpha=0.8, zorder=3)
             if pareto.any():
-                handles["pareto"] = ax.scatter(xs[pareto], ys[pareto], s=34, c=_FRONT, edgecolors="white", linewidths=0.6,
-                                               zorder=4, label=f"Pareto set ({int(pareto.sum())})")
+                handles["pareto"] = scatter(xs[pareto], ys[pareto], 34, 0.6, c=_FRONT, edgecolors="white", zorder=4,
+                                            gid="pareto", label=f"Pareto set ({int(pareto.sum())})")
                 final_trials = {row.get("trial") for row in final}
                 for x, y, r in zip(xs[pareto], ys[pareto], [r for r, p in zip(records, pareto) if p]):
                     if math.isfinite(x) and math.isfinite(y) and r.get("number") not in final_trials:
-                        ax.annotate(str(r.get("number", "")), (x, y), textcoords="offset points", xytext=(3, -9),
-                                    fontsize=6.5, color="0.35", zorder=4)
+                        labels.append(PendingLabel((x, y), str(r.get("number", "")), "trial-label",
+                                             mirror(("SE", "E", "S", "NE", "SW", "W", "N", "NW"), minimise),
+                                             dict(fontsize=6.5, color="0.35"), "0.6"))
 
         if math.isfinite(limit):
             ax.axvline(limit, color=_BUDGET, ls="--", lw=1.4, zorder=1, gid="budget")
@@ -241,30 +290,32 @@ def front_figure(
             handles["budget"] = Line2D([], [], color=_BUDGET, ls="--", lw=1.4, label="budget")
 
         if math.isfinite(base_x) and math.isfinite(base_y):
-            handles["base"] = ax.scatter([base_x], [base_y], marker="*", s=240, c=_BASE, edgecolors="black",
-                                         linewidths=0.6, zorder=6, label="base model")
-            # under the trial markers (zorder 2+), so no trial hides behind the label
-            ax.annotate(f"base model\n{format_value(base_x, c)}, {q} {base_y:.3f}", (base_x, base_y),
-                        textcoords="offset points", xytext=(-13 if minimise else 13, 0),
-                        ha="right" if minimise else "left", va="center", fontsize=8.5,
-                        color="black", zorder=1.5, gid="base-label",
-                        bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=_BASE, alpha=0.75))
+            handles["base"] = scatter([base_x], [base_y], 240, 0.6, marker="*", c=_BASE, edgecolors="black", zorder=6,
+                                      gid="base", label="base model")
+            text = f"base model\n{format_value(base_x, c)}, {q_short} {base_y:.3f}"
+            if math.isfinite(base_test):
+                text += f"\ntest OA {base_test:.3f}"
+            labels.append(PendingLabel((base_x, base_y), text, "base-label",
+                                 mirror(("W", "SW", "NW", "S", "N", "E", "SE", "NE"), minimise),
+                                 dict(fontsize=8.5, color="black",
+                                      bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=_BASE, alpha=0.9)), _BASE))
 
-        # final models: rings on their points, labels stacked in the empty upper corner on the cheap
-        # side (cheaper *and* better than the front is where no point can be), highest point on top
-        for i, (x, y, row) in enumerate(sorted(finals, key=lambda f: -f[1])):
-            handles["final"] = ax.scatter([x], [y], s=190, facecolors="none", edgecolors=_FINAL, linewidths=2.2,
-                                          zorder=5, label="final model")
+        # final models: rings on their points (at the trial's validation OA, like every marker), the
+        # label next to each - the empty side of a front is up and towards the cheap end, so try there first
+        final_labels = []
+        for x, y, row in sorted(finals, key=lambda f: -f[1]):
+            handles["final"] = scatter([x], [y], 190, 2.2, facecolors="none", edgecolors=_FINAL, zorder=5,
+                                       gid="final", label="final model")
+            prefer = mirror(("NW", "W", "N", "SW", "NE", "E", "S", "SE"), minimise)
             if compact:
-                ax.annotate(f"#{row.get('trial', '?')}", (x, y), textcoords="offset points",
-                            xytext=(-8 if minimise else 8, 7), ha="right" if minimise else "left", va="bottom",
-                            fontsize=8.5, fontweight="bold", color=_FINAL, zorder=7, gid="final-label")
-                continue
-            ax.annotate(_final_label(row) + "\n" + _cost_text(x, c, base_x, c_dir), (x, y), xycoords="data",
-                        xytext=(0.03 if minimise else 0.97, 0.96 - 0.17 * i), textcoords="axes fraction",
-                        ha="left" if minimise else "right", va="top", fontsize=8.5, zorder=7, gid="final-label",
-                        bbox=dict(boxstyle="round,pad=0.3", fc="white", ec=_FINAL, lw=1.2),
-                        arrowprops=dict(arrowstyle="-", color=_FINAL, lw=1.0, shrinkA=0, shrinkB=7))
+                final_labels.append(PendingLabel((x, y), f"#{row.get('trial', '?')}", "final-label", prefer,
+                                           dict(fontsize=8.5, fontweight="bold", color=_FINAL), _FINAL))
+            else:
+                final_labels.append(PendingLabel((x, y), _final_label(row) + "\n" + _cost_text(x, c, base_x, c_dir),
+                                           "final-label", prefer,
+                                           dict(fontsize=8.5, bbox=dict(boxstyle="round,pad=0.3", fc="white",
+                                                                        ec=_FINAL, lw=1.2)), _FINAL))
+        labels = final_labels + labels  # placed in this order: the big boxes get the best spots
 
         if log:
             lo_hi = [v for v in shown_x if math.isfinite(v) and v > 0]
@@ -281,9 +332,10 @@ def front_figure(
                 pad = 0.06 * (hi - lo or abs(hi) or 1.0)
                 ax.set_xlim(lo - pad, hi + pad)
         ax.set_xlabel(f"{c} (log scale)" if log else c)
-        ax.set_ylabel(q)
+        ax.set_ylabel(q_axis)
         ax.grid(alpha=0.3, which="major")
         ax.margins(y=0.08)
+        panels.append((ax, marks, labels))
 
     order = ["pareto", "dominated", "over", "budget", "base", "final"]
     legend = [handles[k] for k in order if k in handles]
@@ -301,6 +353,7 @@ def front_figure(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, (0.1 if n_panels == 1 else 0.06) if legend else 0, right, 1))
+    place_panel_labels(fig, panels)  # last: the layout (and so every marker's pixel) is final now
     return fig
 
 
@@ -329,7 +382,10 @@ def plot_front_html(
     costs = costs or [("cost", "minimize")]
     path = Path(path)
     budgets = budgets or {}
-    fig = make_subplots(rows=1, cols=len(costs), subplot_titles=[f"{q} vs {c}" for c, _ in costs])
+    # the same single accuracy as the PNG (see front_figure): validation OA on the y axis for every
+    # marker, the final models' test OA only in their label text
+    q_axis, q_short = quality_name(q, keys), quality_name(q, keys, short=True)
+    fig = make_subplots(rows=1, cols=len(costs), subplot_titles=[f"{q_axis} vs {c}" for c, _ in costs])
     feasible = np.array([bool(r.get("feasible", True)) for r in records], dtype=bool)
     pareto = np.array([bool(r.get("pareto", False)) for r in records], dtype=bool)
     hover = ["<br>".join(str(x) for x in (f"trial {r.get('number', '?')}", r.get("method"), r.get("label")) if x)
@@ -337,6 +393,7 @@ def plot_front_html(
     groups = [("dominated", feasible & ~pareto, _DOMINATED, "circle-open"), ("infeasible", ~feasible, _OVER, "x"),
               ("Pareto set", pareto, _FRONT, "circle")]
     base_y = _get(base, q, keys)
+    base_test = _get(base, "test_oa", None)
     all_y = [*(_points(records, q, costs[0][0])[1] if records else []), base_y]
     finite_y = [y for y in all_y if math.isfinite(y)]
     for col, (c, c_dir) in enumerate(costs, start=1):
@@ -364,7 +421,9 @@ def plot_front_html(
                                      textfont=dict(color=_BUDGET), hoverinfo="text",
                                      hovertext=[f"budget {word} {format_value(limit, c)}"] * 2), row=1, col=col)
         if math.isfinite(base_x) and math.isfinite(base_y):
-            label = f"base model<br>{format_value(base_x, c)}, {q} {base_y:.3f}"
+            label = f"base model<br>{format_value(base_x, c)}, {q_short} {base_y:.3f}"
+            if math.isfinite(base_test):
+                label += f"<br>test OA {base_test:.3f}"
             fig.add_trace(go.Scatter(x=[base_x], y=[base_y], mode="markers+text", name="base model", legendgroup="base",
                                      showlegend=col == 1, marker=dict(symbol="star", size=16, color=_BASE,
                                                                       line=dict(color="black", width=1)),
@@ -382,7 +441,7 @@ def plot_front_html(
         shown = [*xs[np.isfinite(ys)], base_x, limit, *(f[0] for f in finals)]
         log = _use_log(shown)
         fig.update_xaxes(title_text=f"{c} (log scale)" if log else c, type="log" if log else "linear", row=1, col=col)
-        fig.update_yaxes(title_text=q, row=1, col=col)
+        fig.update_yaxes(title_text=q_axis, row=1, col=col)
     fig.update_layout(title=title or None, template="plotly_white", height=540, width=640 * len(costs),
                       legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="center", x=0.5))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ for a spec at any dims, which is how a table's grid is timed. Kernels fall into
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import operator

@@ -242,7 +242,7 @@ class LatencyTable:
 
     def layer_cost(self, module: nn.Module, input_shape: Sequence[int]) -> float:
         """Latency (ms) of one conv or linear layer at ``input_shape`` (batch 1 shape, as
-        :data:`spaces.allocate.LayerCost` asks); its bn/activation are not included."""
+        :data:`spaces.allocation.LayerCost` asks); its bn/activation are not included."""
         from torch import nn
 
         if not isinstance(module, (nn.Conv2d, nn.Linear)):

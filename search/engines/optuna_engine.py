@@ -1,8 +1,13 @@
-"""Optuna as the search engine: samplers, RDB storage, ask-and-tell.
+"""Optuna as the search engine: samplers, RDB storage, ask-and-tell, behind :class:`search.engines.base.Engine`.
 
 Ask-and-tell rather than ``study.optimize`` keeps the trial function a plain JSON-in/JSON-out
 call (the objective never sees an Optuna object), which is what running it in another process
 or on a Ray worker needs, and lets the driver do MLflow bookkeeping between ask and tell.
+
+Optuna's objects stay in this module: the search tells by trial number and reads
+:class:`search.engines.base.TrialRecord` s, built here from Optuna's ``FrozenTrial`` s (a record's
+attributes are the trial's user attributes, under the same names). Only the asked trial leaves it, to be
+suggested on (see :mod:`search.engines.base`).
 
 State lives in an RDB storage (a sqlite file by default), so a killed search resumes: finished
 trials stay, trials left RUNNING by the dead process are marked FAIL with ``interrupted=True``
@@ -15,6 +20,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from rsc.errors import UserError
+from search.engines.base import RECORD_ATTRS, TrialRecord
 from tracking.mlflow_log import open_store
 
 __all__ = ["StorageError", "StudyExists", "make_sampler", "OptunaEngine", "INTERRUPTED", "LOST"]
@@ -121,6 +127,7 @@ class OptunaEngine:
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             raise _storage_error(storage, exc) from None
         self.directions = list(directions)
+        self._open: dict[int, Any] = {}  # asked and not told yet, by number
 
     # -- state -------------------------------------------------------------------------------
 
@@ -135,23 +142,20 @@ class OptunaEngine:
             stale.append(t.number)
         return stale
 
-    def finished(self) -> list[Any]:
+    def trials(self) -> list[TrialRecord]:
+        """Every trial of the study, in any state, as records."""
+        return [_record(t) for t in self.study.get_trials(deepcopy=False)]
+
+    def finished(self) -> list[TrialRecord]:
         """Trials that count towards the budget: complete, pruned, or failed by the trial itself (not
         interrupted, not lost with its worker)."""
+        return [t for t in self.trials() if t.state in ("complete", "pruned")
+                or (t.state == "fail" and not t.interrupted and not t.lost)]
+
+    def complete(self) -> list[TrialRecord]:
         from optuna.trial import TrialState
 
-        out = []
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                out.append(t)
-            elif t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED) and not t.user_attrs.get(LOST):
-                out.append(t)
-        return out
-
-    def complete(self) -> list[Any]:
-        from optuna.trial import TrialState
-
-        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [_record(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
     def set_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
@@ -166,28 +170,56 @@ class OptunaEngine:
         return len(self.study.get_trials(deepcopy=False))
 
     def ask(self, fixed: Mapping[str, Any] | None = None) -> Any:
-        """A new trial; ``fixed`` parameters are set (enqueued) and the sampler picks the rest."""
+        """A new Optuna trial to suggest on; ``fixed`` parameters are set (enqueued) and the sampler picks the rest."""
         if fixed:
             self.study.enqueue_trial(dict(fixed), skip_if_exists=False)
-        return self.study.ask()
+        trial = self.study.ask()
+        self._open[trial.number] = trial
+        return trial
 
-    def tell_complete(self, trial: Any, values: Sequence[float], constraints: Sequence[float] = ()) -> None:
+    def annotate(self, number: int, attrs: Mapping[str, Any]) -> None:
+        """Store ``attrs`` (record fields) with the running trial ``number``."""
+        trial = self._running(number)
+        for key, value in attrs.items():
+            if key not in RECORD_ATTRS:
+                raise ValueError(f"{key!r} is no trial record attribute; known: {', '.join(sorted(RECORD_ATTRS))}")
+            trial.set_user_attr(key, value)
+
+    def tell_complete(self, number: int, values: Sequence[float], constraints: Sequence[float] = (), *,
+                      attrs: Mapping[str, Any] | None = None) -> None:
+        self.annotate(number, attrs or {})
+        trial = self._open.pop(number)
         for i, c in enumerate(constraints):
             trial.set_constraint(f"c{i}", float(c) if math.isfinite(c) else 1e9)
         self.study.tell(trial, list(values))
 
-    def tell_pruned(self, trial: Any) -> None:
+    def tell_pruned(self, number: int, *, attrs: Mapping[str, Any] | None = None) -> None:
         from optuna.trial import TrialState
 
-        self.study.tell(trial, state=TrialState.PRUNED)
+        self.annotate(number, attrs or {})
+        self.study.tell(self._open.pop(number), state=TrialState.PRUNED)
 
-    def tell_failed(self, trial: Any, *, interrupted: bool = False, lost: str | None = None) -> None:
+    def tell_failed(self, number: int, *, interrupted: bool = False, lost: str | None = None,
+                    attrs: Mapping[str, Any] | None = None) -> None:
         """A failed trial; ``interrupted`` (Ctrl-C) and ``lost`` (its worker died: the reason) ones do
         not count towards the budget."""
         from optuna.trial import TrialState
 
-        if interrupted:
-            trial.set_user_attr(INTERRUPTED, True)
-        if lost:
-            trial.set_user_attr(LOST, lost[:2000])
-        self.study.tell(trial, state=TrialState.FAIL)
+        self.annotate(number, {**(attrs or {}), **({INTERRUPTED: True} if interrupted else {}),
+                               **({LOST: lost[:2000]} if lost else {})})
+        self.study.tell(self._open.pop(number), state=TrialState.FAIL)
+
+    def _running(self, number: int) -> Any:
+        try:
+            return self._open[number]
+        except KeyError:
+            raise KeyError(f"trial {number} was not asked by this engine or is already told") from None
+
+
+def _record(t: Any) -> TrialRecord:
+    """An Optuna ``FrozenTrial`` as the project's record: its user attributes become the record's fields."""
+    kw = {k: v for k, v in t.user_attrs.items() if k in RECORD_ATTRS and v is not None}
+    if "val_history" in kw:
+        kw["val_history"] = tuple(kw["val_history"])
+    return TrialRecord(number=t.number, state=t.state.name.lower(),
+                       values=tuple(t.values) if t.values is not None else None, params=dict(t.params), **kw)

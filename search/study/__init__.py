@@ -12,13 +12,17 @@ Four experiments, each a set of *cells* (:mod:`search.study.cells`), each cell o
   fine-tune budget;
 * ``augment``: no augmentation vs D4 vs D4 + random resized crops, on the base and on a compressed model.
 
+The methods are every registered space's presets (a new space with a preset is a method at once) and
+the study's own baselines (:mod:`search.study.methods`; ``--list-methods``); the settings one
+dataclass, the searched cells' a template of the search's (:mod:`search.study.config`).
 Same splits, epochs and seeds for every method; the test part is used only for the final numbers.
 Results: ``<out>/<name>/`` (``tables.md``, ``results.csv``, ``summary.csv``, plots, one JSON row per
 cell) and MLflow (experiment ``rsc-study``, one parent run, one child run per cell). Resumable: run
 the same command again and finished cells are kept.
 """
 
-from search.study.cells import METHODS, Cell, StudyConfig, plan_cells
+from search.study.cells import Cell, StudyConfig, plan_cells
+from search.study.methods import study_methods
 from search.study.runner import estimate, prepare_study, run_study
 
-__all__ = ["METHODS", "Cell", "StudyConfig", "plan_cells", "prepare_study", "run_study", "estimate"]
+__all__ = ["study_methods", "Cell", "StudyConfig", "plan_cells", "prepare_study", "run_study", "estimate"]

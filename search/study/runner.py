@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from search.study.cells import METHODS, Cell, StudyConfig, cell_epochs, plan_cells
+from search.study.cells import BASELINE, Cell, StudyConfig, cell_epochs, plan_cells
+from search.study.config import SEARCH_FLAGS, SPACE_OPTIONS, search_default
 
-__all__ = ["prepare_study", "run_study", "estimate", "Prepared"]
+__all__ = ["prepare_study", "run_study", "estimate", "PreparedStudy"]
 
 
 @dataclasses.dataclass
-class Prepared:
+class PreparedStudy:
     config: StudyConfig
     data: Any
     ratios: tuple[float, ...]
@@ -32,7 +33,7 @@ class Prepared:
 
 
 def _ratios(config: StudyConfig, data: Any) -> tuple[float, ...]:
-    from rsc.datasets import get_dataset_info
+    from rsc.catalog import get_dataset_info
     from rsc.errors import ConfigError
 
     if config.ratios:
@@ -43,29 +44,27 @@ def _ratios(config: StudyConfig, data: Any) -> tuple[float, ...]:
         return (0.8,)  # the synthetic set and unregistered folders
 
 
-def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Prepared:
+def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> PreparedStudy:
     """Load the data and check every input before anything trains (ConfigError etc. on bad input)."""
     import torch
 
-    from rsc.data import load_scene_data, make_split
+    from rsc.scenes import load_scene_data
+    from rsc.splits import make_split
     from rsc.errors import ConfigError
     from rsc.models import create_model
 
-    unknown = [m for m in (*config.family_methods, *config.pruning_methods, *config.quality_methods,
-                           config.augment_method) if m not in METHODS]
+    from search.study.methods import study_methods
+
+    methods = study_methods()
+    unknown = [m for m in (*config.methods_of("families"), *config.methods_of("pruning"), *config.quality_methods,
+                           config.augment_method) if m not in methods]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(methods)}")
     if "quality" in config.experiments and config.quality_subject not in (None, *config.quality_methods):
         raise ConfigError(f"--quality-subject {config.quality_subject} is not one of --quality-methods "
                           f"{','.join(config.quality_methods)}")
-    from search.config import FINAL_PICKS
-
-    if config.search_pick not in FINAL_PICKS:
-        raise ConfigError(f"--search-pick takes {' or '.join(FINAL_PICKS)}, got {config.search_pick!r}")
-    if config.rank_sample < 0 or config.search_final < 1 or config.search_rungs < 1:
-        raise ConfigError("--rank-sample must be >= 0, --search-final and --search-rungs >= 1")
-    if config.search_folds < 0 or config.search_folds == 1:
-        raise ConfigError(f"--search-folds takes 0 (off) or at least 2, got {config.search_folds}")
+    if config.search.final_max is not None and config.search.final_max < 1:  # the rest: SearchConfig's own checks
+        raise ConfigError(f"--search-final must be >= 1, got {config.search.final_max}")
     if any(r <= 1 for r in config.rates):
         raise ConfigError(f"compression rates must be > 1 (original params / compressed), got {list(config.rates)}")
     if config.repeats < 1 or config.epochs < 1 or config.finetune_epochs < 0:
@@ -77,12 +76,12 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
         for repeat in range(config.repeats):
             make_split(data, train_ratio=ratio, val_ratio=config.val_ratio, seed=config.seed + repeat)
     cells = plan_cells(config, ratios)
-    networks = sorted({c.network for c in cells} | ({config.teacher} if _uses_teacher(cells) else set()))
+    networks = sorted({c.network for c in cells} | ({config.teacher} if _uses_teacher(cells, methods) else set()))
     sizes = {}
     for net in networks:  # unknown networks and weights that do not fit fail here
         model = create_model(net, data.num_classes, weights=config.weights.get(net), image_size=data.image_size)
         sizes[net] = sum(p.numel() for p in model.parameters())
-    if _uses_teacher(cells) and sizes[config.teacher] <= sizes[config.model]:
+    if _uses_teacher(cells, methods) and sizes[config.teacher] <= sizes[config.model]:
         raise ConfigError(f"teacher {config.teacher} ({sizes[config.teacher] / 1e6:.2f}M params) is not larger than "
                           f"the student {config.model} ({sizes[config.model] / 1e6:.2f}M)")
     for flag, given in (("--weights", config.weights), ("--network-lr", config.network_lr)):
@@ -96,20 +95,36 @@ def prepare_study(config: StudyConfig, say: Callable[[str], None] = print) -> Pr
                   for r in ratios)
     per_epoch = {net: s * n_train for net, s in speed.items()}
     study_dir = Path(config.out) / config.study_name(data.name)
-    _check_resumable(study_dir, config, data.name)
-    return Prepared(config, data, ratios, cells, study_dir, per_epoch)
+    _check_resumable(study_dir, config, data.name, methods)
+    return PreparedStudy(config, data, ratios, cells, study_dir, per_epoch)
 
 
 #: Settings every finished cell depends on: a study resumed with others would mix incomparable rows.
 #: (Networks, methods, rates, repeats, experiments may grow or shrink: they only add or leave out cells.)
+#: Of the searched cells' template, every cell depends on ``finetune_kd`` (the quality baselines distil with
+#: it) and a searched cell on every field: those are fixed once the folder holds a searched cell.
 FIXED_SETTINGS = ("image_size", "model", "teacher", "seed", "epochs", "finetune_epochs",
-                  "finetune_lr", "batch_size", "val_ratio", "bn_batches", "slimming_reg", "weights", "search_kd")
-#: Settings only the searched cells depend on: fixed once the folder holds one.
-SEARCH_SETTINGS = ("search_trials", "search_fidelity", "search_final", "search_pick", "search_rungs",
-                   "search_min_target", "search_zero_shot", "search_folds", "rank_sample")
+                  "finetune_lr", "batch_size", "val_ratio", "bn_batches", "slimming_reg", "weights")
 
 
-def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None:
+def _recorded(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings in :meth:`StudyConfig.settings`'s layout, the keys recorded only: the flat
+    ``search_*`` keys of a study recorded before the template move into ``search`` (null: the search's
+    default), and a space option left to the space (null) becomes the space's default."""
+    from search.study.methods import space_option_default
+
+    out = {k: v for k, v in settings.items() if k not in SEARCH_FLAGS}
+    out["search"] = dict(out.get("search") or {})
+    for key, flag in SEARCH_FLAGS.items():
+        if key in settings:
+            out["search"][flag.field] = search_default(flag.field) if settings[key] is None else settings[key]
+    for key, option in SPACE_OPTIONS.items():
+        if key in out and out[key] is None:
+            out[key] = space_option_default(option)
+    return out
+
+
+def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str, methods: dict[str, Any]) -> None:
     from rsc.errors import ConfigError
 
     meta_path = study_dir / "study.json"
@@ -117,16 +132,18 @@ def _check_resumable(study_dir: Path, config: StudyConfig, dataset: str) -> None
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         raise ConfigError(f"{meta_path} is unreadable: move it away to start the study afresh") from None
-    old = {**meta.get("settings", {}), **({"dataset": meta["dataset"]} if "dataset" in meta else {})}
-    new = {**json.loads(json.dumps(dataclasses.asdict(config), default=str)), "dataset": dataset}
+    old = {**_recorded(meta.get("settings", {})), **({"dataset": meta["dataset"]} if "dataset" in meta else {})}
+    new = {**_recorded(config.settings()), "dataset": dataset}
     rows = finished_rows(study_dir).values()
-    searched = any(METHODS[r["method"]].kind == "search" for r in rows if r.get("method") in METHODS)
-    changed = [f"{k}={old[k]!r} (now {new[k]!r})"
-               for k in ("dataset", *FIXED_SETTINGS, *(SEARCH_SETTINGS if searched else ()))
-               if k in old and old[k] != new[k]]
+    kinds = {r.get("method"): methods[r["method"]].kind for r in rows if r.get("method") in methods}
+    changed = [f"{k}={old[k]!r} (now {new[k]!r})" for k in ("dataset", *FIXED_SETTINGS) if k in old and old[k] != new[k]]
+    label = {flag.field: key for key, flag in SEARCH_FLAGS.items()}  # the study's flag names where it has one
+    shared = ["finetune_kd", *(new["search"] if "search" in kinds.values() else ())]
+    changed += [f"{label.get(k, 'search.' + k)}={old['search'][k]!r} (now {new['search'][k]!r})"
+                for k in dict.fromkeys(shared) if k in old["search"] and k in new["search"]
+                and old["search"][k] != new["search"][k]]
     # a network's lr may be set for a network the study has not trained yet, not changed under finished cells
-    trained = {r.get("network") for r in rows} | \
-              ({old.get("teacher")} if any(r.get("method") == "distill-teacher" for r in rows) else set())
+    trained = {r.get("network") for r in rows} | ({old.get("teacher")} if "teacher" in kinds.values() else set())
     changed += [f"the lr of {net}={_lr(old, net)!r} (now {_lr(new, net)!r})" for net in sorted(trained - {None})
                 if "lr" in old and _lr(old, net) != _lr(new, net)]
     if changed:
@@ -138,8 +155,8 @@ def _lr(settings: dict[str, Any], network: str) -> float:
     return float((settings.get("network_lr") or {}).get(network, settings.get("lr")))
 
 
-def _uses_teacher(cells: list[Cell]) -> bool:
-    return any(c.method != "baseline" and METHODS[c.method].kind == "teacher" for c in cells)
+def _uses_teacher(cells: list[Cell], methods: dict[str, Any]) -> bool:
+    return any(c.method != BASELINE and methods[c.method].kind == "teacher" for c in cells)
 
 
 def _seconds_per_image(network: str, data: Any, config: StudyConfig) -> float:
@@ -151,7 +168,7 @@ def _seconds_per_image(network: str, data: Any, config: StudyConfig) -> float:
     import torch
 
     from rsc.models import create_model
-    from rsc.training import resolve_device
+    from rsc.loop import resolve_device
 
     device = resolve_device(config.device)
     model = create_model(network, data.num_classes, image_size=data.image_size).to(device).train()
@@ -170,18 +187,21 @@ def _seconds_per_image(network: str, data: Any, config: StudyConfig) -> float:
     return min(times[1:]) / n
 
 
-def estimate(prep: Prepared, done: set[str] | None = None) -> dict[str, float]:
+def estimate(prep: PreparedStudy, done: set[str] | None = None) -> dict[str, float]:
     """Estimated seconds of each cell not in ``done``, its base's training counted with the first cell needing it."""
+    from search.study.methods import study_methods
+
     c = prep.config
+    methods = study_methods()
     done = done or set()
     seen: set[tuple] = set()
     out = {}
     for cell in prep.cells:
         if cell.id in done:
             continue
-        seconds = cell_epochs(cell, c) * prep.seconds_per_epoch[cell.network]
+        seconds = cell_epochs(cell, c, methods) * prep.seconds_per_epoch[cell.network]
         bases = [cell.base_key]
-        if cell.method != "baseline" and METHODS[cell.method].kind == "teacher":
+        if cell.method != BASELINE and methods[cell.method].kind == "teacher":
             bases.append((c.teacher, cell.train_ratio, cell.repeat, cell.augment))
         for key in bases:
             if key not in seen:
@@ -209,23 +229,25 @@ def finished_rows(study_dir: Path) -> dict[str, dict]:
     return rows
 
 
-def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(prep: PreparedStudy, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every unfinished cell of ``prep``; returns the summary (rows, tables, where things are)."""
     from tqdm.auto import tqdm
 
-    from rsc.training import resolve_device
+    from rsc.loop import resolve_device
     from search.study.execute import CellUnreachable, Workspace, run_cell
+    from search.study.methods import study_methods
     from search.study.tables import write_outputs
     from tracking.mlflow_log import Tracker, check_tracking_uri, default_tracking_uri
 
     c = prep.config
+    methods = study_methods()
     study_dir = prep.study_dir
     (study_dir / "cells").mkdir(parents=True, exist_ok=True)
     uri = c.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(c.out)
     check_tracking_uri(uri)
     meta_path = study_dir / "study.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    settings = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("progress", "device")}
+    settings = c.settings()
     tracker = Tracker(uri=uri, experiment=c.experiment)
     parent = meta.get("mlflow_parent_run_id") if meta.get("mlflow_tracking_uri") == uri else None
     if parent:
@@ -260,7 +282,7 @@ def run_study(prep: Prepared, say: Callable[[str], None] = print) -> dict[str, A
             bar.set_postfix_str(where)
             ws.status = lambda detail, where=where: bar.set_postfix_str(f"{where}, {detail}")
             start = time.perf_counter()
-            row: dict[str, Any] = cell.describe()
+            row: dict[str, Any] = cell.describe(methods)
             try:
                 row.update(run_cell(ws, cell))
                 row["status"] = "ok"

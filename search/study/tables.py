@@ -70,7 +70,7 @@ def summarise(rows: list[dict[str, Any]], experiment: str, ratio: float) -> list
 
 def _table(lines: list[dict[str, Any]], experiment: str, num_classes: int = 0) -> list[str]:
     if experiment == "baselines":
-        from rsc.training import at_chance
+        from rsc.loop import at_chance
 
         out = ["| network | OA (%) | params (M) | repeats |", "|---|---|---|---|"]
         collapsed = 0

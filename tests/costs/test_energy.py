@@ -180,7 +180,7 @@ def test_registered_as_an_analytic_budget_and_objective():
 
 
 def test_objective_on_energy():
-    from search.targets import objective_specs, target_key
+    from search.aims import objective_specs, target_key
 
     objectives = objective_specs(["accuracy", "energy"])
     assert objectives[1] == ("energy", "energy_mj", "minimize") and target_key(objectives) == "energy_mj"

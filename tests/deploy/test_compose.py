@@ -33,7 +33,7 @@ CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|_USER$|_DB$")
 PROVIDED_ELSEWHERE = {
     "MLFLOW_LOGGING_LEVEL": "defaulted by rsc.cli.quiet_third_party",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "defaulted by rsc.cli.quiet_third_party",
-    "CUBLAS_WORKSPACE_CONFIG": "defaulted by rsc.training",
+    "CUBLAS_WORKSPACE_CONFIG": "defaulted by rsc.loop",
     "RAY_ADDRESS": "set by Ray for a job's driver (ray job submit)",
     "CI": "test-suite only",
     "OMP_NUM_THREADS": "trials set torch's threads themselves",

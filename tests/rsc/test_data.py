@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rsc.augment import AugmentConfig, augment_batch, d4
-from rsc.data import (TensorLoader, load_scene_data, load_split, make_loaders, make_split,
-                      synthetic_scene_data)
+from rsc.loaders import TensorLoader, make_loaders
+from rsc.scenes import load_scene_data, synthetic_scene_data
+from rsc.splits import load_split, make_split
 from rsc.errors import ConfigError, DataError
 from rsc.imaging import BadImage, decode
 from tests.conftest import write_image

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-import rsc.datasets as datasets
-from rsc.data import load_scene_data
+import rsc.catalog as datasets
+from rsc.scenes import load_scene_data
 from rsc.download import download_dataset, extract, fetch
 from rsc.errors import DataError
 from tests.conftest import write_image

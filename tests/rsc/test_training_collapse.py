@@ -1,6 +1,6 @@
 """A model that ends at chance level is said to have collapsed, with what to do about it."""
 
-from rsc.training import collapse_note
+from rsc.loop import collapse_note
 
 
 def test_chance_level_is_called_a_collapse_and_names_the_learning_rate():

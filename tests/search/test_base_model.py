@@ -8,7 +8,8 @@ import torch
 
 from rsc.augment import AugmentConfig
 from rsc.checkpoint import load_checkpoint
-from rsc.data import make_split, synthetic_scene_data
+from rsc.scenes import synthetic_scene_data
+from rsc.splits import make_split
 from search.base_model import DEFAULT_BATCH_SIZE, DEFAULT_LR, KEY_VERSION, obtain_base_checkpoint
 
 

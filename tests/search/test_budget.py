@@ -141,7 +141,17 @@ def test_relative_conflict_found_at_resolve():
 
 
 def test_same_bound_inclusive_is_not_a_conflict():
-    parse_budgets(["params<=1M", "params>=1M"])
+    """An inclusive floor and ceiling at one value are kept (no conflict) and admit exactly that value;
+    the same pair against a base (a relative ceiling resolving onto the floor) behaves alike."""
+    budgets = parse_budgets(["params<=1M", "params>=1M"])
+    assert [(b.metric, b.op, b.value) for b in budgets] == [("params", "<=", 1e6), ("params", ">=", 1e6)]
+    assert [str(b) for b in budgets.analytic] == ["params<=1M"] and [str(b) for b in budgets.constraints] == ["params>=1M"]
+    assert budgets.check({"params": 1e6})
+    assert not budgets.check({"params": 1e6 + 1}) and not budgets.check({"params": 1e6 - 1})
+    assert budgets.violations({"params": 1e6}) == [0.0, 0.0]
+    resolved = parse_budgets(["params<=50%", "params>=5.5M"]).resolve(BASE)  # 50% of 11M
+    assert resolved.limits() == {"params": 5.5e6} and resolved.check({"params": 5.5e6})
+    assert not resolved.check({"params": 5.5e6 + 1}) and not resolved.check({"params": 5.5e6 - 1})
 
 
 def test_registry_is_pluggable_and_refuses_duplicates():

@@ -11,14 +11,15 @@ from tests.search.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def scenes():
-    from rsc.data import make_split, synthetic_scene_data
+    from rsc.scenes import synthetic_scene_data
+    from rsc.splits import make_split
 
     data = synthetic_scene_data(num_classes=4, per_class=25, image_size=16)
     return data, make_split(data, train_ratio=0.8, val_ratio=0.1, seed=3)
 
 
 def test_the_folds_partition_the_training_part_by_class_and_leave_the_test_part_alone(scenes):
-    from rsc.data import fold_split
+    from rsc.splits import fold_split
 
     data, split = scenes
     training = set(split.train.tolist()) | set(split.val.tolist())
@@ -56,19 +57,22 @@ def test_a_fold_rebuilds_the_final_architecture_with_the_choices_of_its_own_base
 
 
 def test_the_chosen_model_is_the_best_cross_validated_oa_each_fold_scored_from_its_own_base(tmp_path, capsys):
-    from rsc.data import load_scene_data, make_split
+    from rsc.scenes import load_scene_data
+    from rsc.splits import make_split
     from search.objective import evaluate_trial
     from search.report import render
+    from search.request import trial_seed
     from search.run import run
 
     config = tiny_config(tmp_path, methods=("prune",), allocate="params", budgets=("params<60%",),
                          objectives=("accuracy", "params"), trials=3, final_pick="top", final_max=2, final_folds=2)
     calls, final_val = [], {}
+    numbers = {trial_seed(config.seed, n): n for n in range(100)}  # the final stage's seed of a trial
 
     def spy(request, **kw):
         out = evaluate_trial(request, **kw)
         calls.append(request)
-        number = request["seed"] - config.seed * 100003  # the final stage's seed of a trial
+        number = numbers[request["seed"]]
         if request.get("evaluate_test"):
             final_val[number] = out["val_oa"]
         elif request["data"].get("fold"):  # the folds favour the finalist with the lower validation OA
@@ -97,7 +101,8 @@ def test_the_chosen_model_is_the_best_cross_validated_oa_each_fold_scored_from_i
 
 def test_final_folds_refused_for_bad_counts_and_for_a_base_that_saw_every_fold(tmp_path):
     from rsc.checkpoint import save_checkpoint
-    from rsc.data import make_split, synthetic_scene_data
+    from rsc.scenes import synthetic_scene_data
+    from rsc.splits import make_split
     from rsc.models import create_model
     from search.run import run
 
@@ -116,7 +121,7 @@ def test_final_folds_refused_for_bad_counts_and_for_a_base_that_saw_every_fold(t
 
 @pytest.mark.parametrize("argv, pattern", [
     (["-m", "search.run", "--final-folds", "1"], "final_folds must be 0 (off) or at least 2"),
-    (["-m", "search.study", "--search-folds", "1", "--plan"], "--search-folds takes 0 (off) or at least 2"),
+    (["-m", "search.study", "--search-folds", "1", "--plan"], "--search-folds must be 0 (off) or at least 2"),
 ])
 def test_bad_fold_counts_on_the_command_line_are_one_line_and_exit_code_2(tmp_path, argv, pattern):
     import subprocess

@@ -8,6 +8,7 @@ Not accuracy: on 32 px synthetic scenes after one epoch nothing is to be learned
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from search.config import SearchConfig
 from search.final import chosen_row, final_candidates
 from search.study import StudyConfig, prepare_study, run_study
-from search.study.cells import METHODS
+from search.study.methods import study_methods
 from search.study.tables import pick_lines, quality_lines
 
 
@@ -39,7 +40,7 @@ def test_spread_pick_spans_the_front_and_top_takes_the_best_scores_inside_the_bu
 
 def test_top_per_method_takes_each_method_combinations_best_in_turn():
     def t(number, oa, method):
-        return SimpleNamespace(number=number, values=(oa, 1.0e6), user_attrs={"method": method})
+        return SimpleNamespace(number=number, values=(oa, 1.0e6), method=method)  # a search.engines TrialRecord
 
     trials = [t(0, 0.80, "tucker"), t(1, 0.79, "tucker"), t(2, 0.70, "prune"), t(3, 0.78, "tucker"),
               t(4, 0.60, "prune"), t(5, 0.65, "prune+tucker")]
@@ -140,7 +141,7 @@ def test_other_final_choice_rules_are_replayed_on_the_same_finalists_never_by_te
 
 
 def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(tmp_path):
-    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
+    config = StudyConfig.from_settings(image_size=32, networks=("resnet18",), teacher=None, repeats=2, epochs=1, finetune_epochs=1,
                          rates=(2.0,), experiments=("quality",), search_trials=3, search_fidelity=1, search_final=2,
                          quality_methods=("search-nsga2", "search-random", "l1", "tucker-vbmf-scaled"),
                          quality_subject="search-nsga2", search_min_target=None, rank_sample=1,
@@ -180,9 +181,11 @@ def test_the_quality_experiment_runs_the_search_and_its_baselines_at_one_budget(
     from rsc.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"search_pick='top' \(now 'spread'\)"):
-        prepare_study(StudyConfig(**{**config.__dict__, "search_pick": "spread"}), say=lambda m: None)
-    with pytest.raises(ConfigError, match=r"search_min_target=None \(now 0.9\)"):
-        prepare_study(StudyConfig(**{**config.__dict__, "search_min_target": 0.9}), say=lambda m: None)
+        prepare_study(replace(config, search=replace(config.search, final_pick="spread")), say=lambda m: None)
+    with pytest.raises(ConfigError, match=r"search_min_target=0.1 \(now 0.9\)"):  # None: the search's own 0.1
+        prepare_study(replace(config, search=replace(config.search, min_target=0.9)), say=lambda m: None)
+    with pytest.raises(ConfigError, match=r"search.population_size=8 \(now 4\)"):  # a field without a study flag
+        prepare_study(replace(config, search=replace(config.search, population_size=4)), say=lambda m: None)
 
 
 def test_by_default_the_searched_cells_are_compared_at_their_rate():
@@ -191,11 +194,12 @@ def test_by_default_the_searched_cells_are_compared_at_their_rate():
     spread along the front) chose models at 4.2-15.3x for a 4x cell (benchmarks/README.md, the searched
     policies at 4x). The quality protocol's subject is the allocated search, against its random twin."""
     d = StudyConfig()
-    assert d.search_pick == "top" and d.search_min_target == 0.9
+    assert d.search.final_pick == "top" and d.search.min_target == 0.9
     assert d.subject() == "search-alloc" and d.quality_methods[:2] == ("search-alloc", "search-alloc-random")
-    twin = METHODS["search-alloc-random"]
-    assert twin.sampler == "random" and METHODS["search-alloc"].sampler == "nsga2"
-    assert all(getattr(twin, k) == getattr(METHODS["search-alloc"], k)
+    methods = study_methods()
+    twin = methods["search-alloc-random"]
+    assert twin.sampler == "random" and methods["search-alloc"].sampler == "nsga2"
+    assert all(getattr(twin, k) == getattr(methods["search-alloc"], k)
                for k in ("search_methods", "allocate", "allocate_damage"))
     # no subject named: the first searched method of the list, else the first method
     assert StudyConfig(quality_methods=("l1", "search-nsga2", "search-random")).subject() == "search-nsga2"
@@ -204,7 +208,7 @@ def test_by_default_the_searched_cells_are_compared_at_their_rate():
 
 
 def test_allocated_pruning_lands_on_the_budget_and_the_allocated_search_is_configured_so(tmp_path, monkeypatch):
-    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+    config = StudyConfig.from_settings(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
                          rates=(3.0,), experiments=("quality",), search_trials=2, search_fidelity=1, search_final=1,
                          quality_methods=("search-alloc", "search-alloc-random", "l1-params", "l1-sensitivity"),
                          quality_subject="l1-sensitivity", out=str(tmp_path / "runs"), progress=False, name="qa")
@@ -233,7 +237,7 @@ def test_a_search_stopped_by_ctrl_c_leaves_its_cell_unfinished_not_unreachable(t
     there and run the cell again on resume, not record it as a budget the search could not reach."""
     from search.report import SearchResult
 
-    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+    config = StudyConfig.from_settings(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
                          rates=(3.0,), experiments=("quality",), search_trials=2, search_fidelity=1, search_final=1,
                          quality_methods=("search-alloc",), quality_subject="search-alloc",
                          out=str(tmp_path / "runs"), progress=False, name="qi")
@@ -369,7 +373,7 @@ def test_render_shows_the_front_only_when_no_final_stage_ran(capsys):
 
 def test_a_searched_cell_shows_its_trials_and_final_stage_on_the_study_bar(tmp_path, capsys):
     """A searched cell runs for tens of minutes: the study bar's postfix follows its trials and final stage."""
-    config = StudyConfig(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
+    config = StudyConfig.from_settings(image_size=32, networks=("resnet18",), teacher=None, repeats=1, epochs=1, finetune_epochs=1,
                          rates=(2.0,), experiments=("quality",), quality_methods=("search-nsga2",),
                          quality_subject="search-nsga2", search_trials=2, search_fidelity=1, search_final=1,
                          search_pick="top", rank_sample=0, out=str(tmp_path / "runs"), progress=True, name="bar")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from search.request import trial_seed
 from tests.conftest import write_image
 from tests.search.conftest import ROOT, child_env, tiny_config
 
@@ -124,7 +125,7 @@ def test_trials_run_on_both_nodes_and_a_killed_worker_is_retried(tmp_path, clust
     study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)  # counted once
     assert {t.user_attrs["worker"]["node_id"] for t in study.trials} == {head.node_id, second.node_id}
-    victim = next(t for t in study.trials if config.seed * 100003 + t.number == killed["seed"])
+    victim = next(t for t in study.trials if trial_seed(config.seed, t.number) == killed["seed"])
     assert victim.user_attrs["worker"]["pid"] != killed["pid"]  # finished by another worker process
 
     client = MlflowClient(tracking_uri=result.tracking_uri)
@@ -159,7 +160,7 @@ def test_search_finishes_when_a_node_is_removed_mid_search(tmp_path, cluster):
 
     study = optuna.load_study(study_name=config.study_name, storage=config.storage_url)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
-    victim = next(t for t in study.trials if config.seed * 100003 + t.number == removed["seed"])
+    victim = next(t for t in study.trials if trial_seed(config.seed, t.number) == removed["seed"])
     assert victim.user_attrs["worker"]["node_id"] == head.node_id  # rerun on the node that was left
 
 

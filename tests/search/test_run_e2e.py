@@ -131,11 +131,11 @@ def test_a_resumed_search_reports_the_trials_of_every_process(tmp_path):
 
 
 def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
-    """--targets spread: trial i aims at spread_target(i) under any sampler; --targets sampler
+    """--aims spread: trial i aims at spread_target(i) under any sampler; --aims sampler
     lets the sampler pick (measured: TPE then put 0 of 16 guided trials above 0.6 of the budget)."""
     from search.engines.optuna_engine import OptunaEngine
     from search.run import run
-    from search.targets import spread_target
+    from search.aims import spread_target
 
     def fake_trial(request):
         return {"status": "ok", "val_oa": 0.5, "plan": request["plan"],
@@ -151,13 +151,13 @@ def test_targets_follow_the_spread_sequence_whatever_the_sampler(tmp_path):
     for sampler in ("tpe", "random"):
         cfg, got = targets(sampler, sampler=sampler, seed=3)
         assert got == pytest.approx([spread_target(i, min_target=cfg.min_target, seed=3) for i in range(6)])
-    cfg, got = targets("own", sampler="random", seed=3, targets="sampler")
+    cfg, got = targets("own", sampler="random", seed=3, aims="sampler")
     assert got != pytest.approx([spread_target(i, min_target=cfg.min_target, seed=3) for i in range(6)])
     assert all(cfg.min_target <= t <= 1.0 for t in got)
 
 
 def test_spread_targets_cover_the_log_range_evenly():
-    from search.targets import spread_target
+    from search.aims import spread_target
 
     for seed in (0, 1, 7):
         u = [math.log(spread_target(i, min_target=0.1, seed=seed)) / math.log(0.1) for i in range(7)]
@@ -290,10 +290,10 @@ def test_early_stop_fronts_hold_each_epochs_own_oa(tmp_path):
 def test_epoch_fronts_keep_the_non_dominated_points_of_each_epoch():
     from types import SimpleNamespace
 
-    from search.driver import epoch_fronts
+    from search.state import epoch_fronts
 
     def t(history, cost):
-        return SimpleNamespace(user_attrs={"val_history": history}, values=[history[-1] if history else 0.5, cost])
+        return SimpleNamespace(val_history=history, zero_shot_oa=None, values=[history[-1] if history else 0.5, cost])
 
     D = ["maximize", "minimize"]
     done = [t([0.3, 0.6, 0.9], 10.0), t([0.4, 0.5, 0.8], 5.0), t([0.2, 0.4, 0.7], 6.0), t([], 1.0),

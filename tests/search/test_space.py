@@ -81,7 +81,7 @@ class _FixedTrial:
 
 
 def test_trial_target_spans_the_ceiling_but_never_goes_below_a_combination_floor():
-    from search.targets import trial_target
+    from search.aims import trial_target
 
     floors = {"prune": {"params": 100.0}, "tucker": {"params": 400.0}}
     kw = dict(key="params", ceiling=1000.0, floors=floors, min_target=0.1)

@@ -24,7 +24,7 @@ def tiny(tmp_path, **kw) -> StudyConfig:
                 pruning_methods=("l1",), kd=(False,), augments=("none",), search_trials=2, search_fidelity=1,
                 out=str(tmp_path / "runs"), progress=False, name="tiny")
     base.update(kw)
-    return StudyConfig(**base)
+    return StudyConfig.from_settings(base)  # the search template's fields by the study's flag names
 
 
 def _rows(study_dir):
@@ -186,7 +186,7 @@ def test_cells_are_planned_once_and_split_by_split():
 def test_the_quality_protocol_fine_tunes_every_method_alike():
     """With --search-kd the baselines distil from the base too: the same fine-tune for everything."""
     for kd in (False, True):
-        config = StudyConfig(repeats=1, rates=(4.0,), experiments=("quality",), search_kd=kd)
+        config = StudyConfig.from_settings(repeats=1, rates=(4.0,), experiments=("quality",), search_kd=kd)
         cells = [c for c in plan_cells(config, (0.8,)) if c.method != "baseline"]
         assert {c.method for c in cells} == {"search-alloc", "search-alloc-random", "l1", "tucker-vbmf-scaled"}
         assert {c.kd for c in cells} == {kd}
@@ -296,3 +296,106 @@ def test_a_finished_cell_joins_the_tables_of_experiments_added_later(tmp_path):
     res = run_study(prepare_study(tiny(tmp_path, repeats=1, experiments=("baselines",)), say=lambda m: None),
                     say=lambda m: None)
     assert (res["cells"], res["finished"], res["in_folder"]) == (1, 1, 2)
+
+
+def test_the_methods_are_the_spaces_presets_and_the_studys_baselines():
+    """The study's table is read from the registry (nothing under search/ names a space): the same methods,
+    families and defaults as when the study kept its own table."""
+    from search.study.methods import default_methods, study_methods
+
+    methods = study_methods()
+    assert list(methods) == ["magnitude", "tucker-vbmf", "tucker", "tucker-vbmf-scaled", "tucker-searched",
+                             "distill-self", "distill-teacher", "l1", "fpgm", "taylor", "sfp", "slimming", "l1-params",
+                             "l1-sensitivity", "searched", "search-nsga2", "search-random", "search-alloc",
+                             "search-alloc-random"]
+    assert default_methods("families") == ("magnitude", "tucker-vbmf", "tucker", "tucker-searched", "distill-self",
+                                            "distill-teacher")
+    assert default_methods("pruning") == ("magnitude", "l1", "fpgm", "taylor", "sfp", "slimming", "searched")
+    assert [m.family for m in methods.values()] == ["weight"] + ["local"] * 4 + ["global"] * 2 + ["pruning"] * 8 + \
+        ["search"] * 4
+    # capabilities and presets, read from the spaces
+    assert methods["magnitude"].rate_cost == "nonzero_params" and methods["l1"].rate_cost == "params"
+    assert methods["tucker-vbmf"].fixed_rate and not methods["tucker"].fixed_rate
+    assert methods["distill-self"].kd_default and not methods["l1"].kd_default
+    assert (methods["sfp"].space, methods["slimming"].space) == ("prune.sfp", "prune.slimming")
+    assert methods["l1-sensitivity"].preset.options == {"cost": "params", "damage": "sensitivity"}
+    # a searched cell searches the spaces of presets, by their search.run names
+    assert methods["searched"].search_methods == ("prune",)
+    assert methods["tucker-searched"].search_methods == ("tucker",)
+    assert methods["search-alloc"].search_methods == ("prune", "tucker") and methods["search-alloc"].allocate == "params"
+    assert StudyConfig().methods_of("pruning") == default_methods("pruning")
+
+
+def test_one_config_source_the_search_template_and_its_flags():
+    import dataclasses
+
+    from search.config import SearchConfig
+    from search.study.__main__ import build_parser, config_from_args
+    from search.study.config import SEARCH_FLAGS
+
+    d = StudyConfig()
+    # the template: search.run's defaults but the study's own, on purpose
+    assert d.search == dataclasses.replace(SearchConfig(), trials=12, final_max=3, final_pick="top", min_target=0.9,
+                                           resume=True, log_models=False, progress=False)
+    assert (d.image_size, d.batch_size, d.finetune_lr, d.val_ratio, d.bn_batches) == \
+        (SearchConfig().image_size, SearchConfig().batch_size, SearchConfig().finetune_lr, SearchConfig().val_ratio,
+         SearchConfig().bn_batches)
+    assert config_from_args(build_parser().parse_args([])) == d
+    args = ["--search-trials", "5", "--search-fidelity", "3", "--search-final", "4", "--search-pick", "spread",
+            "--search-rungs", "2", "--search-folds", "3", "--search-kd", "--search-min-target", "0.5",
+            "--search-zero-shot", "--rank-sample", "2", "--slimming-reg", "1e-5", "--kd", "on", "--rates", "2,4",
+            "--teacher", "none", "--network-lr", "vgg11=0.01", "--pruning-methods", "l1,sfp"]
+    c = config_from_args(build_parser().parse_args(args))
+    s = c.search
+    assert (s.trials, s.fidelity_epochs, s.final_max, s.final_pick, s.final_rungs, s.final_folds, s.finetune_kd,
+            s.min_target, s.zero_shot, s.rank_sample) == (5, 3, 4, "spread", 2, 3, True, 0.5, True, 2)
+    assert (c.slimming_reg, c.kd, c.rates, c.teacher, c.network_lr, c.pruning_methods) == \
+        (1e-5, (True,), (2.0, 4.0), None, {"vgg11": 0.01}, ("l1", "sfp"))
+    # study.json: recorded, read back; a study recorded before the template (flat search_* keys) reads the same
+    assert StudyConfig.from_settings(c.settings()) == dataclasses.replace(c, progress=True, device=None)
+    flat = {**{k: v for k, v in d.settings().items() if k != "search"},
+            **{key: getattr(s, flag.field) for key, flag in SEARCH_FLAGS.items()}, "search_min_target": None}
+    old = StudyConfig.from_settings(flat)
+    assert old.search == dataclasses.replace(s, min_target=SearchConfig().min_target)  # null: the search's own
+
+
+def test_a_searched_cell_derives_its_search_from_the_template_and_reports_its_stages(tmp_path):
+    from search.study.execute import _CellProgress, cell_search_config
+    from search.study.methods import study_methods
+
+    config = tiny(tmp_path, search_trials=5, search_kd=False, network_lr={"resnet18": 0.02})
+    cell = Cell("search-alloc", "resnet18", 0.5, 2, 4.0, True)
+    sc = cell_search_config(config, cell, study_methods()["search-alloc"], tmp_path / "tiny", "sqlite:///x.db")
+    assert (sc.trials, sc.fidelity_epochs, sc.final_pick, sc.min_target) == (5, 1, "top", 0.9)  # the template's
+    assert (sc.train_ratio, sc.model, sc.base_lr, sc.budgets, sc.methods, sc.allocate, sc.allocate_damage,
+            sc.finetune_kd, sc.seed, sc.final_epochs, sc.study) == \
+        (0.5, "resnet18", 0.02, ("params<=25%",), ("prune", "tucker"), "params", "sensitivity", True, 2, 1,
+         f"tiny-{cell.id}")
+    said = []
+    bar = _CellProgress(said.append)
+    bar.message("final stage: not parsed any more")
+    bar.stage("final", "fine-tuning 3 best-scored model(s)")
+    assert said == ["final stage: fine-tuning 3 best-scored model(s)"]
+
+
+def test_a_study_recorded_before_the_template_resumes_under_the_same_settings_only(tmp_path):
+    from rsc.errors import ConfigError
+    from search.study.methods import study_methods
+    from search.study.runner import _check_resumable
+
+    folder = tmp_path / "old"
+    (folder / "cells").mkdir(parents=True)
+    settings = {k: v for k, v in StudyConfig().settings().items() if k != "search"}
+    settings.update(search_trials=24, search_fidelity=2, search_final=3, search_pick="top", search_rungs=1,
+                    search_kd=False, search_min_target=0.9, search_folds=0, search_zero_shot=False, rank_sample=0,
+                    slimming_reg=0.0001)  # as studies recorded them before
+    (folder / "study.json").write_text(json.dumps({"settings": settings, "dataset": "synthetic"}))
+    (folder / "cells" / "a.json").write_text(json.dumps({"id": "a", "status": "ok", "method": "searched",
+                                                         "network": "resnet18"}))
+    methods = study_methods()
+    same = StudyConfig.from_settings(search_trials=24)
+    _check_resumable(folder, same, "synthetic", methods)   # slimming_reg left to the space: its 1e-4
+    with pytest.raises(ConfigError, match=r"search_trials=24 \(now 12\)"):
+        _check_resumable(folder, StudyConfig(), "synthetic", methods)
+    with pytest.raises(ConfigError, match=r"slimming_reg=0.0001 \(now 0.001\)"):
+        _check_resumable(folder, StudyConfig.from_settings(search_trials=24, slimming_reg=1e-3), "synthetic", methods)

@@ -11,7 +11,7 @@ from torch import nn
 from costs.counting import count_macs
 from costs.energy import estimate_energy
 from spaces import SpaceError, get_space
-from spaces import allocate as A
+from spaces import allocation as A
 from tests.spaces.conftest import NUM_CLASSES, SIZE, make
 
 
@@ -39,9 +39,50 @@ def test_channel_allocation_meets_macs_as_predicted(resnet18, ctx, keep):
 
 
 def test_channel_allocation_is_not_uniform(resnet18, ctx):
-    al = A.channel_allocation(get_space("prune.channel"), resnet18, ctx, cost=A.macs_cost, keep=0.5)
-    ratios = set(round(r, 3) for r in al.params["ratios"].values())
-    assert len(ratios) > 2  # per-group choices, not one global ratio
+    """Per-group choices, not one global ratio: the built model has the chosen channels in every group,
+    meets keep of the summed MACs tightly (one rounding step back in some group breaks it), and its cut
+    removes less channel importance than the lightest uniform cut that meets the same budget."""
+    from spaces.allocation.damage import kept_choices
+    from spaces.prune import dependency_groups, importance_of, kept_channels, prunable_groups, trace_dependencies
+
+    space, keep = get_space("prune.channel"), 0.5
+    al = A.channel_allocation(space, resnet18, ctx, cost=A.macs_cost, keep=keep)
+    channels = {g.name: g.channels for g in prunable_groups(resnet18, ctx)}
+    assert set(al.choices) == set(al.params["ratios"]) == set(channels)
+    round_to = al.params["round_to"]
+    base = A.summed_cost(resnet18, ctx, A.macs_cost)
+
+    def built(ratios):
+        model = space.apply(resnet18, {**al.params, "ratios": ratios}, ctx)
+        return model, A.summed_cost(model, ctx, A.macs_cost) / base
+
+    pruned, fraction = built(al.params["ratios"])
+    assert fraction <= keep * (1 + 1e-9)
+    assert {n: pruned.get_submodule(n).out_channels for n in channels} == al.choices
+    assert len({round(al.choices[n] / c, 3) for n, c in channels.items()}) > 2  # kept shares differ by group
+    cut = [n for n in channels if al.choices[n] < channels[n]]
+    assert cut and len(cut) < len(channels)  # some groups are cut, not all alike
+
+    def one_step_back(name):
+        up = [r for k, r in kept_choices(channels[name], round_to, space.max_ratio) if k > al.choices[name]][-1]
+        return built({**al.params["ratios"], name: up})[1]
+
+    assert any(one_step_back(n) > keep for n in cut), "the allocation overshoots keep by more than a step"
+
+    dg = trace_dependencies(resnet18, ctx.example_input(1))
+    with torch.no_grad():
+        scores = {n: torch.sort(importance_of("l1")(g)).values for n, g in dependency_groups(resnet18, dg, ctx)}
+
+    def damage(kept):  # the importance share each group loses, summed (the allocator's own measure)
+        return sum(float(s[: len(s) - kept[n]].sum() / s.sum()) for n, s in scores.items())
+
+    for ratio in (r / 20 for r in range(1, 17)):  # the lightest uniform cut within keep
+        if built({n: ratio for n in channels})[1] <= keep:
+            break
+    else:
+        pytest.fail("no uniform ratio up to 0.8 meets keep")
+    uniform = {n: kept_channels(c, ratio, round_to) for n, c in channels.items()}
+    assert damage(al.choices) < damage(uniform), (ratio, damage(al.choices), damage(uniform))
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.3])

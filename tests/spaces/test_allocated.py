@@ -11,7 +11,7 @@ import torch
 
 from costs.counting import count_macs
 from spaces import Plan, SpaceError, Step, build_from_plan, compress, cost_gap, get_space, project_plan
-from spaces import allocate as A
+from spaces import allocation as A
 from tests.spaces.conftest import NUM_CLASSES, SIZE
 
 ARCH = {"model": "resnet18", "num_classes": NUM_CLASSES, "image_size": SIZE}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spaces import Plan, SpaceError, Step, finetune, finetune_plan, get_space, recalibrate_bn
+from spaces import Plan, SpaceError, Step, finetune_plan, get_space, recalibrate_bn
+from spaces.finetune import finetune
 from spaces.quant import is_quantized
 from tests.spaces.conftest import NUM_CLASSES, SIZE, batches
 
@@ -87,7 +88,7 @@ def test_finetune_reestimates_bn_after_every_epoch_before_it_is_validated():
     """With bn_batches, each epoch ends on statistics of its final weights (what recalibrate_bn gives)."""
     import copy
 
-    from rsc.training import fit
+    from rsc.loop import fit
     from tests.spaces.conftest import make
 
     small = make("mobilenet_v3_small")  # has BatchNorm (the squeezenet fixture has none)

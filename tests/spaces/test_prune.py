@@ -43,13 +43,58 @@ def test_prune_keeps_head_and_rounds_channels(resnet18, ctx):
     assert count_params(pruned) < count_params(resnet18)
 
 
+def _is_slice(new: torch.Tensor, old: torch.Tensor) -> bool:
+    """Whether ``new`` is ``old`` at some increasing subset of its input channels (dim 1), bit for bit."""
+    i = 0
+    for j in range(new.shape[1]):
+        while i < old.shape[1] and not torch.equal(old[:, i], new[:, j]):
+            i += 1
+        if i == old.shape[1]:
+            return False
+        i += 1
+    return True
+
+
 @pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "bn_scale", "taylor"])
 def test_every_criterion_prunes(criterion, small, ctx, x):
+    """Every group loses exactly the asked half, the channels removed are the ones the criterion scores
+    lowest (on the unpruned model), and each kept layer is the original's slice at the kept indices."""
+    import copy
+
+    from spaces.prune import calibration_grads, dependency_groups, importance_of, trace_dependencies
+
+    model = copy.deepcopy(small)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # torchvision starts SqueezeNet's biases at zero: make them tell channels apart
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
     space = get_space("prune.channel", criteria=(criterion,))
-    params = _uniform(small, ctx, 0.5, criterion=criterion, round_to=1)
-    pruned = space.apply(small, params, ctx)
+    params = _uniform(model, ctx, 0.5, criterion=criterion, round_to=1)
+    done = space.transform(model, params, ctx)
+    pruned = done.model
     with torch.no_grad():
         assert pruned(x).shape == (2, NUM_CLASSES)
+    removed = {name: idx for name, out, idx in done.record["history"] if out}
+    groups = prunable_groups(model, ctx)
+    assert set(removed) == {g.name for g in groups}
+    for grp in groups:
+        layer, orig = pruned.get_submodule(grp.name), model.get_submodule(grp.name)
+        kept = [i for i in range(grp.channels) if i not in set(removed[grp.name])]
+        assert layer.out_channels == len(kept) == kept_channels(grp.channels, 0.5, None) == grp.channels - grp.channels // 2
+        assert torch.equal(layer.bias, orig.bias[kept]), grp.name
+        assert _is_slice(layer.weight, orig.weight[kept]), grp.name  # its inputs may have shrunk too
+    ref = copy.deepcopy(model)  # the criterion's own scores on the unpruned model
+    dg = trace_dependencies(ref, ctx.example_input(1))
+    if criterion == "taylor":
+        calibration_grads(ref, ctx.calibration_batches("taylor"))
+    with torch.no_grad():
+        for name, group in dependency_groups(ref, dg, ctx):
+            score = importance_of(criterion)(group)
+            if score is None:  # bn_scale on a model without BatchNorm falls back to l1
+                score = importance_of("l1")(group)
+            kept = [i for i in range(len(score)) if i not in set(removed[name])]
+            assert score[kept].min() >= score[removed[name]].max(), (criterion, name)
 
 
 def test_criteria_choose_different_channels(small, ctx):

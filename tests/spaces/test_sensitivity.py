@@ -11,7 +11,8 @@ from torch import nn
 
 from costs.counting import count_params
 from spaces import SpaceError, get_space
-from spaces import allocate as A
+from spaces import allocation as A
+from spaces.allocation import damage as D
 from spaces.base import Context
 from spaces.prune import prunable_groups
 from tests.spaces.conftest import NUM_CLASSES, SIZE
@@ -76,7 +77,7 @@ def test_a_sensitive_group_is_kept_and_the_budget_still_met(resnet18, ctx, monke
 
     def fake(space_, model, context, *, criterion, round_to, **_):
         return {victim: [(8, 100.0)]}  # any cut of the victim is ruinous, every other group is free
-    monkeypatch.setattr(A, "channel_sensitivity", fake)
+    monkeypatch.setattr("spaces.allocation.channels.channel_sensitivity", fake)
     al = A.channel_allocation(space, resnet18, ctx, cost=A.params_cost, keep=0.3, damage="sensitivity")
     assert al.fraction <= 0.3 * (1 + 1e-9)
     assert al.params["ratios"][victim] == 0.0
@@ -85,13 +86,13 @@ def test_a_sensitive_group_is_kept_and_the_budget_still_met(resnet18, ctx, monke
 
 def test_interpolation_between_measured_depths_is_linear_and_never_decreasing():
     options = [(64, 0.0), (56, 0.1), (48, 0.2), (40, 0.3), (32, 0.4), (24, 0.6)]
-    out = A._interpolated(options, [(48, 0.2), (24, 0.1)])
+    out = D.interpolated_damage(options, [(48, 0.2), (24, 0.1)])
     assert out[0] == 0.0
     assert out[1] == pytest.approx(0.1)   # halfway from the whole group (0) to 48 channels (0.2)
     assert out[2] == pytest.approx(0.2)
     assert out == sorted(out)             # the dip at 24 channels (measurement noise) is flattened
     assert out[-1] == pytest.approx(0.2)
-    assert A._sampled(0, 4) == [] and A._sampled(10, 4) == [2, 5, 8, 10] and A._sampled(2, 4) == [1, 2]
+    assert D._sampled(0, 4) == [] and D._sampled(10, 4) == [2, 5, 8, 10] and D._sampled(2, 4) == [1, 2]
 
 
 def test_the_allocated_space_takes_the_damage_and_meets_its_keep(resnet18, ctx):

@@ -119,7 +119,7 @@ def test_truncated_svd_of_a_linear_layer_is_the_optimal_low_rank_approximation(s
 
 
 def test_ranks_round_to_multiples_and_old_plans_keep_exact_ranks(resnet18, ctx):
-    from spaces.tucker import _rank
+    from spaces.tucker import rank_of as _rank
 
     assert [_rank(f, 64, 8) for f in (0.01, 0.3, 0.55, 1.0)] == [8, 16, 32, 64]
     assert _rank(0.3, 6, 8) == 6  # never above the channels
