@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job on the built-in default: a compression search on the synthetic scene set
-# (trains and caches a base ResNet-18 first; about 1.5 min on 2 CPU cores).
+# (trains and caches a base ResNet-18 first, then fine-tunes uniform L1 with the search's compute beside the
+# final models; about 2 min on 2 CPU cores once the base is cached).
 demo: setup
 	$(BIN)/python -m search.run --budget 'params<25%' --min-accuracy 0.25 --image-size 32 --base-epochs 10 \
 	    --trials 8 --fidelity-epochs 2 --final-epochs 3 --study demo-$(shell date +%Y%m%d-%H%M%S)

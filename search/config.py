@@ -149,6 +149,15 @@ class SearchConfig:
                                      f"budget scaled by that error, and fine-tune it again (up to {REPAIR_PASSES} times while it "
                                      "measures over)",
                                flag="--no-latency-repair")
+    baseline: bool = opt(True, "do not fine-tune the uniform configuration at the same budget (uniform L1 channel "
+                               "pruning; uniform Tucker-2 where the methods are low-rank only) beside the final models, "
+                               "nor report the search's chosen model minus it", flag="--no-baseline")
+    baseline_compute: str = opt("matched", "the uniform baseline's fine-tune: matched (every epoch the search spent on "
+                                           "trials, halving rungs and final fine-tunes: the verdict at equal compute, "
+                                           "which is the one that decides whether the search paid) or same "
+                                           "(--final-epochs, like each final model: cheaper, and it flatters the "
+                                           "search) (default {default})",
+                                choices=("same", "matched"))
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
 
     # -- bookkeeping
@@ -192,6 +201,8 @@ class SearchConfig:
                      "bn_batches", "depth_bins", "rank_sample"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.baseline_compute not in ("same", "matched"):
+            raise ConfigError(f"unknown baseline_compute {self.baseline_compute!r}; choose same or matched")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 0.0 < self.train_ratio < 1.0 or not 0.0 < self.val_ratio < 1.0:

@@ -49,10 +49,13 @@ def fold_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[int, Mapping[str, Any]],
                    request_for: Callable[..., TrialRequest], trial_fn: Callable[[dict[str, Any]], dict[str, Any]],
-                   data: Any, split: Any, device: str, say: Callable[[str], None]) -> None:
+                   data: Any, split: Any, device: str, say: Callable[[str], None],
+                   spent: Callable[[str, float, float], None] = lambda part, epochs, seconds: None) -> None:
     """Add ``cv_oa`` (pooled over the folds), ``cv_fold_oa`` and ``cv_images`` to each of ``rows`` (final
     models, by ``trial``) whose plan is in ``plans``; ``request_for(number, **extra)`` is the final stage's
-    request for that trial. A fold that fails leaves its row without ``cv_oa`` (said, not raised)."""
+    request for that trial. A fold that fails leaves its row without ``cv_oa`` (said, not raised).
+    ``spent(part, epochs, seconds)`` is told each fold's base (``crossval_bases``, cached or not) and each
+    fine-tune (``crossval``) in epoch-equivalents of the split's training part (:mod:`search.compute`)."""
     from rsc.splits import fold_split
     from search.base_model import search_base_checkpoint
 
@@ -69,12 +72,17 @@ def cross_validate(config: Any, rows: Sequence[dict[str, Any]], plans: Mapping[i
         ckpt, _ = search_base_checkpoint(config, data, part, device, lambda m, i=i: say(f"fold {i + 1}/{folds}: {m}"))
         n = len(part.val)
         sizes.append(n)
+        share = len(part.train) / max(len(split.train), 1)  # a fold's epoch, in the split's epochs
+        spent("crossval_bases", config.base_epochs * share, 0.0)
         for r in todo:
             number = r["trial"]
             request = request_for(number, plan=fold_plan(plans[number]), latency=False, base_checkpoint=str(ckpt))
             request = request.replace(data=dataclasses.replace(request.data, fold=(folds, i)))
             try:
-                oa = float(trial_fn(request.to_dict())["val_oa"])
+                out = trial_fn(request.to_dict())
+                oa = float(out["val_oa"])
+                spent("crossval", (out.get("epochs_run") or request.epochs) * share,
+                      float((out.get("seconds") or {}).get("total", 0.0)))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - the row keeps its validation OA only

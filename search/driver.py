@@ -38,6 +38,7 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     from search.objective import evaluate_trial
     from search.setup import prepare
     from search.aims import spread_target, trial_target
+    from search.compute import trials_ledger
 
     rep = reporter or Reporter()
     t_start = time.perf_counter()
@@ -137,9 +138,13 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     if timing["wall"]:  # driver work (Optuna, MLflow, bookkeeping) as a share of the loop's wall time
         timing["overhead_share"] = min(1.0, timing["driver"] / timing["wall"])
     result.timing = timing
+    ledger = trials_ledger(engine.trials(), device=_device_name(trial_device), base_epochs=_base_epochs(s))
     try:
         if not interrupted:
-            final_stage(s, result, front_trials, trial_fn=trial_fn, say=rep.message, stage=rep.stage, eligible=done)
+            final_stage(s, result, front_trials, trial_fn=trial_fn, say=rep.message, stage=rep.stage, eligible=done,
+                        ledger=ledger)
+        result.compute = ledger.to_dict()
+        tracker.log_metrics(search.parent_id, ledger.metrics())
         write_artifacts(s, result)
         tracker.log_metrics(search.parent_id, {"overhead_share": timing.get("overhead_share", 0.0),
                                                "trials_finished": result.counts.get("finished", 0)})
@@ -152,3 +157,20 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         ray.shutdown()
     result.timing["total"] = time.perf_counter() - t_start
     return result
+
+
+def _base_epochs(s: object) -> int:
+    """The epochs the search's base model was trained for (its checkpoint's recipe; 0 when not recorded)."""
+    from rsc.checkpoint import load_checkpoint
+
+    try:
+        return int((load_checkpoint(s.ckpt).get("config") or {}).get("epochs") or 0)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a figure for the report, never a reason to fail
+        return 0
+
+
+def _device_name(device: str) -> str:
+    """Where trials trained, for the compute ledger: ``cpu (AMD EPYC ...)``, ``cuda``."""
+    from costs.machine import cpu_name
+
+    return f"{device} ({cpu_name()})" if device == "cpu" else device

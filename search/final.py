@@ -17,6 +17,7 @@ from search.crossval import chosen_row
 from search.engines.base import TrialRecord
 from search.executors import TrialFn
 from search.report import SearchResult
+from search.compute import Ledger
 from search.request import TrialRequest, TrialResult, trial_seed
 
 if TYPE_CHECKING:
@@ -92,13 +93,15 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
 
 def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord], *, trial_fn: TrialFn,
                 say: Callable[[str], None], eligible: Sequence[TrialRecord] = (),
-                stage: Callable[[str, str], None] = lambda name, detail: None) -> None:
-    """Fine-tune the final set longer and evaluate it - and the base model - on the test split; with
-    ``rank_sample``, also the rank sample, and the rank correlation of trial score with final OA.
+                stage: Callable[[str, str], None] = lambda name, detail: None, ledger: Ledger | None = None) -> None:
+    """Fine-tune the final set longer and evaluate it - and the base model - on the test split; then the
+    uniform baseline alike (:mod:`search.baseline`, unless ``--no-baseline``); with ``rank_sample``, also the
+    rank sample, and the rank correlation of trial score with final OA.
 
     ``s``: the prepared search (its config, tracker, base checkpoint, data and split, and the request
     template, whose paths this process reads); ``front``: the Pareto trials sorted by cost; ``eligible``:
-    every trial that may be picked (``final_pick`` top), the front when empty."""
+    every trial that may be picked (``final_pick`` top), the front when empty; ``ledger``: the search's
+    compute so far (:mod:`search.compute`), to which every fine-tune here is added."""
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
     from costs.registry import CostSettings, budget_metrics, measure
     from rsc.loaders import make_loaders
@@ -107,6 +110,7 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
     from search.budget import REPAIR_PASSES, meets_budget, parse_budgets, repair_aim
 
     config, tracker, data, split, template = s.config, s.tracker, s.data, s.split, s.request
+    ledger = ledger if ledger is not None else Ledger()
     base = model_from_checkpoint(load_checkpoint(s.ckpt)).eval()
     _, val, test = make_loaders(data, split, batch_size=config.batch_size, seed=config.seed)
     settings = CostSettings(image_size=data.image_size)
@@ -138,55 +142,67 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
     stage("final", detail)
     keep_model = _accepts_return_model(trial_fn)
     budgets = parse_budgets(config.budgets)
-    chosen = _halve(config, result, chosen, template, trial_fn, say)
+    chosen = _halve(config, result, chosen, template, trial_fn, say, ledger)
     ranked: list[dict[str, Any]] = []
     plans: dict[int, Any] = {}
     picked = {t.number for t in chosen}
-    def fine_tune(t: TrialRecord, **extra: Any) -> tuple[dict[str, Any], Any, TrialResult] | None:
+    def fine_tune(t: TrialRecord, part: str, request: TrialRequest | None = None,
+                  **extra: Any) -> tuple[dict[str, Any], Any, TrialResult] | None:
         try:
-            request = final_request(template, t, seed=config.seed, epochs=config.final_epochs, evaluate_test=True,
-                                    **extra).to_dict()
+            request = (request.replace(**extra) if request is not None else
+                       final_request(template, t, seed=config.seed, epochs=config.final_epochs, evaluate_test=True,
+                                     **extra)).to_dict()
             raw = trial_fn(request, return_model=True) if keep_model else trial_fn(request)
             model = raw.pop("model", None)
             out = TrialResult.from_dict(raw)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001
-            say(f"final stage: trial {t.number} failed: {type(exc).__name__}: {exc}")
+            say(f"final stage: {_name(t)} failed: {type(exc).__name__}: {exc}")
             return None
+        spent = out.epochs_run if out.epochs_run is not None else request["epochs"]
+        ledger.add(part, epochs=spent, seconds=out.seconds.get("total", 0.0))
         costs = out.costs
         row = {"trial": t.number, "method": t.method, "val_oa": out.val_oa,
                "test_oa": out.test_oa, **{k: costs.get(k) for k in cost_keys},
                **({"latency_ms_predicted": costs["latency_ms_predicted"]} if "latency_ms_predicted" in costs else {}),
                "compression_rate": out.compression_rate, "speedup": out.speedup,
-               "search_val_oa": t.values[0], "mlflow_run_id": t.mlflow_run_id,
+               "search_val_oa": t.values[0] if t.values else None, "mlflow_run_id": t.mlflow_run_id,
                **({"zero_shot_oa": t.zero_shot_oa} if t.zero_shot_oa is not None else {}),
-               "hardware": hardware}
+               "hardware": hardware, "epochs": int(request["epochs"])}
         row["meets_budget"] = meets_budget(budgets, row, result.base, out.to_dict())
         return row, model, out
 
-    for t in [*chosen, *sample]:
-        extra = t.number not in picked
-        done = fine_tune(t)
+    def tuned(t: TrialRecord, part: str, request: TrialRequest | None = None
+              ) -> tuple[dict[str, Any], Any, TrialResult] | None:
+        """``t`` fine-tuned, and - over a latency budget the table under-predicted - re-projected lower by that
+        error and fine-tuned again (``--no-latency-repair``: not)."""
+        done = fine_tune(t, part, request)
         if done is None:
-            continue
+            return None
         first, passes = done[0], 0
-        while not extra and config.latency_repair and passes < REPAIR_PASSES:
+        while part != "rank_sample" and config.latency_repair and passes < REPAIR_PASSES:
             aim = repair_aim(budgets, done[0], result.base, done[2].to_dict())
             if aim is None:  # inside, or over another budget than latency's
                 break
-            # over a latency budget the table under-predicted: aim lower by that error, fine-tune again
             before = done[0]
-            again = fine_tune(t, limits=template.limits, target={"latency_ms": aim})
+            again = fine_tune(t, part, request, limits=template.limits, target={"latency_ms": aim})
             if again is None:
                 break
             done, passes = again, passes + 1
             done[0]["repaired"] = {"latency_ms_before": first["latency_ms"], "aim_ms_predicted": aim,
                                    "projection": done[2].projection, "passes": passes}
-            say(f"final stage: trial {t.number} measured {before['latency_ms']:.3f} ms, over the latency budget "
+            say(f"final stage: {_name(t)} measured {before['latency_ms']:.3f} ms, over the latency budget "
                 f"(the table predicted {before['latency_ms_predicted']:.3f}); re-projected onto {aim:.3f} ms as "
                 f"predicted and fine-tuned again: {done[0]['latency_ms']:.3f} ms, "
                 + ("inside it" if done[0]["meets_budget"] else "still over it"))
+        return done
+
+    for t in [*chosen, *sample]:
+        extra = t.number not in picked
+        done = tuned(t, "rank_sample" if extra else "final")
+        if done is None:
+            continue
         row, model, out = done
         ranked.append(row)
         plans[t.number] = out.plan or t.plan
@@ -206,11 +222,14 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
         trials = {t.number: t for t in [*chosen, *sample]}
         cross_validate(config, ranked, plans, lambda n, **x: final_request(
             template, trials[n], seed=config.seed, epochs=config.final_epochs, evaluate_test=False, **x), trial_fn,
-            data, split, template.device or "cpu", say)
+            data, split, template.device or "cpu", say,
+            spent=lambda part, epochs, seconds: ledger.add(part, epochs=epochs, seconds=seconds))
         for row in ranked:
             if row.get("cv_oa") is not None and row.get("mlflow_run_id"):
                 tracker.log_metrics(row["mlflow_run_id"], {"final_cv_oa": row["cv_oa"]})
     result.chosen = chosen_row(result.final)
+    if config.baseline and result.final:
+        _uniform_baseline(s, result, base, ledger, tuned, say)
     if config.rank_sample:
         from tracking.stats import rank_correlation
 
@@ -233,6 +252,51 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
             tracker.log_metrics(result.parent_run_id, metrics)
 
 
+def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger: Ledger,
+                      tuned: Callable[..., tuple[dict[str, Any], Any, TrialResult] | None],
+                      say: Callable[[str], None]) -> None:
+    """The uniform configuration at the same budget, fine-tuned like the finalists (``--baseline-compute
+    same``) or for the search's epochs (``matched``), tested, shipped as ``models/uniform.pt``, and the verdict
+    searched minus uniform (:mod:`search.baseline`) on the result, the parent run and the plot."""
+    from search.baseline import BASELINE_TRIAL, uniform_request, verdict
+
+    config, tracker = s.config, s.tracker
+    searched = sum(ledger.epochs.get(k, 0.0) for k in ("trials", "halving", "final"))
+    epochs = config.final_epochs if config.baseline_compute == "same" else max(1, round(searched))
+    found = uniform_request(s.request, methods=config.space_methods()[0], seed=config.seed, arch=s.arch, base=base,
+                            context=s.context, epochs=epochs)
+    if found is None:
+        result.notes.append("note: no uniform baseline: " + (
+            "no searched method has a uniform configuration (channel pruning or Tucker-2)" if s.request.limits else
+            "the budget has no counted cost to project it onto (a latency budget needs --target lut:TABLE)"))
+        return
+    request, label = found
+    how = ("like each finalist" if config.baseline_compute == "same" else
+           f"for the search's {searched:.0f} epoch-equivalents (compute-matched)")
+    say(f"final stage: the uniform baseline ({label}) projected onto the budget, fine-tuned {epochs} epochs {how}")
+    done = tuned(TrialRecord(number=BASELINE_TRIAL, state="complete", method=label), "baseline", request)
+    if done is None:
+        return
+    row, model, out = done
+    row.update(trial="uniform", search_val_oa=None, projection=out.projection)
+    result.baseline = row
+    if model is not None:
+        _ship_model(config, tracker, result, row, model, out.plan, BASELINE_TRIAL, s.data.image_size, say,
+                    name="uniform")
+    result.verdict = verdict(result.chosen, row, compute=config.baseline_compute, search_epochs=ledger.search_epochs(),
+                             baseline_epochs=ledger.epochs.get("baseline", 0.0))
+    metrics = {f"baseline_{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if result.verdict:
+        metrics.update({k: v for k, v in result.verdict.items() if k.endswith("_minus_uniform")})
+    tracker.log_metrics(result.parent_run_id, metrics)
+
+
+def _name(t: TrialRecord) -> str:
+    from search.baseline import BASELINE_TRIAL
+
+    return "the uniform baseline" if t.number == BASELINE_TRIAL else f"trial {t.number}"
+
+
 def final_request(template: TrialRequest, t: TrialRecord, *, seed: int, epochs: int, evaluate_test: bool,
                   **changes: Any) -> TrialRequest:
     """Trial ``t``'s plan fine-tuned again from the base: no projection, no early stop, the trial's own seed
@@ -244,7 +308,7 @@ def final_request(template: TrialRequest, t: TrialRecord, *, seed: int, epochs: 
 
 
 def _halve(config: SearchConfig, result: SearchResult, chosen: list[TrialRecord], template: TrialRequest,
-           trial_fn: TrialFn, say: Callable[[str], None]) -> list[TrialRecord]:
+           trial_fn: TrialFn, say: Callable[[str], None], ledger: Ledger) -> list[TrialRecord]:
     """Successive halving over fine-tune epochs before the final fine-tune (``final_rungs`` > 1).
 
     Rung i of R fine-tunes the candidates left for ``final_epochs / 2**(R-1-i)`` epochs (at least one)
@@ -265,6 +329,8 @@ def _halve(config: SearchConfig, result: SearchResult, chosen: list[TrialRecord]
             try:
                 out = TrialResult.from_dict(trial_fn(final_request(template, t, seed=config.seed, epochs=epochs,
                                                                    evaluate_test=False, latency=False).to_dict()))
+                ledger.add("halving", epochs=out.epochs_run if out.epochs_run is not None else epochs,
+                           seconds=out.seconds.get("total", 0.0))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - a candidate that fails a rung drops out
@@ -282,11 +348,12 @@ def _halve(config: SearchConfig, result: SearchResult, chosen: list[TrialRecord]
 
 
 def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: dict[str, Any], model: Any,
-                plan: Mapping[str, Any] | None, number: int, image_size: int, say: Callable[[str], None]) -> None:
+                plan: Mapping[str, Any] | None, number: int, image_size: int, say: Callable[[str], None],
+                name: str | None = None) -> None:
     """Write a final model as files a user deploys, and log it to MLflow.
 
-    ``<study>/models/trial-N.pt`` (base + plan + state dict; :func:`spaces.load_compressed`,
-    ``weights_only``) always, ``trial-N.onnx`` where the exporter takes the model; both go to the
+    ``<study>/models/trial-N.pt`` (``name``.pt: ``uniform.pt`` for the baseline; base + plan + state dict;
+    :func:`spaces.load_compressed`, ``weights_only``) always, ``trial-N.onnx`` where the exporter takes the model; both go to the
     parent run's ``models/`` artifacts. With ``log_models`` the model is also an MLflow model:
     the ``pytorch`` flavour where MLflow can serialise it (not a post-training step's packed int8
     weights), else a pyfunc over the plan file.
@@ -300,13 +367,15 @@ def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: d
     folder = config.study_dir / "models"
     extra = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
     extra["hardware_fingerprint"] = result.hardware_fingerprint  # what latency_ms and speedup were measured on
-    path = save_compressed(folder / f"trial-{number}.pt", model, plan, extra=extra)
+    stem = name or f"trial-{number}"
+    who = f"trial {number}" if name is None else f"the {name} model"
+    path = save_compressed(folder / f"{stem}.pt", model, plan, extra=extra)
     row["file"] = str(path.resolve())
     why = export_onnx(model, path.with_suffix(".onnx"), image_size=image_size)
     if why is None:
         row["onnx"] = str(path.with_suffix(".onnx").resolve())
     else:
-        result.notes.append(f"note: trial {number} has no ONNX file ({why}); its .pt file rebuilds it")
+        result.notes.append(f"note: {who} has no ONNX file ({why}); its .pt file rebuilds it")
     for f in (path, path.with_suffix(".onnx")):
         if f.exists():
             tracker.log_artifact(result.parent_run_id, f, "models")
@@ -314,7 +383,7 @@ def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: d
         return
     example = torch.zeros(1, 3, image_size, image_size).numpy()
     meta = {"trial": number, "plan": json.dumps(plan.to_dict()), "hardware": result.hardware}
-    name = f"pareto-trial-{number}"
+    name = f"pareto-{stem}"
     first = "int8 packed weights"
     if not split_plan(plan)[1].steps:
         try:
@@ -327,7 +396,7 @@ def _ship_model(config: SearchConfig, tracker: Any, result: SearchResult, row: d
         row["model_uri"] = tracker.log_compressed_model(result.parent_run_id, path, name, input_example=example,
                                                         metadata={**meta, "flavor_note": first})
     except Exception as exc:  # noqa: BLE001
-        note = (f"note: could not log trial {number} as an MLflow model ({type(exc).__name__}: {exc}); "
+        note = (f"note: could not log {who} as an MLflow model ({type(exc).__name__}: {exc}); "
                 f"{path} rebuilds it")
         result.notes.append(note)
         say(note)
@@ -356,7 +425,7 @@ def write_artifacts(s: PreparedSearch, result: SearchResult) -> None:
     for t in engine.complete():
         records.append({"number": t.number, "values": {n: v for (n, _, _), v in zip(objectives, t.values)},
                         "feasible": t.eligible, "pareto": t.number in front_ids, "method": t.method})
-    rows = result.final or result.front
+    rows = [*(result.final or result.front), *([result.baseline] if result.baseline else [])]
     with open(folder / "front.csv", "w", newline="") as fh:
         keys = list(dict.fromkeys(k for r in ([result.base] if result.base else []) + rows for k in r))
         writer = csv.DictWriter(fh, fieldnames=keys)
@@ -366,8 +435,8 @@ def write_artifacts(s: PreparedSearch, result: SearchResult) -> None:
     summary = {"study": result.study, "objectives": result.objectives, "hypervolume": result.hypervolume,
                "counts": result.counts, "base": result.base, "front": result.front, "final": result.final,
                "chosen": result.chosen, "rank_sample": result.rank_sample, "rank": result.rank,
-               "halving": result.halving,
-               "timing": result.timing, "interrupted": result.interrupted}
+               "halving": result.halving, "baseline": result.baseline, "verdict": result.verdict,
+               "compute": result.compute, "timing": result.timing, "interrupted": result.interrupted}
     (folder / "front.json").write_text(json.dumps(summary, indent=1, default=str))
     base_point = {n: (result.base.get("val_oa") if k == "val_oa" else base_costs.get(k)) for n, k, _ in objectives}
     base_point = {k: v for k, v in base_point.items() if v is not None}
@@ -377,7 +446,7 @@ def write_artifacts(s: PreparedSearch, result: SearchResult) -> None:
     if base is not None and result.base.get("test_oa") is not None:  # the label gives it; the axis stays validation OA
         base = {**base, "test_oa": result.base["test_oa"]}
     marks = dict(base=base, title=title, budgets=dict(budget_limits), final=result.final,
-                 keys={n: k for n, k, _ in objectives})
+                 keys={n: k for n, k, _ in objectives}, uniform=result.baseline)
     plot_front_png(records, obj, folder / "front.png", **marks)
     plot_front_html(records, obj, folder / "front.html", **marks)
     tracker.log_artifacts(result.parent_run_id, folder, "pareto")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 if TYPE_CHECKING:
     from search.engines.base import TrialRecord
 
-__all__ = ["Reporter", "TerminalReporter", "SearchResult", "cost_columns", "render", "render_table"]
+__all__ = ["Reporter", "TerminalReporter", "SearchResult", "cost_columns", "render", "render_table", "verdict_line"]
 
 QUALITY_KEYS = ("val_oa", "test_oa", "search_val_oa", "cv_oa")
 RATIO_KEYS = ("compression_rate", "speedup")
@@ -108,6 +108,9 @@ class SearchResult:
     rank_sample: list[dict[str, Any]] = field(default_factory=list)  # extra trials fine-tuned for ``rank``
     rank: dict[str, Any] = field(default_factory=dict)  # trial score vs final OA (tracking.stats.rank_correlation)
     halving: list[dict[str, Any]] = field(default_factory=list)  # the final stage's successive-halving rungs
+    baseline: dict[str, Any] | None = None  # the uniform configuration fine-tuned alike (search.baseline)
+    verdict: dict[str, Any] | None = None  # the chosen model minus the baseline (search.baseline.verdict)
+    compute: dict[str, Any] = field(default_factory=dict)  # search.compute.Ledger.to_dict(): what the search spent
 
 
 def stored_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
@@ -131,6 +134,27 @@ def stored_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
             row["error"] = t.error or t.lost or ""
         rows.append(row)
     return rows
+
+
+def verdict_line(v: Mapping[str, Any]) -> str:
+    """Searched minus uniform, for a person: the test-OA difference in points, what each side costs and
+    the compute each got; and, when the uniform model won, that its figures support shipping it."""
+    diff = v.get("test_oa_minus_uniform")
+    rates = [_fmt(x, "compression_rate") for x in v.get("compression_rate") or (None, None)]
+    speed = [_fmt(x, "speedup") for x in v.get("speedup") or (None, None)]
+    equal = ("at equal fine-tune length per model" if v["compute"] == "same" else "at equal compute")
+    text = (f"searched minus uniform (test OA): {diff:+.2f} pts, trial {v['chosen_trial']} against {v['baseline']} "
+            f"({rates[0]} vs {rates[1]} compression, {speed[0]} vs {speed[1]} speed-up), {equal}: the search spent "
+            f"{v['search_epochs']:.0f} epoch-equivalents, the baseline {v['baseline_epochs']:.0f}")
+    if v["compute"] == "same":
+        text += " (--baseline-compute matched, the default, gives it the search's)"
+    val = v.get("val_oa_minus_uniform")
+    if diff is not None and diff < 0:
+        text += ("\nthe uniform baseline beat the search's choice on the test split" +
+                 (" and on validation: models/uniform.pt is the better model here" if val is not None and val < 0 else
+                  " (validation OA tied them)" if val is not None and abs(val) < 1e-9 else
+                  f" (validation OA ranked them the other way, by {val:+.2f} pts)" if val is not None else ""))
+    return text
 
 
 def _fmt(v: Any, key: str) -> str:
@@ -211,8 +235,12 @@ def render(result: SearchResult, stream: Any = None) -> None:
             keys.insert(keys.index("latency_ms") + 1, "latency_ms_predicted")
         where = (f"latency_ms and speedup measured on the target the table {result.hardware[4:]} was measured on, "
                  "latency_ms_predicted from the table" if table else f"latency_ms and speedup on --target {result.hardware}")
-        print(f"\nPareto set after final fine-tuning (test split), beside the base model ({where}):", file=stream)
-        print(render_table([result.base, *result.final], keys), file=stream)
+        uniform = [result.baseline] if result.baseline else []
+        if uniform:
+            keys.insert(keys.index("method") + 1, "epochs")
+        print(f"\nPareto set after final fine-tuning (test split), beside the base model"
+              + (" and the uniform baseline" if uniform else "") + f" ({where}):", file=stream)
+        print(render_table([result.base, *result.final, *uniform], keys), file=stream)
         checked = [r for r in result.final if r.get("meets_budget") is not None]
         if checked:
             over = [str(r["trial"]) for r in checked if not r["meets_budget"]]
@@ -227,6 +255,8 @@ def render(result: SearchResult, stream: Any = None) -> None:
                   + (f"cross-validated OA {ch['cv_oa']:.4f} on {ch['cv_images']} images, " if cv else "")
                   + f"val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
                   f"{_fmt(ch.get('compression_rate'), 'compression_rate')} compression", file=stream)
+        if result.verdict:
+            print(verdict_line(result.verdict), file=stream)
         if result.rank:
             t, v = result.rank["test_oa"], result.rank["val_oa"]
 
@@ -259,6 +289,10 @@ def render(result: SearchResult, stream: Any = None) -> None:
         print(f"\nlatency and speed-up measured on {result.hardware_note or result.hardware} (--target "
               f"{result.hardware}" + (f"; {device}" if device and device not in result.hardware_note else "") + ")",
               file=stream)
+    if result.compute:
+        from search.compute import Ledger
+
+        print("\n" + Ledger.from_dict(result.compute).line(), file=stream)
     if "overhead_share" in result.timing:
         print(f"\nbookkeeping outside model compute: {100 * result.timing['overhead_share']:.1f}% of trial wall time",
               file=stream)
@@ -269,6 +303,6 @@ def render(result: SearchResult, stream: Any = None) -> None:
     print(f"MLflow: {result.tracking_uri}  experiment {result.experiment_id}  parent run {result.parent_run_id}", file=stream)
     print(f"artifacts: {result.artifact_uri}  (local copy: {result.out_dir}/pareto)", file=stream)
     if any(r.get("file") for r in result.final):
-        print(f"models: {result.out_dir}/models  (trial-N.pt: spaces.load_compressed(path); trial-N.onnx where "
-              "the exporter takes the model)", file=stream)
+        print(f"models: {result.out_dir}/models  (trial-N.pt" + (", uniform.pt" if result.baseline else "")
+              + ": spaces.load_compressed(path); .onnx beside where the exporter takes the model)", file=stream)
     print(f"Optuna storage: {result.storage}  study {result.study}", file=stream)

@@ -162,6 +162,8 @@ class Search:
         plan = result.plan or p.plan
         row: dict[str, Any] = {"number": p.number, "method": p.combo, "state": outcome.state}
         attrs: dict[str, Any] = {"outcome": outcome.state}  # read back by search.report.stored_rows on --resume
+        if result.epochs_run is not None:  # what it cost (search.compute)
+            attrs["epochs_run"] = int(result.epochs_run)
         if outcome.state == "infeasible":
             engine.tell_pruned(p.number, attrs=attrs)
             tracker.finish_trial(p.run_id, plan=plan, tags={"state": "PRUNED", "feasible": "false",
@@ -182,6 +184,7 @@ class Search:
             if result.screened:
                 attrs["screened"] = True
             attrs["val_oa"] = result.val_oa
+            attrs["seconds"] = dict(result.seconds)
             engine.tell_pruned(p.number, attrs=attrs)
             tracker.finish_trial(p.run_id, plan=plan,
                                  metrics={"val_oa": result.val_oa, "epochs_run": result.epochs_run,

@@ -222,6 +222,9 @@ class Preset:
         options: The space's constructor options (``get_space(name, **options)``).
         fixed_rate: The preset decides its own rate.
         variant: A variant of a published method: listed, not in a study's default comparisons.
+        uniform: The space's uniform configuration (one ratio or rank fraction for every layer): what a
+            search over the space is compared with. The final stage fine-tunes it beside the searched
+            finalists, projected onto the same budget (:func:`spaces.registry.uniform_baseline`).
     """
 
     name: str
@@ -231,6 +234,7 @@ class Preset:
     options: Mapping[str, Any] = field(default_factory=dict)
     fixed_rate: bool = False
     variant: bool = False
+    uniform: bool = False
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ class ChannelPruning(Space):
     aliases = ("prune", "channel")
     binnable = True
     presets = (
-        Preset(name="l1", family="pruning", what="L1 filter norm (Li et al.), uniform ratio",
+        Preset(name="l1", family="pruning", what="L1 filter norm (Li et al.), uniform ratio", uniform=True,
                start=lambda space, model, context: space.uniform_params(model, context, criterion="l1")),
         Preset(name="fpgm", family="pruning", what="filter pruning via geometric median (He et al.)",
                start=lambda space, model, context: space.uniform_params(model, context, criterion="fpgm")),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from spaces.errors import SpaceError
 
 __all__ = ["register_space", "unregister_space", "resolve_space", "list_spaces", "space_class", "get_space",
-           "load_spaces", "allocated_variant", "DEFAULT_METHODS"]
+           "load_spaces", "allocated_variant", "uniform_baseline", "DEFAULT_METHODS"]
 
 #: The methods a search explores unless told otherwise, by their short names, in chain order.
 DEFAULT_METHODS = ("prune", "tucker", "distill", "quant")
@@ -126,3 +126,18 @@ def allocated_variant(name: str) -> str | None:
     attribute ``allocates`` is that space's class), or None."""
     cls = space_class(name)
     return next((n for n, c in sorted(_SPACES.items()) if getattr(c, "allocates", None) is cls), None)
+
+
+def uniform_baseline(names: Sequence[str]) -> tuple[str, Any] | None:
+    """The uniform configuration a search over the spaces ``names`` is compared with: ``(space name,
+    preset)`` of the first space, in the order given, whose class - or, for an allocated variant, the class
+    it allocates - has a preset marked ``uniform`` (uniform L1 channel pruning before uniform Tucker-2 when
+    both are searched, in chain order); None when no searched space has one (int8 alone, distillation alone)."""
+    for name in names:
+        cls = space_class(resolve_space(name))
+        owner = getattr(cls, "allocates", None) or cls
+        preset = next((p for p in getattr(owner, "presets", ()) if getattr(p, "uniform", False)), None)
+        if preset is not None:
+            owner_name = next(n for n, c in _SPACES.items() if c is owner)
+            return owner_name, preset
+    return None

@@ -103,7 +103,7 @@ class TuckerDecomposition(Space):
         Preset(name="tucker-vbmf", family="local", what="Tucker-2 on every convolution at EVBMF ranks (Kim et al.)",
                start=lambda space, model, context: space.reference_params(model, context), fixed_rate=True),
         Preset(name="tucker", family="local",
-               what="Tucker-2 on every convolution, uniform ranks projected onto the rate",
+               what="Tucker-2 on every convolution, uniform ranks projected onto the rate", uniform=True,
                start=lambda space, model, context: space.uniform_params(model, context)),
         # 5% of every EVBMF cut, then one factor onto the rate
         Preset(name="tucker-vbmf-scaled", family="local", variant=True,

@@ -76,6 +76,8 @@ SLOW: dict[str, str] = {
     "tests/search/test_crossval.py::test_the_chosen_model_is_the_best_cross_validated_oa_each_fold_scored_from_its_own_base":
         "38 / 120",
     "tests/search/test_zero_shot.py::test_a_screened_trial_stops_before_fine_tuning_and_does_not_count": "36 / 36",
+    "tests/search/test_baseline.py::test_with_matched_compute_the_baseline_gets_every_epoch_the_search_spent":
+        "about 60 wall alone",
 }
 # cluster: starts a Ray instance or cluster, or a server process. All of them share one xdist group,
 # so they run one after another on one worker: two Ray clusters (or a cluster and the MLflow server)

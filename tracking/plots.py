@@ -18,7 +18,9 @@ sits on its trial's point; the final models' *test* OA appears only in their lab
 * ``base`` (objective name -> value) is a labelled orange star (its label adds ``test_oa`` when
   ``base`` has one);
 * ``final`` (rows with ``trial``, ``method``, ``test_oa`` and the costs) rings the final models
-  and labels each with its method and test OA.
+  and labels each with its method and test OA;
+* ``uniform`` (a row like a final model's, with its own ``val_oa``) is the uniform baseline fine-tuned
+  beside them: a black diamond at its validation OA, labelled with its test OA.
 
 Labels are placed by :func:`place_labels` (pure, in display pixels): each label sits next to its
 own point (a leader line, when drawn, ends at that point) and no label covers any marker.
@@ -45,6 +47,7 @@ Objective = tuple[str, str]  # (name, "maximize" | "minimize")
 
 # colours (matplotlib's tab10, so the PNG and the HTML agree)
 _FRONT, _DOMINATED, _OVER, _BASE, _FINAL, _BUDGET = "#1f77b4", "#8c8c8c", "#d62728", "#ff7f0e", "#2ca02c", "#d62728"
+_UNIFORM = "#222222"
 
 
 def split_objectives(objectives: Sequence[Objective]) -> tuple[Objective, list[Objective]]:
@@ -136,6 +139,11 @@ def _final_label(row: Mapping[str, Any], sep: str = "\n") -> str:
     return head + (f"{sep}test OA {oa:.3f}" if math.isfinite(oa) else "")
 
 
+def _uniform_label(row: Mapping[str, Any], sep: str = "\n") -> str:
+    oa = _get(row, "test_oa", None)
+    return f"{row.get('method') or 'uniform'} (baseline)" + (f"{sep}test OA {oa:.3f}" if math.isfinite(oa) else "")
+
+
 def _cost_text(x: float, c: str, base_x: float, c_dir: str) -> str:
     """``params 2.282M (4.9x smaller)``: the cost, and its ratio to the base model's when known."""
     text = f"{c} {format_value(x, c)}"
@@ -178,6 +186,7 @@ def plot_front_png(
     budgets: Mapping[str, float] | None = None,
     final: Sequence[Mapping[str, Any]] = (),
     keys: Mapping[str, str] | None = None,
+    uniform: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a PNG with one accuracy-vs-cost panel per cost objective; returns the path.
 
@@ -186,7 +195,8 @@ def plot_front_png(
     with ``trial``, ``method``, ``test_oa`` and the costs keyed by objective name. ``keys``: objective
     name -> the key ``base``/``budgets``/``final`` use instead (see the module docstring).
     """
-    fig = front_figure(records, objectives, base=base, title=title, budgets=budgets, final=final, keys=keys)
+    fig = front_figure(records, objectives, base=base, title=title, budgets=budgets, final=final, keys=keys,
+                       uniform=uniform)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same input, same bytes
@@ -202,6 +212,7 @@ def front_figure(
     budgets: Mapping[str, float] | None = None,
     final: Sequence[Mapping[str, Any]] = (),
     keys: Mapping[str, str] | None = None,
+    uniform: Mapping[str, Any] | None = None,
 ) -> Any:
     """The matplotlib ``Figure`` :func:`plot_front_png` saves (built without pyplot: no global state).
 
@@ -243,7 +254,8 @@ def front_figure(
         base_x = _get(base, c, keys)
         limit = _get(budgets, c, keys)
         finals = _final_points(final, records, q, c, keys)
-        shown_x = [*xs[np.isfinite(ys)], base_x, limit, *(x for x, _, _ in finals)]
+        uni_x, uni_y = _get(uniform, c, keys), _get(uniform, q, keys)
+        shown_x = [*xs[np.isfinite(ys)], base_x, limit, *(x for x, _, _ in finals), uni_x]
         log = _use_log(shown_x)
         if log:
             ax.set_xscale("log")
@@ -300,6 +312,15 @@ def front_figure(
                                  dict(fontsize=8.5, color="black",
                                       bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=_BASE, alpha=0.9)), _BASE))
 
+        if uniform and math.isfinite(uni_x) and math.isfinite(uni_y):
+            handles["uniform"] = scatter([uni_x], [uni_y], 90, 0.8, marker="D", c=_UNIFORM, edgecolors="white",
+                                         zorder=6, gid="uniform", label="uniform baseline")
+            labels.append(PendingLabel((uni_x, uni_y), _uniform_label(uniform), "uniform-label",
+                                       mirror(("SE", "S", "E", "SW", "NE", "N", "W", "NW"), minimise),
+                                       dict(fontsize=8, color=_UNIFORM,
+                                            bbox=dict(boxstyle="round,pad=0.25", fc="white", ec=_UNIFORM, alpha=0.9)),
+                                       _UNIFORM))
+
         # final models: rings on their points (at the trial's validation OA, like every marker), the
         # label next to each - the empty side of a front is up and towards the cheap end, so try there first
         final_labels = []
@@ -337,7 +358,7 @@ def front_figure(
         ax.margins(y=0.08)
         panels.append((ax, marks, labels))
 
-    order = ["pareto", "dominated", "over", "budget", "base", "final"]
+    order = ["pareto", "dominated", "over", "budget", "base", "final", "uniform"]
     legend = [handles[k] for k in order if k in handles]
     if legend:
         ncol = len(legend) if n_panels > 1 else (len(legend) + 1) // 2
@@ -368,6 +389,7 @@ def plot_front_html(
     final: Sequence[Mapping[str, Any]] = (),
     keys: Mapping[str, str] | None = None,
     include_plotlyjs: bool | str = True,
+    uniform: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a self-contained interactive HTML (hover shows trial, method and plan summary).
 
@@ -438,7 +460,15 @@ def plot_front_html(
                                      text=labels, textposition="top left" if c_dir == "minimize" else "top right",
                                      textfont=dict(color=_FINAL),
                                      hoverinfo="text", hovertext=labels), row=1, col=col)
-        shown = [*xs[np.isfinite(ys)], base_x, limit, *(f[0] for f in finals)]
+        uni_x, uni_y = _get(uniform, c, keys), _get(uniform, q, keys)
+        if uniform and math.isfinite(uni_x) and math.isfinite(uni_y):
+            label = _uniform_label(uniform, "<br>")
+            fig.add_trace(go.Scatter(x=[uni_x], y=[uni_y], mode="markers+text", name="uniform baseline",
+                                     legendgroup="uniform", showlegend=col == 1,
+                                     marker=dict(symbol="diamond", size=11, color=_UNIFORM),
+                                     text=[label], textposition="bottom right" if c_dir == "minimize" else "bottom left",
+                                     hoverinfo="text", hovertext=[label]), row=1, col=col)
+        shown = [*xs[np.isfinite(ys)], base_x, limit, *(f[0] for f in finals), uni_x]
         log = _use_log(shown)
         fig.update_xaxes(title_text=f"{c} (log scale)" if log else c, type="log" if log else "linear", row=1, col=col)
         fig.update_yaxes(title_text=q_axis, row=1, col=col)

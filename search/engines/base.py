@@ -46,6 +46,7 @@ class TrialRecord:
         mlflow_run_id: the trial's MLflow child run.
         target: the ceilings it aimed at (``{cost key: value}``).
         seconds: wall time by stage.
+        epochs_run: the fine-tune epochs it trained (stopped trials: until they stopped; screened: 0).
         worker: where it ran on Ray.
         error: why it failed. lost: why its worker was lost on every attempt.
         interrupted: failed by Ctrl-C or a dead driver (does not count towards ``--trials``).
@@ -68,6 +69,7 @@ class TrialRecord:
     mlflow_run_id: str = ""
     target: Mapping[str, float] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
+    epochs_run: int | None = None
     worker: Mapping[str, Any] | None = None
     error: str = ""
     lost: str = ""

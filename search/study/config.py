@@ -47,7 +47,7 @@ AUGMENTS = {"none": dict(d4=False, crop=False, jitter=0.0), "d4": dict(d4=True, 
 #: 4x cell); 12 trials and 3 finalists fit a cell into the study's budget; a cell's search resumes with
 #: the study, and its models stay in its rows, not in MLflow.
 SEARCH_DEFAULTS: dict[str, Any] = {"trials": 12, "final_max": 3, "final_pick": "top", "min_target": 0.9,
-                                   "resume": True, "log_models": False, "progress": False}
+                                   "resume": True, "log_models": False, "progress": False, "baseline": False}
 #: The template fields each searched cell sets itself (:func:`search.study.execute.cell_search_config`):
 #: not part of the template's record.
 CELL_FIELDS = ("data", "dataset", "image_size", "train_ratio", "val_ratio", "model", "weights", "base_epochs",
@@ -89,6 +89,14 @@ SEARCH_FLAGS: dict[str, SearchFlag] = {
                                                   "its rate's params (default {default}: compared at the rate; 0.1, "
                                                   "the search's own default, spreads them over 1-10x the rate)",
                                     {"metavar": "F"}),
+    "search_baseline": SearchFlag("baseline", "a searched cell's final stage also fine-tunes the uniform configuration "
+                                              "at its rate (search.run's baseline; off by default: the study's l1 cell "
+                                              "is that configuration at the study's fine-tune length) and its row "
+                                              "records the uniform model and searched minus it"),
+    "search_baseline_compute": SearchFlag("baseline_compute", "with --search-baseline: same (the cell's fine-tune "
+                                                              "epochs) or matched (every epoch the cell's search "
+                                                              "spent: the compute-matched verdict) (default {default})",
+                                          {"choices": ("same", "matched")}),
     "search_zero_shot": SearchFlag("zero_shot", "search --zero-shot: score every trial before fine-tuning by its "
                                                 "adaptive-BN validation OA (EagleEye), screen the clearly dominated, "
                                                 "and rank the final OA by that score too"),

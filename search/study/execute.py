@@ -298,4 +298,10 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
                        "finalists": [{k: r.get(k) for k in ("trial", "method", "search_val_oa", "val_oa", "cv_oa", "test_oa",
                                                             "params")} for r in result.final],
                        "rank_sample": [{k: r.get(k) for k in ("trial", "search_val_oa", "val_oa", "cv_oa", "test_oa", "params")}
-                                       for r in result.rank_sample]}}
+                                       for r in result.rank_sample]},
+            "compute": result.compute or None,
+            "uniform": None if not result.baseline else {
+                **{k: result.baseline.get(k) for k in ("method", "epochs", "val_oa", "test_oa", "params",
+                                                       "compression_rate", "speedup", "latency_ms")},
+                "compute": sc.baseline_compute, **{k: v for k, v in (result.verdict or {}).items()
+                                                   if k.endswith("_minus_uniform")}}}

@@ -17,7 +17,7 @@ from typing import Any
 
 from search.crossval import choice_key
 
-__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "pick_lines", "PICK_RULES",
+__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "uniform_lines", "pick_lines", "PICK_RULES",
            "replay_pick", "replayable", "rule_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
@@ -189,6 +189,38 @@ def rank_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
     return out
 
 
+def uniform_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
+    """Each searched cell against the uniform configuration its own search fine-tuned at the same budget
+    (``--search-baseline``), paired by split, with the compute each side got and where the search spent its own
+    (:mod:`search.compute`). Empty when no cell ran the baseline."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        u = r.get("uniform")
+        if r["train_ratio"] == ratio and r.get("status") == "ok" and u and u.get("test_oa") is not None:
+            groups[(r["method"], r.get("target_rate"), u.get("compute"))].append(r)
+    if not groups:
+        return []
+    out = ["| searched cell | target rate | baseline compute | searched: test OA | uniform: test OA | "
+           "searched minus uniform (pts, paired) | epochs: search / uniform | search exploring | "
+           "wall min: search / uniform | rates: searched / uniform | repeats |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, rate, compute), cells in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+        diff = [100 * (r["test_oa"] - r["uniform"]["test_oa"]) for r in cells]
+        spent = [r.get("compute") or {} for r in cells]
+        share = [c["exploration_share"] for c in spent if c.get("exploration_share") is not None]
+        out.append(f"| {method} | {rate:g}x | {compute} | {_pm([r['test_oa'] for r in cells], 2, pct=True)} | "
+                   f"{_pm([r['uniform']['test_oa'] for r in cells], 2, pct=True)} | {_pm(diff, 2)} "
+                   f"({sum(d > 0 for d in diff)}/{len(diff)}) | "
+                   f"{_pm([c.get('search_epochs', 0.0) for c in spent], 0)} / "
+                   f"{_pm([r['uniform'].get('epochs') or 0 for r in cells], 0)} | "
+                   f"{_pm([100 * x for x in share], 0)}% | "
+                   f"{_pm([c.get('search_seconds', 0.0) / 60 for c in spent], 1)} / "
+                   f"{_pm([(c.get('seconds') or {}).get('baseline', 0.0) / 60 for c in spent], 1)} | "
+                   f"{_pm([r.get('compression_rate') or 0.0 for r in cells], 2)}x / "
+                   f"{_pm([r['uniform'].get('compression_rate') or 0.0 for r in cells], 2)}x | {len(cells)} |")
+    return out
+
+
 def pick_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
     """How much the final choice cost, per searched method, rate and KD: the chosen model's test OA
     against its finalists' (every finalist is fine-tuned in full and tested, but chosen on validation
@@ -333,6 +365,11 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                 if ranks:
                     md += ["How well the search's trial score (validation OA after the short fine-tune) ranks "
                            "the OA after the full fine-tune:", "", *ranks, ""]
+                uniform = uniform_lines(rows, ratio)
+                if uniform:
+                    md += ["Each searched cell against the uniform configuration its own search fine-tuned at the same "
+                           "budget (same split, base and trial function; matched: for every epoch the search spent):",
+                           "", *uniform, ""]
             else:
                 if exp in ("families", "pruning"):
                     with_base_differences(lines, rows, ratio, exp)

@@ -33,7 +33,8 @@ def tiny_config(tmp_path: Path, **changes):
     kw = dict(image_size=32, model="resnet18", methods=("sparse",), budgets=("nonzero_params<60%",),
               objectives=("accuracy", "nonzero_params"), trials=3,
               fidelity_epochs=1, final_epochs=1, final_max=1, base_epochs=1, out=str(tmp_path / "runs"),
-              study="tiny", progress=False, early_stop_margin=None, sampler="random", log_models=False)
+              study="tiny", progress=False, early_stop_margin=None, sampler="random", log_models=False,
+              baseline=False)  # the uniform baseline is tests/search/test_baseline.py's subject, off elsewhere
     kw.update(changes)
     return SearchConfig(**kw)
 

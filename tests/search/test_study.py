@@ -336,7 +336,7 @@ def test_one_config_source_the_search_template_and_its_flags():
     d = StudyConfig()
     # the template: search.run's defaults but the study's own, on purpose
     assert d.search == dataclasses.replace(SearchConfig(), trials=12, final_max=3, final_pick="top", min_target=0.9,
-                                           resume=True, log_models=False, progress=False)
+                                           resume=True, log_models=False, progress=False, baseline=False)
     assert (d.image_size, d.batch_size, d.finetune_lr, d.val_ratio, d.bn_batches) == \
         (SearchConfig().image_size, SearchConfig().batch_size, SearchConfig().finetune_lr, SearchConfig().val_ratio,
          SearchConfig().bn_batches)
@@ -371,6 +371,10 @@ def test_a_searched_cell_derives_its_search_from_the_template_and_reports_its_st
             sc.finetune_kd, sc.seed, sc.final_epochs, sc.study) == \
         (0.5, "resnet18", 0.02, ("params<=25%",), ("prune", "tucker"), "params", "sensitivity", True, 2, 1,
          f"tiny-{cell.id}")
+    assert sc.baseline is False  # the study's l1 cell is the uniform configuration, paired on the split
+    asked = tiny(tmp_path, search_baseline=True, search_baseline_compute="matched")
+    sc = cell_search_config(asked, cell, study_methods()["search-alloc"], tmp_path / "tiny", "sqlite:///x.db")
+    assert (sc.baseline, sc.baseline_compute) == (True, "matched")
     said = []
     bar = _CellProgress(said.append)
     bar.message("final stage: not parsed any more")
