@@ -55,6 +55,11 @@ class Ledger:
     def search_seconds(self) -> float:
         return sum(v for k, v in self.seconds.items() if k != "baseline")
 
+    def matched_epochs(self) -> float:
+        """The epochs a compute-matched baseline gets: the trials, halving rungs and final fine-tunes (what the
+        search spent to reach its model; the rank sample only measures, cross-validation only re-scores)."""
+        return sum(self.epochs.get(k, 0.0) for k in (*EXPLORATION, "final"))
+
     def exploration_share(self) -> float | None:
         """The share of the search's epochs spent exploring (trials, halving rungs); None before any."""
         total = self.search_epochs()

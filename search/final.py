@@ -261,7 +261,7 @@ def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger
     from search.baseline import BASELINE_TRIAL, uniform_request, verdict
 
     config, tracker = s.config, s.tracker
-    searched = sum(ledger.epochs.get(k, 0.0) for k in ("trials", "halving", "final"))
+    searched = ledger.matched_epochs()
     epochs = config.final_epochs if config.baseline_compute == "same" else max(1, round(searched))
     found = uniform_request(s.request, methods=config.space_methods()[0], seed=config.seed, arch=s.arch, base=base,
                             context=s.context, epochs=epochs)

@@ -140,9 +140,11 @@ def test_the_ledger_counts_each_part_and_says_where_it_went():
     ledger.add("final", epochs=30, seconds=100.0)
     ledger.add("baseline", epochs=36)
     assert ledger.search_epochs() == 36 and ledger.exploration_share() == pytest.approx(6 / 36)
+    ledger.add("rank_sample", epochs=30)
+    assert ledger.matched_epochs() == 36 and ledger.search_epochs() == 66  # measuring is not the search's model
     assert Ledger.from_dict(ledger.to_dict()).to_dict() == ledger.to_dict()
     line = ledger.line()
-    assert "36 epoch-equivalents" in line and "17% exploring" in line and "the uniform baseline 36" in line
+    assert "66 epoch-equivalents" in line and "9% exploring" in line and "the uniform baseline 36" in line
     with pytest.raises(ValueError, match="unknown compute part"):
         ledger.add("lunch", epochs=1)
 
