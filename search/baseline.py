@@ -26,12 +26,25 @@ from typing import Any, Mapping
 
 from search.request import TrialRequest, trial_seed
 
-__all__ = ["BASELINE_TRIAL", "SEED_SLOT", "uniform_request", "verdict"]
+__all__ = ["BASELINE_TRIAL", "SEED_SLOT", "UNIFORM_CANDIDATE", "record_seed", "uniform_request", "uniform_candidate",
+           "verdict", "base_note", "BASE_MARGIN"]
+
+#: How far (in OA) a compressed model may score above its base on validation before the base is called unconverged.
+BASE_MARGIN = 0.01
 
 #: The baseline's number in the final stage's records (no trial has it).
 BASELINE_TRIAL = -1
 #: The trial number its seed is derived from (:func:`search.request.trial_seed`: the last of the seed's block).
 SEED_SLOT = 100002
+#: The uniform configuration's number as a candidate of a compute-budgeted search (``--compute``): explored like a
+#: trial, outside the engine (a trial without sampled parameters would empty NSGA-II's and TPE's search space).
+UNIFORM_CANDIDATE = -2
+
+
+def record_seed(seed: int, number: int) -> int:
+    """The seed of a final-stage record: a trial's own (:func:`search.request.trial_seed`); the baseline's and
+    the uniform candidate's from the last slots of the seed's block (``SEED_SLOT``, ``SEED_SLOT - 1``)."""
+    return trial_seed(seed, number if number >= 0 else SEED_SLOT + 1 + number)
 
 
 def uniform_request(template: TrialRequest, *, methods: tuple[str, ...], seed: int, arch: Mapping[str, Any],
@@ -55,10 +68,50 @@ def uniform_request(template: TrialRequest, *, methods: tuple[str, ...], seed: i
     return request, f"uniform {preset.name}"
 
 
+def uniform_candidate(s: Any, trial_fn: Any, *, epochs: int,
+                      objectives: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The uniform configuration explored as one more candidate of a compute-budgeted search: projected onto
+    the budget like the baseline, fine-tuned ``epochs`` (the trials' fidelity) with the trials' request, scored
+    on the validation split. Returns ``(TrialRecord numbered UNIFORM_CANDIDATE, its result dict)``; None when
+    the search has no uniform configuration (see :func:`uniform_request`). ``s``: the prepared search
+    (:class:`search.setup.PreparedSearch`); ``objectives``: the search's ``(name, key, direction)``."""
+    from search.engines.base import TrialRecord
+    from search.state import Outcome
+
+    config = s.config
+    found = uniform_request(s.request, methods=config.space_methods()[0], seed=config.seed, arch=s.arch,
+                            base=s.skeleton, context=s.context, epochs=epochs)
+    if found is None:
+        return None
+    request, label = found
+    request = request.replace(seed=record_seed(config.seed, UNIFORM_CANDIDATE), evaluate_test=False)
+    raw: dict[str, Any] | None = None
+    try:
+        raw = trial_fn(request.to_dict())
+        outcome = Outcome.of(raw, None, objectives)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, the search goes on
+        outcome = Outcome.of(None, exc, objectives)
+    result = outcome.result
+    if outcome.state != "complete" or result is None:
+        return TrialRecord(number=UNIFORM_CANDIDATE, state="fail", method=label,
+                           error=outcome.error or outcome.state), dict(raw or {})
+    costs = dict(result.costs)
+    feasible = s.budgets.check(costs)
+    above = None if config.min_accuracy is None else result.val_oa >= config.min_accuracy
+    return TrialRecord(number=UNIFORM_CANDIDATE, state="complete", values=tuple(outcome.values), method=label,
+                       plan=result.plan, costs=costs, feasible=feasible, above_floor=above,
+                       val_history=tuple(result.curve or ()), seconds=dict(result.seconds),
+                       epochs_run=result.epochs_run, outcome="complete"), result.to_dict()
+
+
 def verdict(chosen: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None, *, compute: str,
             search_epochs: float, baseline_epochs: float) -> dict[str, Any] | None:
     """Searched minus uniform: the chosen model's test and validation OA minus the baseline's (in points),
-    their compression rates and speed-ups, and the compute each side got. None without both rows."""
+    their compression rates and speed-ups, the compute each side got, and ``ship``: the one to deploy, chosen on
+    validation OA alone (``uniform`` when the baseline leads there and meets the budget, else ``searched``).
+    None without both rows."""
     if not chosen or not baseline or chosen.get("test_oa") is None or baseline.get("test_oa") is None:
         return None
     out: dict[str, Any] = {"compute": compute, "search_epochs": search_epochs, "baseline_epochs": baseline_epochs,
@@ -68,4 +121,31 @@ def verdict(chosen: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None
             out[f"{key}_minus_uniform"] = 100.0 * (float(chosen[key]) - float(baseline[key]))
     for key in ("compression_rate", "speedup"):
         out[key] = [chosen.get(key), baseline.get(key)]
+    # which model to ship, on validation OA alone (test OA only reports): the uniform one only when it leads and
+    # meets the budget as measured; ties go to the search's choice
+    val = out.get("val_oa_minus_uniform")
+    out["ship"] = ("uniform" if val is not None and val < 0 and baseline.get("meets_budget") is not False
+                   else "searched")
     return out
+
+
+def base_note(base: Mapping[str, Any] | None, rows: list[Mapping[str, Any]], base_epochs: int) -> str | None:
+    """A warning when a compressed model - a final model or the uniform baseline - scores more than
+    :data:`BASE_MARGIN` above its base on validation: fewer weights cannot know more, so the base was still
+    improving when its training stopped (a compressed copy fine-tuned longer went on learning), and figures
+    "minus base" flatter every method. None when the base leads, or without validation OAs."""
+    if not base or base.get("val_oa") is None:
+        return None
+    scored = [r for r in rows if r and r.get("val_oa") is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r["val_oa"])
+    gap = float(best["val_oa"]) - float(base["val_oa"])
+    if gap <= BASE_MARGIN:
+        return None
+    who = "the uniform baseline" if best.get("trial") == "uniform" else f"{best.get('method')} ({best.get('epochs', '?')} epochs)"
+    trained = f"{base_epochs} epochs" if base_epochs else "its recipe"
+    return (f"warning: the base model is not converged: {who}, compressed "
+            f"{float(best.get('compression_rate') or 0):.1f}x, scores {100 * gap:.1f} pts above it on validation "
+            f"({best['val_oa']:.4f} vs {base['val_oa']:.4f}); train the base longer (--base-epochs, trained {trained}) "
+            f"or hand a converged one (--weights) before reading results against it")

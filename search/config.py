@@ -159,6 +159,17 @@ class SearchConfig:
                                            "search) (default {default})",
                                 choices=("same", "matched"))
     log_models: bool = opt(True, "do not log final models as MLflow models", flag="--no-log-models")
+    baseline_k: int = opt(1, "the uniform baseline as the best by validation OA of K fine-tunes (their seeds differ) "
+                             "sharing its epochs (best-of-k at the same total compute) (default {default}: one)",
+                          metavar="K")
+    compute: str | None = opt(None, "a total compute budget the search splits itself (search.spending): N epochs "
+                                    "(epoch-equivalents of fine-tuning; 120 or 120ep) or a wall time (900s, 30min, "
+                                    "2h); --explore-share of it explores (trials of --fidelity-epochs, the uniform "
+                                    "configuration among them as a candidate), the rest fine-tunes one finalist - the "
+                                    "best trial score inside the budget; sets --trials (epochs), --final-max 1, "
+                                    "--final-pick top and --final-epochs; the compute-matched baseline gets the same "
+                                    "budget (default: off)", metavar="BUDGET")
+    explore_share: float = opt(0.2, "with --compute: the share spent exploring (default {default})", metavar="F")
 
     # -- bookkeeping
     seed: int = opt(0, "one seed for sampler, split, torch (default {default})")
@@ -203,6 +214,14 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.baseline_compute not in ("same", "matched"):
             raise ConfigError(f"unknown baseline_compute {self.baseline_compute!r}; choose same or matched")
+        if int(self.baseline_k) < 1:
+            raise ConfigError(f"baseline_k must be >= 1, got {self.baseline_k!r}")
+        if self.compute is not None:
+            from search.spending import ComputeBudget
+
+            ComputeBudget.parse(self.compute)
+            if not 0.0 < float(self.explore_share) < 1.0:
+                raise ConfigError(f"explore_share must lie in (0, 1), got {self.explore_share!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 0.0 < self.train_ratio < 1.0 or not 0.0 < self.val_ratio < 1.0:

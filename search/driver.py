@@ -11,12 +11,19 @@ search's template (:attr:`search.setup.PreparedSearch.request`) with its plan, t
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Callable
 
 from search.config import SearchConfig
 from search.executors import TrialFn
 from search.report import Reporter, SearchResult
 from search.request import trial_seed
 from search.state import Outcome, Pending
+
+if TYPE_CHECKING:
+    from search.compute import Ledger
+    from search.engines.base import TrialRecord
+    from search.setup import PreparedSearch
+    from search.spending import ComputeBudget
 
 __all__ = ["run"]
 
@@ -39,9 +46,12 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     from search.setup import prepare
     from search.aims import spread_target, trial_target
     from search.compute import trials_ledger
+    from search.spending import ComputeBudget, describe, exploring_done, plan_config
 
     rep = reporter or Reporter()
     t_start = time.perf_counter()
+    config = plan_config(config)  # --compute: the trials its exploring share pays for, one finalist
+    budget = ComputeBudget.parse(config.compute) if config.compute else None
     s = prepare(config, rep.message)
     search, engine, tracker, joint = s.search, s.engine, s.tracker, s.joint
     trial_fn = trial_fn or evaluate_trial
@@ -64,6 +74,20 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
             rep.message("trials get the data set and the base model through Ray's object store "
                         "(written once to each node's cache); no shared disk needed")
     trial_device = s.device if config.backend == "local" else ("cuda" if config.trial_gpus > 0 else "cpu")
+    device_name, base_epochs = _device_name(trial_device), _base_epochs(s)
+    if budget:
+        from spaces.registry import uniform_baseline
+
+        found = uniform_baseline(config.space_methods()[0])
+        rep.message(describe(budget, config, f"uniform {found[1].name}" if found and s.request.limits else None))
+    candidate = _uniform_candidate(s, trial_fn, rep.message) if budget else None
+
+    def spent() -> Ledger:  # the trials' ledger so far (the uniform candidate among them)
+        ledger = trials_ledger(engine.trials(), device=device_name, base_epochs=base_epochs)
+        if candidate is not None:
+            ledger.add("trials", epochs=candidate.epochs_run or 0, seconds=candidate.seconds.get("total", 0.0))
+        return ledger
+
     timing = {"trial_fn": 0.0, "wall": 0.0, "trials": 0, "driver": 0.0}
     interrupted = False
     finished = search.counted()
@@ -74,7 +98,8 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
         while True:
             t_driver = time.perf_counter()
             while (len(in_flight) < executor.capacity and finished + len(in_flight) < config.trials
-                   and len(lost) < config.trials):  # as many lost as asked for: the cluster is broken
+                   and len(lost) < config.trials  # as many lost as asked for: the cluster is broken
+                   and not (budget and finished + len(in_flight) and exploring_done(budget, config, spent()))):
                 fixed = None
                 if s.target_key and config.aims == "spread":
                     fixed = {"target": spread_target(engine.trial_count(), min_target=config.min_target,
@@ -138,11 +163,19 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     if timing["wall"]:  # driver work (Optuna, MLflow, bookkeeping) as a share of the loop's wall time
         timing["overhead_share"] = min(1.0, timing["driver"] / timing["wall"])
     result.timing = timing
-    ledger = trials_ledger(engine.trials(), device=_device_name(trial_device), base_epochs=_base_epochs(s))
+    ledger = spent()
+    eligible, baseline_epochs = list(done), None
+    if candidate is not None and candidate.state == "complete":
+        result.notes.append(f"the uniform candidate ({candidate.method}) was explored beside the trials: "
+                            f"val OA {candidate.values[0]:.4f} after {candidate.epochs_run} epoch(s)")
+        if candidate.eligible:
+            eligible.append(candidate)
+    if budget and not interrupted:
+        s, baseline_epochs = _spend_the_rest(s, budget, ledger, front_trials, eligible, candidate, rep.message)
     try:
         if not interrupted:
-            final_stage(s, result, front_trials, trial_fn=trial_fn, say=rep.message, stage=rep.stage, eligible=done,
-                        ledger=ledger)
+            final_stage(s, result, front_trials, trial_fn=trial_fn, say=rep.message, stage=rep.stage,
+                        eligible=eligible, ledger=ledger, baseline_epochs=baseline_epochs)
         result.compute = ledger.to_dict()
         tracker.log_metrics(search.parent_id, ledger.metrics())
         write_artifacts(s, result)
@@ -159,12 +192,68 @@ def run(config: SearchConfig, *, reporter: Reporter | None = None, trial_fn: Tri
     return result
 
 
-def _base_epochs(s: object) -> int:
+def _uniform_candidate(s: PreparedSearch, trial_fn: TrialFn, say: Callable[[str], None]) -> TrialRecord | None:
+    """The uniform configuration explored as a candidate (:func:`search.baseline.uniform_candidate`), once per
+    study: a resumed search reads it back from the engine's study attributes."""
+    import dataclasses
+
+    from search.baseline import uniform_candidate
+    from search.engines.base import TrialRecord
+
+    engine, config = s.engine, s.config
+    stored = engine.get_attr("uniform_candidate")
+    if stored:
+        return TrialRecord(**{k: (tuple(v) if k in ("values", "val_history") and v is not None else v)
+                              for k, v in stored.items()})
+    found = uniform_candidate(s, trial_fn, epochs=config.fidelity_epochs, objectives=s.search.objectives)
+    if found is None:
+        say("note: no uniform candidate: no searched method has a uniform configuration, or the budget has no "
+            "counted cost to project it onto")
+        return None
+    record, _ = found
+    if record.state == "complete":
+        say(f"uniform candidate ({record.method}): val OA {record.values[0]:.4f} after {record.epochs_run} "
+            "epoch(s), explored beside the trials")
+    else:
+        say(f"uniform candidate ({record.method}) failed: {record.error}")
+    engine.set_attr("uniform_candidate", dataclasses.asdict(record))
+    return record
+
+
+def _spend_the_rest(s: PreparedSearch, budget: ComputeBudget, ledger: Ledger, front: list[TrialRecord],
+                    eligible: list[TrialRecord], candidate: TrialRecord | None,
+                    say: Callable[[str], None]) -> tuple[PreparedSearch, int | None]:
+    """``--compute``: the finalist's epochs (what is left of the budget) set on the prepared search's config, and
+    the compute-matched baseline's epochs where they are not the search's (a wall-time budget: the budget at the
+    uniform candidate's pace)."""
+    import dataclasses
+    import math
+
+    from search.final import final_candidates
+    from search.spending import final_epochs, seconds_per_epoch
+
+    config = s.config
+    chosen, _ = final_candidates(config, front, eligible)
+    pace = {"seconds": chosen[0].seconds, "epochs_run": chosen[0].epochs_run} if chosen else None
+    epochs = final_epochs(budget, ledger, pace)
+    baseline = None
+    if budget.seconds is not None and candidate is not None:
+        per, fixed = seconds_per_epoch({"seconds": candidate.seconds, "epochs_run": candidate.epochs_run})
+        if per > 0:
+            baseline = max(1, math.floor((budget.seconds - fixed) / per))
+    explored = ledger.epochs.get("trials", 0.0)
+    say(f"compute budget {budget}: {explored:.0f} epoch-equivalents explored"
+        + (f" in {ledger.seconds.get('trials', 0.0) / 60:.1f} min" if budget.seconds is not None else "")
+        + (f"; the finalist fine-tunes {epochs} epoch(s)" if chosen else "; no candidate inside the budget"))
+    return dataclasses.replace(s, config=config.replace(final_epochs=epochs)), baseline
+
+
+def _base_epochs(s: PreparedSearch) -> int:
     """The epochs the search's base model was trained for (its checkpoint's recipe; 0 when not recorded)."""
     from rsc.checkpoint import load_checkpoint
 
     try:
-        return int((load_checkpoint(s.ckpt).get("config") or {}).get("epochs") or 0)  # type: ignore[attr-defined]
+        return int((load_checkpoint(s.ckpt).get("config") or {}).get("epochs") or 0)
     except Exception:  # noqa: BLE001 - a figure for the report, never a reason to fail
         return 0
 

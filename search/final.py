@@ -18,7 +18,7 @@ from search.engines.base import TrialRecord
 from search.executors import TrialFn
 from search.report import SearchResult
 from search.compute import Ledger
-from search.request import TrialRequest, TrialResult, trial_seed
+from search.request import TrialRequest, TrialResult
 
 if TYPE_CHECKING:
     from search.setup import PreparedSearch
@@ -93,7 +93,8 @@ def final_candidates(config: SearchConfig, front: Sequence[Any], eligible: Seque
 
 def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord], *, trial_fn: TrialFn,
                 say: Callable[[str], None], eligible: Sequence[TrialRecord] = (),
-                stage: Callable[[str, str], None] = lambda name, detail: None, ledger: Ledger | None = None) -> None:
+                stage: Callable[[str, str], None] = lambda name, detail: None, ledger: Ledger | None = None,
+                baseline_epochs: int | None = None) -> None:
     """Fine-tune the final set longer and evaluate it - and the base model - on the test split; then the
     uniform baseline alike (:mod:`search.baseline`, unless ``--no-baseline``); with ``rank_sample``, also the
     rank sample, and the rank correlation of trial score with final OA.
@@ -101,7 +102,8 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
     ``s``: the prepared search (its config, tracker, base checkpoint, data and split, and the request
     template, whose paths this process reads); ``front``: the Pareto trials sorted by cost; ``eligible``:
     every trial that may be picked (``final_pick`` top), the front when empty; ``ledger``: the search's
-    compute so far (:mod:`search.compute`), to which every fine-tune here is added."""
+    compute so far (:mod:`search.compute`), to which every fine-tune here is added; ``baseline_epochs``: the
+    compute-matched baseline's epochs when the search's are not the measure (a wall-time ``--compute``)."""
     from rsc.checkpoint import load_checkpoint, model_from_checkpoint
     from costs.registry import CostSettings, budget_metrics, measure
     from rsc.loaders import make_loaders
@@ -215,7 +217,8 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
             continue
         result.final.append(row)
         if model is not None:
-            _ship_model(config, tracker, result, row, model, out.plan, t.number, data.image_size, say)
+            _ship_model(config, tracker, result, row, model, out.plan, t.number, data.image_size, say,
+                        name="uniform-candidate" if t.number < 0 else None)
     if config.final_folds:  # the choice made on every training image (search.crossval)
         from search.crossval import cross_validate
 
@@ -229,7 +232,14 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
                 tracker.log_metrics(row["mlflow_run_id"], {"final_cv_oa": row["cv_oa"]})
     result.chosen = chosen_row(result.final)
     if config.baseline and result.final:
-        _uniform_baseline(s, result, base, ledger, tuned, say)
+        _uniform_baseline(s, result, base, ledger, tuned, say, epochs=baseline_epochs)
+    from search.baseline import base_note
+
+    note = base_note(result.base, [*result.final, *([result.baseline] if result.baseline else [])],
+                     ledger.base_epochs)
+    if note:
+        result.notes.append(note)
+        say(note)
     if config.rank_sample:
         from tracking.stats import rank_correlation
 
@@ -254,7 +264,7 @@ def final_stage(s: PreparedSearch, result: SearchResult, front: list[TrialRecord
 
 def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger: Ledger,
                       tuned: Callable[..., tuple[dict[str, Any], Any, TrialResult] | None],
-                      say: Callable[[str], None]) -> None:
+                      say: Callable[[str], None], epochs: int | None = None) -> None:
     """The uniform configuration at the same budget, fine-tuned like the finalists (``--baseline-compute
     same``) or for the search's epochs (``matched``), tested, shipped as ``models/uniform.pt``, and the verdict
     searched minus uniform (:mod:`search.baseline`) on the result, the parent run and the plot."""
@@ -262,7 +272,10 @@ def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger
 
     config, tracker = s.config, s.tracker
     searched = ledger.matched_epochs()
-    epochs = config.final_epochs if config.baseline_compute == "same" else max(1, round(searched))
+    if config.baseline_compute == "same":
+        epochs = config.final_epochs
+    elif epochs is None:
+        epochs = max(1, round(searched))
     found = uniform_request(s.request, methods=config.space_methods()[0], seed=config.seed, arch=s.arch, base=base,
                             context=s.context, epochs=epochs)
     if found is None:
@@ -272,13 +285,24 @@ def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger
         return
     request, label = found
     how = ("like each finalist" if config.baseline_compute == "same" else
-           f"for the search's {searched:.0f} epoch-equivalents (compute-matched)")
-    say(f"final stage: the uniform baseline ({label}) projected onto the budget, fine-tuned {epochs} epochs {how}")
-    done = tuned(TrialRecord(number=BASELINE_TRIAL, state="complete", method=label), "baseline", request)
-    if done is None:
+           f"for the search's {searched:.0f} epoch-equivalents (compute-matched)" if epochs == max(1, round(searched))
+           else f"for the search's {ledger.search_seconds() / 60:.1f} min at its own pace (compute-matched)")
+    k = int(config.baseline_k)
+    each = max(1, round(epochs / k))
+    say(f"final stage: the uniform baseline ({label}) projected onto the budget, fine-tuned {epochs} epochs {how}"
+        + (f", as the best by validation OA of {k} fine-tunes of {each} epochs (seeds differ)" if k > 1 else ""))
+    runs = []
+    for i in range(k):  # best-of-k: k seeds share the epochs; validation OA alone chooses
+        again = request if k == 1 else request.replace(epochs=each, seed=request.seed + BEST_OF_STRIDE * i)
+        done = tuned(TrialRecord(number=BASELINE_TRIAL, state="complete", method=label), "baseline", again)
+        if done is not None:
+            runs.append(done)
+    if not runs:
         return
-    row, model, out = done
+    row, model, out = max(runs, key=lambda d: (d[0]["val_oa"], -runs.index(d)))
     row.update(trial="uniform", search_val_oa=None, projection=out.projection)
+    if k > 1:
+        row.update(best_of=k, runs=[{key: d[0].get(key) for key in ("val_oa", "test_oa", "epochs")} for d in runs])
     result.baseline = row
     if model is not None:
         _ship_model(config, tracker, result, row, model, out.plan, BASELINE_TRIAL, s.data.image_size, say,
@@ -288,20 +312,29 @@ def _uniform_baseline(s: PreparedSearch, result: SearchResult, base: Any, ledger
     metrics = {f"baseline_{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if result.verdict:
         metrics.update({k: v for k, v in result.verdict.items() if k.endswith("_minus_uniform")})
+        metrics["ship_uniform"] = float(result.verdict["ship"] == "uniform")
     tracker.log_metrics(result.parent_run_id, metrics)
 
 
-def _name(t: TrialRecord) -> str:
-    from search.baseline import BASELINE_TRIAL
+#: The seed offset between the fine-tunes of a best-of-k baseline (``--baseline-k``): past any trial's seed block.
+BEST_OF_STRIDE = 1_000_003
 
-    return "the uniform baseline" if t.number == BASELINE_TRIAL else f"trial {t.number}"
+
+def _name(t: TrialRecord) -> str:
+    from search.baseline import BASELINE_TRIAL, UNIFORM_CANDIDATE
+
+    return {BASELINE_TRIAL: "the uniform baseline", UNIFORM_CANDIDATE: "the uniform candidate"}.get(
+        t.number, f"trial {t.number}")
 
 
 def final_request(template: TrialRequest, t: TrialRecord, *, seed: int, epochs: int, evaluate_test: bool,
                   **changes: Any) -> TrialRequest:
     """Trial ``t``'s plan fine-tuned again from the base: no projection, no early stop, the trial's own seed
-    (:func:`search.request.trial_seed` of the search's ``seed``); ``changes`` override the rest."""
-    return template.replace(**{"plan": t.plan, "limits": {}, "epochs": epochs, "seed": trial_seed(seed, t.number),
+    (:func:`search.request.trial_seed` of the search's ``seed``; the uniform candidate's:
+    :func:`search.baseline.record_seed`); ``changes`` override the rest."""
+    from search.baseline import record_seed
+
+    return template.replace(**{"plan": t.plan, "limits": {}, "epochs": epochs, "seed": record_seed(seed, t.number),
                                "early_stop": None,
                                "zero_shot": False,  # the trial's score is already kept; nothing to screen
                                "evaluate_test": evaluate_test, **changes})

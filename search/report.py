@@ -143,12 +143,15 @@ def verdict_line(v: Mapping[str, Any]) -> str:
     rates = [_fmt(x, "compression_rate") for x in v.get("compression_rate") or (None, None)]
     speed = [_fmt(x, "speedup") for x in v.get("speedup") or (None, None)]
     equal = ("at equal fine-tune length per model" if v["compute"] == "same" else "at equal compute")
-    text = (f"searched minus uniform (test OA): {diff:+.2f} pts, trial {v['chosen_trial']} against {v['baseline']} "
+    text = (f"searched minus uniform (test OA): {diff:+.2f} pts, trial {_trial(v['chosen_trial'])} against {v['baseline']} "
             f"({rates[0]} vs {rates[1]} compression, {speed[0]} vs {speed[1]} speed-up), {equal}: the search spent "
             f"{v['search_epochs']:.0f} epoch-equivalents, the baseline {v['baseline_epochs']:.0f}")
     if v["compute"] == "same":
         text += " (--baseline-compute matched, the default, gives it the search's)"
     val = v.get("val_oa_minus_uniform")
+    if v.get("ship") == "uniform":
+        text += (f"\nship models/uniform.pt: it leads the search's choice by {-val:.2f} pts on validation OA (the "
+                 "choice reads validation alone; test OA only reports)")
     if diff is not None and diff < 0:
         text += ("\nthe uniform baseline beat the search's choice on the test split" +
                  (" and on validation: models/uniform.pt is the better model here" if val is not None and val < 0 else
@@ -161,6 +164,8 @@ def _fmt(v: Any, key: str) -> str:
     """A table cell: OAs to 4 digits, ratios as 1.23x, costs in their registered unit."""
     if v is None or v == "":
         return "-"
+    if key == "trial":
+        return _trial(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
     if key in QUALITY_KEYS:
@@ -173,6 +178,12 @@ def _fmt(v: Any, key: str) -> str:
     if unit == "ms":
         return f"{v:.2f}"
     return _human(v) + ("B" if unit == "byte" else "")
+
+
+def _trial(number: Any) -> str:
+    """A final row's trial: its number; the uniform candidate of a ``--compute`` search (numbered below 0) as
+    ``uniform``."""
+    return "uniform" if isinstance(number, int) and not isinstance(number, bool) and number < 0 else str(number)
 
 
 def _cost_unit(key: str) -> str | None:
@@ -251,7 +262,7 @@ def render(result: SearchResult, stream: Any = None) -> None:
             cv = ch.get("cv_oa") is not None
             by = (f"best OA cross-validated over {len(ch['cv_fold_oa'])} folds of the training part" if cv
                   else "best validation OA after the final fine-tune")
-            print(f"chosen ({by}, inside the budget): trial {ch['trial']} {ch['method']}, "
+            print(f"chosen ({by}, inside the budget): trial {_trial(ch['trial'])} {ch['method']}, "
                   + (f"cross-validated OA {ch['cv_oa']:.4f} on {ch['cv_images']} images, " if cv else "")
                   + f"val OA {ch['val_oa']:.4f}, test OA {ch['test_oa']:.4f}, "
                   f"{_fmt(ch.get('compression_rate'), 'compression_rate')} compression", file=stream)

@@ -132,7 +132,13 @@ def cell_epochs(cell: Cell, config: StudyConfig, methods: dict[str, Any] | None 
         folds = s.final_folds  # K more fine-tunes per final model, and K bases on (K-1)/K of the data
         cv = folds * (finalists + s.rank_sample) * config.finetune_epochs
         bases = config.epochs * (folds - 1) if folds else 0
-        return ((s.trials * s.fidelity_epochs + final + s.rank_sample * config.finetune_epochs + cv)
+        searched = s.trials * s.fidelity_epochs + final
+        if s.compute:  # a budget in epochs is the search's (search.spending); a wall-time one: as the trials say
+            from search.spending import ComputeBudget
+
+            searched = ComputeBudget.parse(s.compute).epochs or searched
+        baseline = (0.0 if not s.baseline else searched if s.baseline_compute == "matched" else config.finetune_epochs)
+        return ((searched + baseline + s.rank_sample * config.finetune_epochs + cv)
                 * (1.3 if cell.kd or s.finetune_kd else 1.0) + bases)
     return config.finetune_epochs * (1.3 if cell.kd else 1.0)
 

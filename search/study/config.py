@@ -97,6 +97,15 @@ SEARCH_FLAGS: dict[str, SearchFlag] = {
                                                               "epochs) or matched (every epoch the cell's search "
                                                               "spent: the compute-matched verdict) (default {default})",
                                           {"choices": ("same", "matched")}),
+    "search_baseline_k": SearchFlag("baseline_k", "with --search-baseline: the uniform baseline as the best by "
+                                                  "validation OA of K fine-tunes sharing its epochs (search "
+                                                  "--baseline-k; default {default})", {"type": positive_int}),
+    "search_compute": SearchFlag("compute", "search --compute: a searched cell's total compute budget (N epochs or a "
+                                            "wall time), split by the search between exploring (the uniform "
+                                            "configuration among the candidates) and one finalist's fine-tune "
+                                            "(default: off)", {"metavar": "BUDGET"}),
+    "search_explore_share": SearchFlag("explore_share", "search --explore-share: with --search-compute, the share "
+                                                        "spent exploring (default {default})", {"metavar": "F"}),
     "search_zero_shot": SearchFlag("zero_shot", "search --zero-shot: score every trial before fine-tuning by its "
                                                 "adaptive-BN validation OA (EagleEye), screen the clearly dominated, "
                                                 "and rank the final OA by that score too"),

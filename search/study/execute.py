@@ -281,9 +281,11 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
     if best is None:
         raise CellUnreachable(f"the search found no model within params <= 1/{cell.rate:g} of the base")
     base_params = result.base_costs["params"]
-    return {"epochs": s.trials * s.fidelity_epochs
-            + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs
-            + sum(len(r["val_oa"]) * r["epochs"] for r in result.halving),
+    epochs = (s.trials * s.fidelity_epochs + (len(result.final) + len(result.rank_sample)) * c.finetune_epochs
+              + sum(len(r["val_oa"]) * r["epochs"] for r in result.halving))
+    if s.compute and result.compute:  # a budgeted search sets its own trials and final epochs: its ledger says
+        epochs = round(result.compute.get("search_epochs", epochs))
+    return {"epochs": epochs,
             "rank": result.rank or None, "search_kd": sc.finetune_kd,
             "val_oa": best["val_oa"], "test_oa": best["test_oa"], "params": best.get("params"),
             "macs": best.get("macs"), "size": best.get("size"), "base_params": base_params,
@@ -292,6 +294,7 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
             "search": {"study": result.study, "trials": result.counts.get("finished", len(result.trials)),
                        "final": len(result.final),
                        "sampler": m.sampler, "methods": list(m.search_methods), "pick": s.final_pick, "folds": s.final_folds,
+                       **({"compute": s.compute, "explore_share": s.explore_share} if s.compute else {}),
                        "allocate": m.allocate, "allocate_damage": m.allocate_damage,
                        "halving": result.halving,
                        "picked_trial": best["trial"], "method": best.get("method"),
@@ -303,5 +306,5 @@ def _search_cell(ws: Workspace, cell: Cell) -> dict[str, Any]:
             "uniform": None if not result.baseline else {
                 **{k: result.baseline.get(k) for k in ("method", "epochs", "val_oa", "test_oa", "params",
                                                        "compression_rate", "speedup", "latency_ms")},
-                "compute": sc.baseline_compute, **{k: v for k, v in (result.verdict or {}).items()
+                "compute": sc.baseline_compute + (f", best of {sc.baseline_k}" if sc.baseline_k > 1 else ""), **{k: v for k, v in (result.verdict or {}).items()
                                                    if k.endswith("_minus_uniform")}}}

@@ -17,7 +17,7 @@ from typing import Any
 
 from search.crossval import choice_key
 
-__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "uniform_lines", "pick_lines", "PICK_RULES",
+__all__ = ["write_outputs", "summarise", "mean_std", "quality_lines", "rank_lines", "uniform_lines", "budget_lines", "pick_lines", "PICK_RULES",
            "replay_pick", "replayable", "rule_lines"]
 
 _CSV_KEYS = ("id", "status", "method", "family", "network", "train_ratio", "repeat", "target_rate", "kd", "augment",
@@ -197,7 +197,9 @@ def uniform_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
     for r in rows:
         u = r.get("uniform")
         if r["train_ratio"] == ratio and r.get("status") == "ok" and u and u.get("test_oa") is not None:
-            groups[(r["method"], r.get("target_rate"), u.get("compute"))].append(r)
+            budget = (r.get("search") or {}).get("compute")  # a budgeted search's --compute (search.spending)
+            groups[(r["method"], r.get("target_rate"), u.get("compute") + (f", --compute {budget}" if budget else ""))
+                   ].append(r)
     if not groups:
         return []
     out = ["| searched cell | target rate | baseline compute | searched: test OA | uniform: test OA | "
@@ -218,6 +220,29 @@ def uniform_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
                    f"{_pm([(c.get('seconds') or {}).get('baseline', 0.0) / 60 for c in spent], 1)} | "
                    f"{_pm([r.get('compression_rate') or 0.0 for r in cells], 2)}x / "
                    f"{_pm([r['uniform'].get('compression_rate') or 0.0 for r in cells], 2)}x | {len(cells)} |")
+    return out
+
+
+def budget_lines(rows: list[dict[str, Any]], ratio: float) -> list[str]:
+    """How each budgeted searched cell (``--search-compute``) spent its budget: the candidates it explored (its
+    trials and the uniform configuration), the finalist's epochs, and how often the finalist was the uniform
+    candidate (:mod:`search.spending`). Empty when no cell had a budget."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        search = r.get("search") or {}
+        if r["train_ratio"] == ratio and r.get("status") == "ok" and search.get("compute"):
+            groups[(r["method"], r.get("target_rate"), search["compute"])].append(r)
+    if not groups:
+        return []
+    out = ["| searched cell | target rate | budget | candidates explored | epochs exploring | finalist's epochs | "
+           "finalist was the uniform candidate | repeats |", "|---|---|---|---|---|---|---|---|"]
+    for (method, rate, budget), cells in sorted(groups.items(), key=lambda kv: (kv[0][1] or 0, kv[0][0])):
+        spent = [(r.get("compute") or {}).get("epochs") or {} for r in cells]
+        uniform = sum(1 for r in cells if isinstance(r["search"].get("picked_trial"), int)
+                      and r["search"]["picked_trial"] < 0)
+        out.append(f"| {method} | {rate:g}x | {budget} | {_pm([r['search'].get('trials', 0) + 1 for r in cells], 0)} | "
+                   f"{_pm([e.get('trials', 0.0) for e in spent], 0)} | {_pm([e.get('final', 0.0) for e in spent], 0)} | "
+                   f"{uniform}/{len(cells)} | {len(cells)} |")
     return out
 
 
@@ -345,7 +370,10 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
     md = [f"# Study {study_dir.name}", "",
           f"{prep.data.name} ({prep.data.num_classes} classes), {c.image_size} px, {c.model} compressed; "
           f"{c.repeats} seeded split(s) per training ratio; from scratch {c.epochs} epochs, every compressed model "
-          f"fine-tuned {c.finetune_epochs} epochs. OA on the test part of each split (mean +- sample std over the "
+          f"fine-tuned {c.finetune_epochs} epochs"
+          + (f" but the searched cells, which spend a compute budget of {c.search.compute} each (search --compute: "
+             "their finalist and uniform baseline trained for what it leaves)" if c.search.compute else "")
+          + ". OA on the test part of each split (mean +- sample std over the "
           "repeats); compression rate = original params / compressed params (non-zero params for magnitude "
           "pruning); speed-up measured beside the base on this CPU, 1 thread, batch 1.", ""]
     summary_rows = []
@@ -370,6 +398,11 @@ def write_outputs(prep: Any, rows: list[dict[str, Any]], study_dir: Path) -> dic
                     md += ["Each searched cell against the uniform configuration its own search fine-tuned at the same "
                            "budget (same split, base and trial function; matched: for every epoch the search spent):",
                            "", *uniform, ""]
+                budgeted = budget_lines(rows, ratio)
+                if budgeted:
+                    md += ["How each budgeted search spent its budget (search.spending: a share exploring - its trials "
+                           "and the uniform configuration as one more candidate - and the rest on one finalist):", "",
+                           *budgeted, ""]
             else:
                 if exp in ("families", "pruning"):
                     with_base_differences(lines, rows, ratio, exp)
