@@ -227,8 +227,8 @@ def _spend_the_rest(s: PreparedSearch, budget: ComputeBudget, ledger: Ledger, fr
     the compute-matched baseline's epochs where they are not the search's (a wall-time budget: the budget at the
     uniform candidate's pace)."""
     import dataclasses
-    import math
 
+    from search.compute import Ledger
     from search.final import final_candidates
     from search.spending import final_epochs, seconds_per_epoch
 
@@ -237,10 +237,10 @@ def _spend_the_rest(s: PreparedSearch, budget: ComputeBudget, ledger: Ledger, fr
     pace = {"seconds": chosen[0].seconds, "epochs_run": chosen[0].epochs_run} if chosen else None
     epochs = final_epochs(budget, ledger, pace)
     baseline = None
-    if budget.seconds is not None and candidate is not None:
-        per, fixed = seconds_per_epoch({"seconds": candidate.seconds, "epochs_run": candidate.epochs_run})
-        if per > 0:
-            baseline = max(1, math.floor((budget.seconds - fixed) / per))
+    if budget.seconds is not None and candidate is not None:  # the whole budget at the uniform candidate's pace
+        own = {"seconds": candidate.seconds, "epochs_run": candidate.epochs_run}
+        if seconds_per_epoch(own)[0] > 0:
+            baseline = final_epochs(budget, Ledger(), own)
     explored = ledger.epochs.get("trials", 0.0)
     say(f"compute budget {budget}: {explored:.0f} epoch-equivalents explored"
         + (f" in {ledger.seconds.get('trials', 0.0) / 60:.1f} min" if budget.seconds is not None else "")
